@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench lock clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)  ## the main job end to end on synthetic data
+	$(BIN)/mtrank run --output runs/default
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)  ## prints the performance table (several minutes)
+	$(BIN)/python bench/run.py
+
+lock:  ## re-resolve requirements.in into requirements.lock in a scratch venv
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet -r requirements.in
+	.lock-venv/bin/pip freeze --exclude-editable > requirements.lock
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

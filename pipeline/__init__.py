@@ -1,0 +1,1 @@
+"""Pipeline stages (ExampleGen, synthetic data) and the `mtrank` command line."""

@@ -1,0 +1,199 @@
+"""`mtrank`: the project's one command. Each subcommand lives in a function below; heavy
+modules are imported inside them so `mtrank --help` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+_LOG = logging.getLogger("mtrank")
+
+
+class UsageError(Exception):
+    """A bad argument or input path: reported on one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _ingest(args, beam_args) -> None:
+    from pipeline.example_gen import beam_pipeline
+
+    config = beam_pipeline.IngestConfig(
+        format=args.format, input=args.input, output=args.output, eval_fraction=args.eval_fraction,
+        runner=args.runner, workers=args.workers, overwrite=args.overwrite, beam_args=beam_args,
+    )
+    try:
+        stats = beam_pipeline.run(config)
+    except beam_pipeline.InputError as e:
+        raise UsageError(f"mtrank ingest: {e}") from None
+    _print_ingest_summary(stats, args.output)
+
+
+def _print_ingest_summary(stats: dict, output: str) -> None:
+    s = stats["samples"]
+    print(f"ExampleGen: {stats['lines_read']:,} lines read in {stats['seconds']:.1f} s -> {output}")
+    print("  written   " + "  ".join(f"{k} {v:,}" for k, v in s["written"].items()))
+    for title, counts in (("rejected", s["rejected"]), ("dropped", s["dropped"])):
+        if counts:
+            print(f"  {title:<9} " + "  ".join(f"{k} {v:,}" for k, v in counts.items()))
+    if "common_features" in stats:
+        c = stats["common_features"]
+        print(f"  common    joined {c['joined']:,}  unreferenced {c['unreferenced']:,}  "
+              + "  ".join(f"rejected/{k} {v:,}" for k, v in c["rejected"].items()))
+    print(f"  stats: {os.path.join(output, 'stats.json')}")
+
+
+def _synth_aliccp(args, _) -> None:
+    from pipeline.synth import aliccp
+
+    config = aliccp.AliccpSynthConfig(rows=args.rows, seed=args.seed, test_fraction=args.test_fraction,
+                                      malformed_rate=args.malformed_rate)
+    try:
+        manifest = aliccp.generate(config, args.out)
+    except ValueError as e:
+        raise UsageError(f"mtrank synth aliccp: {e}") from None
+    print(json.dumps({k: manifest[k] for k in ("samples", "label_rates", "bayes_auc")}, indent=2))
+    print(f"wrote {', '.join(manifest['files'])} and synth.json to {args.out}")
+
+
+def _synth_fdn(args, _) -> None:
+    from pipeline.synth import fdn
+
+    manifest = fdn.generate(fdn.FdnSynthConfig(rows=args.rows, seed=args.seed, dimension=args.dimension), args.out)
+    print(f"wrote {', '.join(manifest['files'])} and synth.json to {args.out}")
+
+
+def _synth_mmoe(args, _) -> None:
+    from pipeline.synth import mmoe
+
+    config = mmoe.MmoeSynthConfig(rows=args.rows, seed=args.seed, correlation=args.correlation, dimension=args.dimension)
+    try:
+        manifest = mmoe.generate(config, args.out)
+    except ValueError as e:
+        raise UsageError(f"mtrank synth mmoe: {e}") from None
+    print(f"label correlation {manifest['label_correlation']:.3f} (weights' cosine {config.correlation}); "
+          f"wrote {', '.join(manifest['files'])} to {args.out}")
+
+
+def _run(args, beam_args) -> None:
+    """The main job, as far as the pipeline is built: synthetic data (unless --data), ExampleGen."""
+    from pipeline.example_gen import beam_pipeline
+
+    data, data_format = args.data, args.format
+    if data is None:
+        from pipeline.synth import aliccp
+
+        data, data_format = os.path.join(args.output, "raw"), "aliccp-raw"
+        print(f"[1/2] synth: {args.rows:,} rows of raw Ali-CCP -> {data}")
+        aliccp.generate(aliccp.AliccpSynthConfig(rows=args.rows, seed=args.seed, malformed_rate=0.001), data)
+    elif data_format is None:
+        raise UsageError("mtrank run: --data needs --format")
+    print(f"[2/2] ExampleGen: {data_format} {data} -> {args.output}")
+    config = beam_pipeline.IngestConfig(format=data_format, input=data, output=args.output, overwrite=True,
+                                        runner=args.runner, beam_args=beam_args)
+    try:
+        stats = beam_pipeline.run(config)
+    except beam_pipeline.InputError as e:
+        raise UsageError(f"mtrank run: {e}") from None
+    _print_ingest_summary(stats, args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.example_gen import FORMATS, IN_PROCESS
+
+    parser = _Parser(prog="mtrank", description="Multi-task ranking pipeline (ExampleGen, synthetic data).",
+                     epilog="Arguments after `--` go to Apache Beam (e.g. -- --project=P --region=R).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log Beam's own messages too")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = commands.add_parser("run", help="run the pipeline end to end (so far: synthetic data, ExampleGen)")
+    p.add_argument("--data", help="raw data folder (default: generate synthetic raw Ali-CCP)")
+    p.add_argument("--format", choices=FORMATS, help="format of --data")
+    p.add_argument("--output", default="runs/default", help="folder for every artifact (default: %(default)s)")
+    p.add_argument("--rows", type=_positive, default=200_000, help="synthetic rows without --data (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default: %(default)s)")
+    p.add_argument("--runner", default=IN_PROCESS, help="Beam runner (default: %(default)s)")
+    p.set_defaults(func=_run)
+
+    p = commands.add_parser("ingest", help="ExampleGen: raw logs to tf.Example TFRecords with Beam")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--input", required=True, help="aliccp-raw, aliexpress: a folder; aliccp-csv: a folder or a file")
+    p.add_argument("--output", required=True, help="writes examples/{train,eval,test}/, rejected/, stats.json")
+    p.add_argument("--eval-fraction", type=_fraction, default=0.1, help="share of training rows for eval (default: %(default)s)")
+    p.add_argument("--runner", default=IN_PROCESS, help="Beam runner: in-process, DataflowRunner, FlinkRunner, ... (default: %(default)s)")
+    p.add_argument("--workers", type=_positive, default=1, help="in-process worker processes (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace ExampleGen output already in --output")
+    p.set_defaults(func=_ingest)
+
+    synth = commands.add_parser("synth", help="write synthetic data").add_subparsers(
+        dest="generator", required=True, metavar="GENERATOR", parser_class=_Parser)
+    p = synth.add_parser("aliccp", help="raw Ali-CCP files with labels from a known model")
+    p.add_argument("--rows", type=_positive, required=True, help="valid sample rows over train and test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--test-fraction", type=_fraction, default=0.2)
+    p.add_argument("--malformed-rate", type=_fraction, default=0.0,
+                   help="malformed lines per valid line, of every kind, counted in synth.json")
+    p.set_defaults(func=_synth_aliccp)
+    p = synth.add_parser("fdn", help="the FDN paper's synthetic regression (Dataset-A, -B, -I)")
+    p.add_argument("--rows", type=_positive, default=10_000, help="rows per dataset (default: %(default)s)")
+    p.add_argument("--dimension", type=_positive, default=100, help="feature dimension d (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_synth_fdn)
+    p = synth.add_parser("mmoe", help="the MMoE paper's two-task regression with a chosen task correlation")
+    p.add_argument("--correlation", type=float, required=True, help="cosine of the two tasks' weights, in [-1, 1]")
+    p.add_argument("--rows", type=_positive, default=10_000)
+    p.add_argument("--dimension", type=_positive, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_synth_mmoe)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    if not verbose:
+        for noisy in ("apache_beam", "absl"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    try:
+        args = build_parser().parse_args(argv)
+        _configure_logging(args.verbose)
+        args.func(args, beam_args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

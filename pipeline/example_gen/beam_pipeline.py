@@ -1,0 +1,496 @@
+"""ExampleGen as a Beam pipeline: raw files in, examples/{train,eval,test}, rejected/, stats.json out.
+
+Every line read ends in exactly one place: an example of one split, a rejection (with file, line
+number, reason and the line itself), or a counted drop; stats.json proves read = written +
+rejected + dropped. Ali-CCP's raw join runs as a CoGroupByKey on common_feature_index, so no
+worker holds the common-features table.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import posixpath
+import struct
+import time
+import zlib
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import Metrics, MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
+
+from pipeline.example_gen import FORMATS, IN_PROCESS, SPLITS, formats
+from pipeline.example_gen import reasons as r
+from pipeline.example_gen import records
+from pipeline.example_gen.lines import DEFAULT_RANGE_BYTES, ReadNumberedLines
+
+_LOG = logging.getLogger(__name__)
+
+ALICCP_RAW_FILES = {
+    "sample_skeleton_train.csv": ("skeleton", "train"),
+    "common_features_train.csv": ("common", "train"),
+    "sample_skeleton_test.csv": ("skeleton", "test"),
+    "common_features_test.csv": ("common", "test"),
+}
+ALIEXPRESS_FILES = {"train.csv": "train", "test.csv": "test"}
+_NAMESPACE = "examplegen"
+
+
+class InputError(ValueError):
+    """Bad input paths or layouts, found before the pipeline starts."""
+
+
+@dataclasses.dataclass
+class IngestConfig:
+    format: str
+    input: str
+    output: str
+    eval_fraction: float = 0.1
+    runner: str = IN_PROCESS
+    workers: int = 1  # measured: a second in-process worker does not speed this pipeline up
+    overwrite: bool = False
+    range_bytes: int = DEFAULT_RANGE_BYTES
+    beam_args: list = dataclasses.field(default_factory=list)
+
+
+def split_of(role: str, sample_id: str, eval_fraction: float) -> str:
+    """train/eval by a hash of the sample id (stable across runs and runners); test stays test."""
+    if role != "train":
+        return role
+    return "eval" if zlib.crc32(sample_id.encode()) % 10_000 < eval_fraction * 10_000 else "train"
+
+
+class _Counting(beam.DoFn):
+    """Counts per bundle into Beam counters (one counter update per name per bundle)."""
+
+    def start_bundle(self):
+        self._counts = collections.Counter()
+
+    def finish_bundle(self):
+        for name, n in self._counts.items():
+            Metrics.counter(_NAMESPACE, name).inc(n)
+
+    def reject(self, kind, path, line_no, reason, detail, raw):
+        self._counts[f"rejected/{kind}/{reason}"] += 1
+        return beam.pvalue.TaggedOutput("rejected", records.rejection(path, line_no, reason, detail, raw))
+
+    def write(self, split, framed_records: bytes, n: int = 1):
+        """Sends n TFRecord-framed examples (concatenated) to the split's files."""
+        self._counts[f"written/{split}"] += n
+        return beam.pvalue.TaggedOutput(split, framed_records)
+
+
+class _FramedRecordSink(beam.io.filebasedsink.FileBasedSink):
+    """Writes bytes that are already TFRecord-framed (see records.tfrecord_frame) as they are."""
+
+    def __init__(self, file_path_prefix: str):
+        super().__init__(file_path_prefix, beam.coders.BytesCoder(), file_name_suffix=".tfrecord.gz")
+
+    def write_encoded_record(self, file_handle, value: bytes):
+        file_handle.write(value)
+
+
+class _ParseRows(_Counting):
+    """Single-file layouts: a line becomes an example of its split, a rejection or a drop."""
+
+    def __init__(self, parsers: dict, roles: dict, eval_fraction: float):
+        self._parsers, self._roles, self._eval_fraction = parsers, roles, eval_fraction
+
+    def process(self, element):
+        path, line_no, raw = element
+        self._counts["lines/samples"] += 1
+        parser = self._parsers[path]
+        if line_no == 1 and parser.has_header:
+            self._counts[f"dropped/{r.HEADER}"] += 1
+            return
+        try:
+            row = parser.parse(formats.decode_line(raw), f"{posixpath.basename(path)}:{line_no}")
+        except r.Malformed as e:
+            yield self.reject("samples", path, line_no, e.reason, e.detail, raw)
+            return
+        if row.conversion and not row.click:
+            self._counts[f"dropped/{r.CONVERSION_WITHOUT_CLICK}"] += 1
+            return
+        role = self._roles[path]
+        yield self.write(split_of(role, row.sample_id, self._eval_fraction), records.tfrecord_frame(row.example))
+
+
+# Values grouped by (role, common_feature_index) carry their kind first, so one grouping joins them.
+_COMMON, _SAMPLE = 0, 1
+
+
+def sample_id_digest(role: str, sample_id: str) -> bytes:
+    """A 128-bit hash of a sample id, equal on every worker (Python's hash() is salted per
+    process); at 42M ids the chance of any collision is about 1e-23."""
+    return hashlib.blake2b(f"{role}\x00{sample_id}".encode(), digest_size=16).digest()
+
+
+_POSITION = np.dtype([("low", "<u8"), ("high", "<u8"), ("file", "<u4"), ("line", "<u8")])
+_MAX_RUN_LINES = 10_000
+_POSITIONS_PER_OUTPUT = 1 << 20
+
+
+class _ParseSkeleton(_Counting):
+    """Validates sample_skeleton lines (encoding waits for the join); keyed by common_feature_index.
+
+    A shuffle costs per element, and Ali-CCP keeps a session's samples on consecutive lines, so
+    each run of consecutive valid lines with one key leaves as one element: (kind, file, first
+    line number, the lines joined by newlines). Also emits arrays of (sample id digest, file,
+    line) ("positions"), from which the few repeated ids are found without shuffling every row
+    by sample id.
+    """
+
+    def __init__(self, files: list, roles: dict):
+        self._files, self._roles, self._parser = files, roles, None
+
+    def setup(self):
+        self._parser = formats.AliccpRawParser()
+        self._index = {path: i for i, path in enumerate(self._files)}
+
+    def start_bundle(self):
+        super().start_bundle()
+        self._digests, self._position_files, self._position_lines = bytearray(), array.array("I"), array.array("Q")
+        self._run_key, self._run_file, self._run_first, self._run = None, -1, 0, []
+
+    def _run_element(self):
+        element = self._run_key, (_SAMPLE, self._run_file, self._run_first, b"\n".join(self._run))
+        self._run_key, self._run = None, []
+        return element
+
+    def _positions(self):
+        positions = np.empty(len(self._position_lines), _POSITION)
+        digests = np.frombuffer(bytes(self._digests), dtype=[("low", "<u8"), ("high", "<u8")])
+        positions["low"], positions["high"] = digests["low"], digests["high"]
+        positions["file"], positions["line"] = self._position_files, self._position_lines
+        self._digests, self._position_files, self._position_lines = bytearray(), array.array("I"), array.array("Q")
+        return positions
+
+    def finish_bundle(self):
+        super().finish_bundle()
+        if self._run:
+            yield GlobalWindows.windowed_value(self._run_element())
+        if self._position_lines:
+            yield beam.pvalue.TaggedOutput("positions", GlobalWindows.windowed_value(self._positions()))
+
+    def process(self, element):
+        path, line_no, raw = element
+        self._counts["lines/samples"] += 1
+        try:
+            sample_id, click, conversion, common_index, _, _ = self._parser.skeleton(formats.decode_line(raw), encode=False)
+        except r.Malformed as e:
+            yield self.reject("samples", path, line_no, e.reason, e.detail, raw)
+            return
+        if conversion and not click:
+            self._counts[f"dropped/{r.CONVERSION_WITHOUT_CLICK}"] += 1
+            return
+        role, file = self._roles[path], self._index[path]
+        self._digests += sample_id_digest(role, sample_id)
+        self._position_files.append(file)
+        self._position_lines.append(line_no)
+        if len(self._position_lines) >= _POSITIONS_PER_OUTPUT:
+            yield beam.pvalue.TaggedOutput("positions", self._positions())
+        key = (role, common_index)
+        continues = (key == self._run_key and file == self._run_file
+                     and line_no == self._run_first + len(self._run) and len(self._run) < _MAX_RUN_LINES)
+        if not continues:
+            if self._run:
+                yield self._run_element()
+            self._run_key, self._run_file, self._run_first = key, file, line_no
+        self._run.append(raw)
+
+
+class _FirstOfRepeatedIds(beam.CombineFn):
+    """{digest: (file, line) of its first line} for the sample-id digests seen more than once."""
+
+    def create_accumulator(self):
+        return np.zeros(0, _POSITION)
+
+    def add_input(self, accumulator, positions):
+        return np.concatenate([accumulator, positions])
+
+    def merge_accumulators(self, accumulators):
+        return np.concatenate(list(accumulators))
+
+    def extract_output(self, positions):
+        positions = positions[np.lexsort((positions["line"], positions["file"], positions["low"], positions["high"]))]
+        same_as_previous = (positions["low"][1:] == positions["low"][:-1]) & (positions["high"][1:] == positions["high"][:-1])
+        firsts = positions[:-1][same_as_previous & ~np.concatenate([[False], same_as_previous[:-1]])]
+        return {struct.pack("<QQ", p["low"], p["high"]): (int(p["file"]), int(p["line"])) for p in firsts}
+
+
+class _ParseCommon(_Counting):
+    def __init__(self, files: list, roles: dict):
+        self._files, self._roles, self._parser = files, roles, None
+
+    def setup(self):
+        self._parser = formats.AliccpRawParser()
+        self._index = {path: i for i, path in enumerate(self._files)}
+
+    def process(self, element):
+        path, line_no, raw = element
+        self._counts["lines/common"] += 1
+        try:
+            common_index, _, _ = self._parser.common(formats.decode_line(raw), encode=False)
+        except r.Malformed as e:
+            yield self.reject("common", path, line_no, e.reason, e.detail, raw)
+            return
+        yield (self._roles[path], common_index), (_COMMON, self._index[path], line_no, raw)
+
+
+class _Join(_Counting):
+    """One common_feature_index: its common line (the first, if repeated) joined to its samples.
+
+    A sample whose id was seen before (by file and line, anywhere) is rejected as a duplicate.
+    """
+
+    def __init__(self, files: list, eval_fraction: float):
+        self._files, self._eval_fraction, self._parser = files, eval_fraction, None
+
+    def setup(self):
+        self._parser = formats.AliccpRawParser()
+
+    def process(self, element, first_of_repeated):
+        (role, common_index), values = element
+        commons, samples = [], []
+        for value in values:
+            (commons if value[0] == _COMMON else samples).append(value)
+        commons.sort()
+        files = self._files
+        for _, file, line_no, raw in commons[1:]:
+            yield self.reject("common", files[file], line_no, r.DUPLICATE_COMMON_FEATURE_INDEX,
+                              f"{common_index} first seen at {files[commons[0][1]]}:{commons[0][2]}", raw)
+        samples = [(file, first + i, raw) for _, file, first, run in samples for i, raw in enumerate(run.split(b"\n"))]
+        if not commons:
+            for file, line_no, raw in samples:
+                yield self.reject("samples", files[file], line_no, r.UNKNOWN_COMMON_FEATURE_INDEX,
+                                  f"no common_features line has index {common_index!r}", raw)
+            return
+        _, common_mask, common_part = self._parser.common(commons[0][3].decode("utf-8"))
+        self._counts["common/joined" if samples else "common/unreferenced"] += 1
+        framed = collections.defaultdict(list)
+        for file, line_no, raw in samples:
+            sample_id, _, _, _, mask, part = self._parser.skeleton(raw.decode("utf-8"))
+            if first_of_repeated:
+                first = first_of_repeated.get(sample_id_digest(role, sample_id), (file, line_no))
+                if first != (file, line_no):
+                    yield self.reject("samples", files[file], line_no, r.DUPLICATE_SAMPLE_ID,
+                                      f"sample_id {sample_id} first seen at {files[first[0]]}:{first[1]}", raw)
+                    continue
+            example = formats.aliccp_example((common_mask, common_part), (mask, part))
+            framed[split_of(role, sample_id, self._eval_fraction)].append(records.tfrecord_frame(example))
+        for split, split_records in framed.items():
+            yield self.write(split, b"".join(split_records), len(split_records))
+
+
+def _join_path(base: str, name: str) -> str:
+    return FileSystems.join(base, name)
+
+
+def _discover(config: IngestConfig) -> tuple[dict, dict]:
+    """{path: role} and {path: parser or kind} for the format; InputError if paths or layouts are wrong."""
+    source = config.input
+    if config.format not in FORMATS:
+        raise InputError(f"--format {config.format!r} is not one of {', '.join(FORMATS)}")
+    if not FileSystems.exists(source):
+        raise InputError(f"--input {source} does not exist")
+    is_dir = _is_dir(source)
+    if config.format == "aliccp-raw":
+        if not is_dir:
+            raise InputError(f"--input {source} must be a folder holding {', '.join(ALICCP_RAW_FILES)}")
+        found = {_join_path(source, n): v for n, v in ALICCP_RAW_FILES.items() if FileSystems.exists(_join_path(source, n))}
+        missing = [n for n in ALICCP_RAW_FILES if _join_path(source, n) not in found]
+        if missing:
+            raise InputError(f"--input {source} lacks {', '.join(missing)} (aliccp-raw needs all four files)")
+        return {p: role for p, (_, role) in found.items()}, {p: kind for p, (kind, _) in found.items()}
+    if config.format == "aliexpress":
+        if not is_dir:
+            raise InputError(f"--input {source} must be a folder holding train.csv and test.csv")
+        paths = {_join_path(source, n): role for n, role in ALIEXPRESS_FILES.items()}
+        missing = [posixpath.basename(p) for p in paths if not FileSystems.exists(p)]
+        if missing:
+            raise InputError(f"--input {source} lacks {', '.join(missing)}")
+        return paths, {p: _detect(p, formats.detect_aliexpress) for p in paths}
+    paths = sorted(m.path for m in FileSystems.match([_join_path(source, "*")])[0].metadata_list) if is_dir else [source]
+    paths = [p for p in paths if p.endswith((".csv", ".txt"))]
+    if not paths:
+        raise InputError(f"--input {source} holds no .csv or .txt file")
+    roles = {p: _role_from_name(p) for p in paths}
+    return roles, {p: _detect(p, formats.detect_aliccp_csv) for p in paths}
+
+
+def _is_dir(path: str) -> bool:
+    return bool(FileSystems.match([_join_path(path, "*")])[0].metadata_list)
+
+
+def _role_from_name(path: str) -> str:
+    name = posixpath.basename(path).lower()
+    if "test" in name:
+        return "test"
+    if "val" in name:
+        return "eval"
+    return "train"
+
+
+def _detect(path: str, detect):
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        first = f.readline().decode("utf-8", "replace")
+    if not first.strip():
+        raise InputError(f"{path}: the first line is empty, so its layout cannot be told")
+    try:
+        return detect(first)
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None
+
+
+def pipeline_options(config: IngestConfig) -> PipelineOptions:
+    if config.runner == IN_PROCESS:
+        # Beam's DirectRunner first tries to download the Prism runner, which fails offline.
+        runner_args = ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner",
+                       f"--direct_num_workers={config.workers}"]
+        if config.workers > 1:
+            runner_args.append("--direct_running_mode=multi_processing")
+    else:
+        runner_args = [f"--runner={config.runner}"]
+    return PipelineOptions(runner_args + list(config.beam_args))
+
+
+def build(p: beam.Pipeline, config: IngestConfig, roles: dict, kinds: dict) -> None:
+    outputs = list(SPLITS) + ["rejected"]
+    if config.format == "aliccp-raw":
+        files = list(kinds)
+        skeleton = [path for path in files if kinds[path] == "skeleton"]
+        common = [path for path in files if kinds[path] == "common"]
+        samples = (
+            p
+            | "ReadSamples" >> ReadNumberedLines(skeleton, config.range_bytes)
+            | "ParseSamples" >> beam.ParDo(_ParseSkeleton(files, roles)).with_outputs("rejected", "positions", main="ok")
+        )
+        first_of_repeated = samples.positions | "RepeatedIds" >> beam.CombineGlobally(_FirstOfRepeatedIds())
+        commons = (
+            p
+            | "ReadCommon" >> ReadNumberedLines(common, config.range_bytes)
+            | "ParseCommon" >> beam.ParDo(_ParseCommon(files, roles)).with_outputs("rejected", main="ok")
+        )
+        joined = (
+            (commons.ok, samples.ok)
+            | "CommonAndSamples" >> beam.Flatten()
+            | "ByCommonIndex" >> beam.GroupByKey()
+            | "Join" >> beam.ParDo(_Join(files, config.eval_fraction), beam.pvalue.AsSingleton(first_of_repeated))
+            .with_outputs(*outputs)
+        )
+        rejected = (samples.rejected, commons.rejected, joined.rejected)
+        examples = {split: joined[split] for split in SPLITS}
+    else:
+        parsed = (
+            p
+            | "Read" >> ReadNumberedLines(list(roles), config.range_bytes)
+            | "Parse" >> beam.ParDo(_ParseRows(kinds, roles, config.eval_fraction)).with_outputs(*outputs)
+        )
+        rejected = (parsed.rejected,)
+        examples = {split: parsed[split] for split in SPLITS}
+    for split in SPLITS:
+        _ = examples[split] | f"Write{split.title()}" >> beam.io.Write(
+            _FramedRecordSink(_join_path(_join_path(config.output, f"examples/{split}"), "data"))
+        )
+    _ = (
+        rejected
+        | "AllRejected" >> beam.Flatten()
+        | "WriteRejected" >> beam.io.WriteToText(_join_path(config.output, "rejected/rejected"), file_name_suffix=".jsonl")
+    )
+
+
+def _counters(result) -> dict[str, int]:
+    totals = collections.Counter()
+    for counter in result.metrics().query(MetricsFilter().with_namespace(_NAMESPACE))["counters"]:
+        try:
+            value = counter.committed
+        except Exception:  # runners without committed metrics
+            value = None
+        totals[counter.key.metric.name] += value if value is not None else counter.attempted
+    return dict(totals)
+
+
+def stats_from_counters(counters: dict[str, int], config: IngestConfig, layouts: dict) -> dict:
+    def under(prefix):
+        return {k[len(prefix):]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
+
+    samples = {
+        "lines_read": counters.get("lines/samples", 0),
+        "written": {split: counters.get(f"written/{split}", 0) for split in SPLITS},
+        "rejected": under("rejected/samples/"),
+        "dropped": under("dropped/"),
+    }
+    stats = {
+        "format": config.format,
+        "input": config.input,
+        "eval_fraction": config.eval_fraction,
+        "layouts": layouts,
+        "samples": samples,
+    }
+    if config.format == "aliccp-raw":
+        stats["common_features"] = {
+            "lines_read": counters.get("lines/common", 0),
+            "joined": counters.get("common/joined", 0),
+            "unreferenced": counters.get("common/unreferenced", 0),
+            "rejected": under("rejected/common/"),
+        }
+    stats["lines_read"] = samples["lines_read"] + stats.get("common_features", {}).get("lines_read", 0)
+    stats["written"] = sum(samples["written"].values())
+    stats["rejected"] = sum(samples["rejected"].values()) + sum(stats.get("common_features", {}).get("rejected", {}).values())
+    stats["dropped"] = sum(samples["dropped"].values())
+    return stats
+
+
+def check_accounting(stats: dict) -> list[str]:
+    """Lines that the counts do not account for (empty when read = written + rejected + dropped)."""
+    problems = []
+    s = stats["samples"]
+    accounted = sum(s["written"].values()) + sum(s["rejected"].values()) + sum(s["dropped"].values())
+    if s["lines_read"] != accounted:
+        problems.append(f"sample lines read {s['lines_read']} != written + rejected + dropped {accounted}")
+    if "common_features" in stats:
+        c = stats["common_features"]
+        accounted = c["joined"] + c["unreferenced"] + sum(c["rejected"].values())
+        if c["lines_read"] != accounted:
+            problems.append(f"common lines read {c['lines_read']} != joined + unreferenced + rejected {accounted}")
+    return problems
+
+
+def _clear_outputs(config: IngestConfig) -> None:
+    targets = [_join_path(config.output, n) for n in ("examples", "rejected", "stats.json")]
+    existing = [t for t in targets if FileSystems.exists(t)]
+    if existing and not config.overwrite:
+        raise InputError(f"--output {config.output} already holds ExampleGen output; pass --overwrite to replace it")
+    for target in existing:
+        FileSystems.delete([target])
+
+
+def run(config: IngestConfig) -> dict:
+    """Runs ExampleGen; returns the stats also written to <output>/stats.json."""
+    if not 0.0 <= config.eval_fraction < 1.0:
+        raise InputError(f"--eval-fraction {config.eval_fraction} must be in [0, 1)")
+    roles, kinds = _discover(config)
+    layouts = {posixpath.basename(p): (k if isinstance(k, str) else k.schema.name) for p, k in kinds.items()}
+    _clear_outputs(config)
+    size = sum(FileSystems.match([p])[0].metadata_list[0].size_in_bytes for p in roles)
+    _LOG.info("ExampleGen: %s, %d files, %.1f MB -> %s", config.format, len(roles), size / 1e6, config.output)
+    started = time.perf_counter()
+    p = beam.Pipeline(options=pipeline_options(config))
+    build(p, config, roles, kinds)
+    result = p.run()
+    result.wait_until_finish()
+    stats = stats_from_counters(_counters(result), config, layouts)
+    stats["seconds"] = round(time.perf_counter() - started, 2)
+    problems = check_accounting(stats)
+    if problems:
+        raise RuntimeError("ExampleGen lost track of lines: " + "; ".join(problems))
+    with FileSystems.create(_join_path(config.output, "stats.json")) as f:
+        f.write(json.dumps(stats, indent=2).encode())
+    return stats

@@ -1,0 +1,1 @@
+"""Synthetic data generators for tests, benchmarks and experiments (`mtrank synth ...`)."""

@@ -1,0 +1,98 @@
+"""Session fixtures: each Beam pipeline runs once per test session and is shared."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pathlib
+import shutil
+
+import pytest
+
+from pipeline.example_gen import beam_pipeline
+from pipeline.synth import aliccp
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(os.environ.get("MTRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def read_examples(output: str | os.PathLike, split: str) -> list[dict]:
+    """The examples of a split as {key: values}, read with TensorFlow's own TFRecord reader."""
+    import tensorflow as tf
+
+    from pipeline.example_gen import records
+
+    files = sorted(str(p) for p in pathlib.Path(output, "examples", split).glob("*.tfrecord.gz"))
+    assert files, f"no TFRecord files in {output}/examples/{split}"
+    return [records.parse_example(r.numpy()) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def read_rejected(output: str | os.PathLike) -> list[dict]:
+    rows = []
+    for path in sorted(pathlib.Path(output, "rejected").glob("*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return rows
+
+
+def ingest(tmp_root: pathlib.Path, name: str, fmt: str, source) -> tuple[pathlib.Path, dict]:
+    output = tmp_root / name
+    stats = beam_pipeline.run(beam_pipeline.IngestConfig(format=fmt, input=str(source), output=str(output)))
+    return output, stats
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the real data samples are missing: {SHARED_DATA} (set MTRANK_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_raw(tmp_path_factory) -> tuple[pathlib.Path, dict]:
+    """5,000 rows of raw Ali-CCP with 1% malformed lines of every kind."""
+    out = tmp_path_factory.mktemp("synthetic_raw")
+    manifest = aliccp.generate(aliccp.AliccpSynthConfig(rows=5_000, seed=7, malformed_rate=0.01), str(out), progress=False)
+    return out, manifest
+
+
+@pytest.fixture(scope="session")
+def ingested_synthetic(tmp_path_factory, synthetic_raw):
+    return ingest(tmp_path_factory.mktemp("ingest"), "synthetic", "aliccp-raw", synthetic_raw[0])
+
+
+@pytest.fixture(scope="session")
+def aliexpress_folders(tmp_path_factory, shared_data) -> dict[str, pathlib.Path]:
+    """The AliExpress samples laid out as MTReclib's AliExpress_XX/{train,test}.csv folders."""
+    root = tmp_path_factory.mktemp("aliexpress_folders")
+    layouts = {
+        "fuxictr": ("fuxictr_tiny_mtl_train_1000.csv", "fuxictr_tiny_mtl_test_1000.csv"),
+        "torchrechub": ("torchrechub_aliexpress_train_sample.csv", "torchrechub_aliexpress_test_sample_orig_labels.csv"),
+        "torchrechub_edited": ("torchrechub_aliexpress_train_sample.csv", "torchrechub_aliexpress_test_sample.csv"),
+    }
+    folders = {}
+    for name, (train, test) in layouts.items():
+        folder = root / name
+        folder.mkdir()
+        shutil.copy(shared_data / "aliexpress" / train, folder / "train.csv")
+        shutil.copy(shared_data / "aliexpress" / test, folder / "test.csv")
+        folders[name] = folder
+    return folders
+
+
+@pytest.fixture(scope="session")
+def ingested_shared(tmp_path_factory, shared_data, aliexpress_folders) -> dict[str, tuple[pathlib.Path, dict]]:
+    """Every file in ../shared/data, ingested once."""
+    root = tmp_path_factory.mktemp("ingest_shared")
+    runs = {
+        "torchrechub_aliccp": ("aliccp-csv", shared_data / "ali_ccp" / "preprocessed_csv"),
+        "aitm": ("aliccp-csv", shared_data / "ali_ccp" / "aitm_csv"),
+        "kv": ("aliccp-csv", shared_data / "ali_ccp" / "kv_format"),
+    }
+    runs.update({f"aliexpress_{name}": ("aliexpress", folder) for name, folder in aliexpress_folders.items()})
+    return {name: ingest(root, name, fmt, source) for name, (fmt, source) in runs.items()}
+
+
+def gunzip_lines(path: pathlib.Path) -> list[bytes]:
+    with gzip.open(path) as f:
+        return f.read().split(b"\n")

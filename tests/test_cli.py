@@ -1,0 +1,64 @@
+"""`mtrank`: subcommands with --help, one-line errors with a non-zero status, and a real run."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+MTRANK = str(pathlib.Path(sys.executable).parent / "mtrank")
+
+
+def run(*args, check=False):
+    return subprocess.run([MTRANK, *args], capture_output=True, text=True, timeout=300, check=check)
+
+
+def test_help_lists_the_subcommands():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("run", "ingest", "synth"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", [["run"], ["ingest"], ["synth"], ["synth", "aliccp"], ["synth", "fdn"], ["synth", "mmoe"]])
+def test_every_subcommand_has_help(command):
+    result = run(*command, "--help")
+    assert result.returncode == 0 and "usage: mtrank" in result.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["ingest", "--format", "parquet", "--input", "x", "--output", "y"], "invalid choice"),
+    (["ingest", "--format", "aliexpress", "--input", "/no/such/folder", "--output", "/tmp/y"], "does not exist"),
+    (["ingest", "--format", "aliccp-csv", "--input", "x", "--output", "y", "--eval-fraction", "1.5"], "not in [0, 1)"),
+    (["synth", "aliccp", "--rows", "-3", "--out", "/tmp/x"], "not a positive integer"),
+    (["synth", "mmoe", "--correlation", "2", "--out", "/tmp/mmoe-bad"], "must be in [-1, 1]"),
+    (["run", "--data", "/tmp"], "--data needs --format"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_fail_with_one_line(args, message):
+    result = run(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: mtrank") and message in lines[0]
+
+
+def test_missing_raw_files_are_named(tmp_path):
+    (tmp_path / "sample_skeleton_train.csv").write_text("")
+    result = run("ingest", "--format", "aliccp-raw", "--input", str(tmp_path), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and "common_features_train.csv" in result.stderr
+
+
+def test_synth_then_ingest(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    run("synth", "aliccp", "--rows", "400", "--seed", "1", "--out", str(raw), "--malformed-rate", "0.05", check=True)
+    result = run("ingest", "--format", "aliccp-raw", "--input", str(raw), "--output", str(out), check=True)
+    stats = json.loads((out / "stats.json").read_text())
+    manifest = json.loads((raw / "synth.json").read_text())
+    assert stats["samples"]["rejected"] == manifest["malformed"]["samples"]
+    assert sum(stats["samples"]["written"].values()) == 400
+    assert "written" in result.stdout
+    again = run("ingest", "--format", "aliccp-raw", "--input", str(raw), "--output", str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stderr

@@ -1,0 +1,98 @@
+"""Line parsers: each malformation gets its reason, and the fast paths agree with the exact parser."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pipeline.example_gen import formats, reasons as r, records
+from pipeline.synth.aliccp import SAMPLE_DEFECTS, corrupt
+
+VALID = "7,1,0,abcd,3,205\x02100\x031.0\x01210\x02501\x030.5\x01210\x02502\x031.5"
+COMMON = "abcd,2,101\x027\x031\x01109_14\x0211\x031.386294"
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b"", r.EMPTY_LINE),
+    (b"   ", r.EMPTY_LINE),
+    (b"7,1,0,abcd,1,205\x02100\x03\xff", r.BAD_ENCODING),
+    (b"7,1,0,abcd,205\x02100\x031.0", r.WRONG_COLUMN_COUNT),
+    (b"7,2,0,abcd,1,205\x02100\x031.0", r.BAD_LABEL),
+    (b"7,1,x,abcd,1,205\x02100\x031.0", r.BAD_LABEL),
+    (b",1,0,abcd,1,205\x02100\x031.0", r.BAD_SAMPLE_ID),
+    (b"7,1,0,abcd,2,205\x02100\x031.0", r.FEATURE_NUM_MISMATCH),
+    (b"7,1,0,abcd,two,205\x02100\x031.0", r.FEATURE_NUM_MISMATCH),
+    (b"7,1,0,abcd,1,205\x021001.0", r.MALFORMED_ENTRY),
+    (b"7,1,0,abcd,1,205\x03100\x021.0", r.MALFORMED_ENTRY),
+    (b"7,1,0,abcd,1,999\x02100\x031.0", r.UNKNOWN_FIELD),
+    (b"7,1,0,abcd,1,205\x0210a\x031.0", r.UNPARSABLE_ID),
+    (b"7,1,0,abcd,1,205\x0299999999999999999999\x031.0", r.UNPARSABLE_ID),
+    (b"7,1,0,abcd,1,205\x02100\x03one", r.UNPARSABLE_WEIGHT),
+    (b"7,1,0,abcd,1,205\x02100\x03nan", r.UNPARSABLE_WEIGHT),
+    (b"7,1,0,abcd,1,205\x02100\x031e999", r.UNPARSABLE_WEIGHT),
+])
+@pytest.mark.parametrize("encode", [True, False])
+def test_each_malformation_has_its_reason(raw, reason, encode):
+    with pytest.raises(r.Malformed) as caught:
+        formats.AliccpRawParser().skeleton(formats.decode_line(raw), encode=encode)
+    assert caught.value.reason == reason
+
+
+def test_the_generator_makes_each_defect_it_names():
+    parser = formats.AliccpRawParser()
+    needs_other_lines = {r.DUPLICATE_SAMPLE_ID, r.UNKNOWN_COMMON_FEATURE_INDEX, r.CONVERSION_WITHOUT_CLICK}
+    for defect in set(SAMPLE_DEFECTS) - needs_other_lines:
+        with pytest.raises(r.Malformed) as caught:
+            parser.skeleton(formats.decode_line(corrupt(VALID, defect, fresh_id="99")))
+        assert caught.value.reason == defect
+
+
+def test_validation_and_encoding_accept_the_same_lines():
+    """The validate-only fast path (a regex) never accepts a line the exact parser rejects."""
+    parser = formats.AliccpRawParser()
+    rng = random.Random(3)
+    alphabet = ["205", "210", "999", "\x01", "\x02", "\x03", "1", "0", ".", "-", "e", "5", "nan", "_", " ", "1e99", "1e400"]
+    for _ in range(3000):
+        feature_list = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        line = f"1,0,0,c,{feature_list.count(chr(1)) + 1},{feature_list}"
+        outcomes = []
+        for encode in (False, True):
+            try:
+                parser.skeleton(line, encode=encode)
+                outcomes.append("ok")
+            except r.Malformed as e:
+                outcomes.append(e.reason)
+        assert outcomes[0] == outcomes[1], line
+
+
+def test_skeleton_and_common_parts_make_one_example():
+    parser = formats.AliccpRawParser()
+    sample_id, click, conversion, common_index, mask, part = parser.skeleton(VALID)
+    assert (sample_id, click, conversion, common_index) == ("7", 1, 0, "abcd")
+    _, common_mask, common_part = parser.common(COMMON)
+    example = records.parse_example(formats.aliccp_example((common_mask, common_part), (mask, part)))
+    assert example["f210"] == [501, 502] and example["f109_14"] == [11] and example["sample_id"] == [b"7"]
+
+
+def test_tfrecord_framing_is_what_tensorflow_reads(tmp_path):
+    import tensorflow as tf
+
+    payloads = [b"", b"x", bytes(range(256)) * 40]
+    path = tmp_path / "framed.tfrecord"
+    path.write_bytes(b"".join(records.tfrecord_frame(p) for p in payloads))
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == payloads
+
+
+@pytest.mark.parametrize("first_line,expected", [
+    ("click,purchase,101,121", None),
+    ("1,0,0,205:1,206:2", "aliccp-kv"),
+    (",".join(["0"] * 20), "aliccp-aitm"),
+    (",".join(["0"] * 33), "aliccp-torchrechub"),
+])
+def test_aliccp_csv_layout_detection(first_line, expected):
+    if expected is None:
+        with pytest.raises(ValueError, match="neither torch-rechub's nor AITM's"):
+            formats.detect_aliccp_csv(first_line)
+    else:
+        assert formats.detect_aliccp_csv(first_line).schema.name == expected

@@ -1,0 +1,1 @@
+"""Transform stage: tf.Transform preprocessing; owns the feature schema (`transform.features`)."""
