@@ -134,6 +134,7 @@ def sample_id_digest(role: str, sample_id: str) -> bytes:
 
 _POSITION = np.dtype([("low", "<u8"), ("high", "<u8"), ("file", "<u4"), ("line", "<u8")])
 _MAX_RUN_LINES = 10_000
+_PROGRESS_EVERY = 250_000
 _POSITIONS_PER_OUTPUT = 1 << 20
 
 
@@ -255,6 +256,7 @@ class _Join(_Counting):
 
     def setup(self):
         self._parser = formats.AliccpRawParser()
+        self._joined = 0
 
     def process(self, element, first_of_repeated):
         (role, common_index), values = element
@@ -287,6 +289,9 @@ class _Join(_Counting):
             framed[split_of(role, sample_id, self._eval_fraction)].append(records.tfrecord_frame(example))
         for split, split_records in framed.items():
             yield self.write(split, b"".join(split_records), len(split_records))
+        before, self._joined = self._joined, self._joined + len(samples)
+        if before // _PROGRESS_EVERY != self._joined // _PROGRESS_EVERY:
+            _LOG.info("joined %s samples with their common features", f"{self._joined:,}")
 
 
 def _join_path(base: str, name: str) -> str:
