@@ -40,7 +40,7 @@ def _ingest(args, beam_args) -> None:
 
     config = beam_pipeline.IngestConfig(
         format=args.format, input=args.input, output=args.output, eval_fraction=args.eval_fraction,
-        runner=args.runner, workers=args.workers, overwrite=args.overwrite, beam_args=beam_args,
+        runner=args.runner, overwrite=args.overwrite, beam_args=beam_args,
     )
     try:
         stats = beam_pipeline.run(config)
@@ -141,7 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="writes examples/{train,eval,test}/, rejected/, stats.json")
     p.add_argument("--eval-fraction", type=_fraction, default=0.1, help="share of training rows for eval (default: %(default)s)")
     p.add_argument("--runner", default=IN_PROCESS, help="Beam runner: in-process, DataflowRunner, FlinkRunner, ... (default: %(default)s)")
-    p.add_argument("--workers", type=_positive, default=1, help="in-process worker processes (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace ExampleGen output already in --output")
     p.set_defaults(func=_ingest)
 

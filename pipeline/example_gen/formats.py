@@ -157,7 +157,7 @@ class AliccpRawParser:
 
     def skeleton(self, text: str, encode: bool = True):
         """(sample_id, click, conversion, common_feature_index, field mask, Features bytes), where
-        the Features hold the labels, ids and this line's fields (b"" with encode=False)."""
+        the Features hold the labels, the sample id and this line's fields (b"" with encode=False)."""
         columns = text.split(",")
         if len(columns) != 6:
             raise r.Malformed(r.WRONG_COLUMN_COUNT, f"{len(columns)} columns, a sample_skeleton row has 6")
@@ -170,12 +170,12 @@ class AliccpRawParser:
         if not encode:
             return sample_id, click_label, conversion_label, common_index, mask, b""
         ids[F.CLICK], ids[F.CONVERSION] = [click_label], [conversion_label]
-        strings = {F.SAMPLE_ID: sample_id.encode(), F.COMMON_FEATURE_INDEX: common_index.encode()}
-        part = records.encode_features(ids, weights, strings)
+        part = records.encode_features(ids, weights, {F.SAMPLE_ID: sample_id.encode()})
         return sample_id, click_label, conversion_label, common_index, mask, part
 
     def common(self, text: str, encode: bool = True):
-        """(common_feature_index, field mask, Features bytes); (index, 0, b"") with encode=False."""
+        """(common_feature_index, field mask, Features bytes with the index and this line's fields);
+        (index, 0, b"") with encode=False."""
         columns = text.split(",")
         if len(columns) != 3:
             raise r.Malformed(r.WRONG_COLUMN_COUNT, f"{len(columns)} columns, a common_features row has 3")
@@ -183,7 +183,9 @@ class AliccpRawParser:
         if not common_index.strip():
             raise r.Malformed(r.WRONG_COLUMN_COUNT, "common_feature_index is empty")
         mask, ids, weights = self._feature_list(feature_num, feature_list, encode)
-        return common_index, mask, records.encode_features(ids, weights) if encode else b""
+        if not encode:
+            return common_index, 0, b""
+        return common_index, mask, records.encode_features(ids, weights, {F.COMMON_FEATURE_INDEX: common_index.encode()})
 
 
 def aliccp_example(common: tuple[int, bytes], sample: tuple[int, bytes]) -> bytes:
