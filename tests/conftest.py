@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import pathlib
@@ -93,6 +92,8 @@ def ingested_shared(tmp_path_factory, shared_data, aliexpress_folders) -> dict[s
     return {name: ingest(root, name, fmt, source) for name, (fmt, source) in runs.items()}
 
 
-def gunzip_lines(path: pathlib.Path) -> list[bytes]:
-    with gzip.open(path) as f:
-        return f.read().split(b"\n")
+def allowed_keys(schema) -> set[str]:
+    """The keys an example of the schema may have: features, their weights, labels, metadata."""
+    from transform import features as F
+
+    return {f.key for f in schema.fields} | {F.weight_key(f) for f in schema.fields} | set(F.LABELS) | set(F.METADATA)

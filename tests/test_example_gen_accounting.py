@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import pathlib
 
-from conftest import read_examples, read_rejected
+from conftest import allowed_keys, read_examples, read_rejected
 from pipeline.example_gen import beam_pipeline
 from transform import features as F
 
@@ -66,13 +66,14 @@ def test_split_is_a_stable_hash_of_the_sample_id(ingested_synthetic):
             assert beam_pipeline.split_of("train", example[F.SAMPLE_ID][0].decode(), 0.1) == split
 
 
-def test_examples_join_user_and_ad_fields_and_never_hold_labels_as_features(ingested_synthetic):
+def test_examples_join_user_and_ad_fields_and_hold_labels_only_as_labels(ingested_synthetic):
     output, _ = ingested_synthetic
     user = {f.key for f in F.ALICCP_USER_FIELDS}
     for example in read_examples(output, "test")[:300]:
         assert user <= set(example)
         assert {"f205", "f206", "f301"} <= set(example)
-        feature_keys = {k for k in example if k.startswith("f")}
-        assert not feature_keys & set(F.LABELS)
-        for key in feature_keys - {k for k in feature_keys if k.endswith("_weight")}:
-            assert len(example[f"{key}_weight"]) == len(example[key])
+        assert set(example) <= allowed_keys(F.ALICCP_RAW) - {F.SEARCH_ID}
+        assert example[F.CLICK][0] in (0, 1) and example[F.CONVERSION][0] <= example[F.CLICK][0]
+        for field in F.ALICCP_RAW.fields:
+            if field.key in example:
+                assert len(example[F.weight_key(field)]) == len(example[field.key])

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from conftest import read_examples
+from conftest import allowed_keys, read_examples
 from transform import features as F
 
 # (rows, clicks, conversions) per split, from ../shared/data/SOURCES.md.
@@ -53,7 +53,7 @@ def test_torchrechub_values_round_trip(ingested_shared, shared_data):
                 assert example[field.key] == [int(row[field.source])]
             for source in F.ALICCP_BEHAVIOUR + F.ALICCP_CROSSES:
                 assert example[f"f{source}_weight"] == pytest.approx([float(row[f"D{source}"])], rel=1e-6)
-            assert not {F.LABELS} & set(k for k in example if k.startswith("f"))
+            assert set(example) <= allowed_keys(F.ALICCP_TORCHRECHUB)  # "purchase" became the label only
 
 
 def test_aitm_layout_keeps_its_18_fields(ingested_shared):
@@ -96,3 +96,4 @@ def test_aliexpress_values_round_trip(ingested_shared, aliexpress_folders):
                 else:
                     assert example[field.key] == pytest.approx([float(row[field.source])], rel=1e-6, abs=1e-7)
             assert (example[F.CLICK], example[F.CONVERSION]) == ([int(row["click"])], [int(row["conversion"])])
+            assert set(example) == {f.key for f in F.ALIEXPRESS.fields} | set(F.LABELS) | {F.SAMPLE_ID, F.SEARCH_ID}
