@@ -70,7 +70,7 @@ def _synth_aliccp(args, _) -> None:
                                       malformed_rate=args.malformed_rate)
     try:
         manifest = aliccp.generate(config, args.out)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise UsageError(f"mtrank synth aliccp: {e}") from None
     print(json.dumps({k: manifest[k] for k in ("samples", "label_rates", "bayes_auc")}, indent=2))
     print(f"wrote {', '.join(manifest['files'])} and synth.json to {args.out}")
@@ -79,7 +79,10 @@ def _synth_aliccp(args, _) -> None:
 def _synth_fdn(args, _) -> None:
     from pipeline.synth import fdn
 
-    manifest = fdn.generate(fdn.FdnSynthConfig(rows=args.rows, seed=args.seed, dimension=args.dimension), args.out)
+    try:
+        manifest = fdn.generate(fdn.FdnSynthConfig(rows=args.rows, seed=args.seed, dimension=args.dimension), args.out)
+    except OSError as e:
+        raise UsageError(f"mtrank synth fdn: {e}") from None
     print(f"wrote {', '.join(manifest['files'])} and synth.json to {args.out}")
 
 
@@ -89,7 +92,7 @@ def _synth_mmoe(args, _) -> None:
     config = mmoe.MmoeSynthConfig(rows=args.rows, seed=args.seed, correlation=args.correlation, dimension=args.dimension)
     try:
         manifest = mmoe.generate(config, args.out)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         raise UsageError(f"mtrank synth mmoe: {e}") from None
     print(f"label correlation {manifest['label_correlation']:.3f} (weights' cosine {config.correlation}); "
           f"wrote {', '.join(manifest['files'])} to {args.out}")

@@ -45,6 +45,13 @@ def test_bad_arguments_fail_with_one_line(args, message):
     assert len(lines) == 1 and lines[0].startswith("error: mtrank") and message in lines[0]
 
 
+def test_an_output_that_is_a_file_is_one_line(tmp_path, shared_data):
+    (tmp_path / "a_file").write_text("")
+    result = run("ingest", "--format", "aliccp-csv", "--input", str(shared_data / "ali_ccp" / "aitm_csv"),
+                 "--output", str(tmp_path / "a_file"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "not a writable folder" in result.stderr
+
+
 def test_missing_raw_files_are_named(tmp_path):
     (tmp_path / "sample_skeleton_train.csv").write_text("")
     result = run("ingest", "--format", "aliccp-raw", "--input", str(tmp_path), "--output", str(tmp_path / "out"))

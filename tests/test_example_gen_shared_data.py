@@ -97,3 +97,23 @@ def test_aliexpress_values_round_trip(ingested_shared, aliexpress_folders):
                     assert example[field.key] == pytest.approx([float(row[field.source])], rel=1e-6, abs=1e-7)
             assert (example[F.CLICK], example[F.CONVERSION]) == ([int(row["click"])], [int(row["conversion"])])
             assert set(example) == {f.key for f in F.ALIEXPRESS.fields} | set(F.LABELS) | {F.SAMPLE_ID, F.SEARCH_ID}
+
+
+def test_file_roles_come_from_words_of_the_name():
+    from pipeline.example_gen.beam_pipeline import _role_from_name
+
+    assert _role_from_name("gs://b/x/paddlerec_aitm_test_sample_noheader.csv") == "test"
+    assert _role_from_name("torchrechub_ali_ccp_val_sample.csv") == "eval"
+    assert _role_from_name("latest_train.csv") == "train"  # "latest" holds "test" but is not the word
+    assert _role_from_name("contest.csv") == "train"
+
+
+def test_a_bom_and_crlf_file_ingests_like_the_plain_one(tmp_path, shared_data, ingested_shared):
+    source = shared_data / "ali_ccp" / "aitm_csv" / "paddlerec_aitm_train_sample.csv"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "train.csv").write_bytes(b"\xef\xbb\xbf" + source.read_bytes().replace(b"\n", b"\r\n"))
+    from conftest import ingest
+
+    output, stats = ingest(tmp_path, "out", "aliccp-csv", tmp_path / "in")
+    assert stats["samples"]["rejected"] == {} and stats["samples"]["dropped"] == {"header": 1}
+    assert sum(stats["samples"]["written"].values()) == 49

@@ -20,6 +20,13 @@ def test_ranges_cover_every_line_once(tmp_path, range_bytes):
     assert [line for r in ranges for line in iter_lines(r)] == EXPECTED
 
 
+def test_a_byte_order_mark_and_a_final_carriage_return_are_not_content(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfa,b\r\nc\r")
+    for range_bytes in (1, 2, 4, 64):
+        assert [line for r in plan_ranges([str(path)], range_bytes) for line in iter_lines(r)] == [b"a,b", b"c"]
+
+
 def test_empty_file_has_no_lines(tmp_path):
     path = tmp_path / "empty.txt"
     path.write_bytes(b"")

@@ -60,9 +60,6 @@ class Schema:
     def by_source(self) -> dict[str, Field]:
         return {f.source: f for f in self.fields}
 
-    def is_weighted(self, field: Field) -> bool:
-        return field.source in self.weighted
-
 
 def _categorical(source: str, description: str, multivalent: bool = False) -> Field:
     return Field(source, Kind.CATEGORICAL, description, multivalent)
@@ -123,5 +120,3 @@ ALIEXPRESS = Schema(
     tuple(_categorical(f"categorical_{i}", "") for i in range(1, 17))
     + tuple(Field(f"numerical_{i}", Kind.NUMERIC) for i in range(1, 64)),
 )
-
-SCHEMAS = {s.name: s for s in (ALICCP_RAW, ALICCP_TORCHRECHUB, ALICCP_AITM, ALICCP_KV, ALIEXPRESS)}

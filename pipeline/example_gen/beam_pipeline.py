@@ -16,12 +16,14 @@ import hashlib
 import json
 import logging
 import posixpath
+import re
 import struct
 import time
 import zlib
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -30,7 +32,7 @@ from apache_beam.transforms.window import GlobalWindows
 from pipeline.example_gen import FORMATS, IN_PROCESS, SPLITS, formats
 from pipeline.example_gen import reasons as r
 from pipeline.example_gen import records
-from pipeline.example_gen.lines import DEFAULT_RANGE_BYTES, ReadNumberedLines
+from pipeline.example_gen.lines import DEFAULT_RANGE_BYTES, UTF8_BOM, ReadNumberedLines
 
 _LOG = logging.getLogger(__name__)
 
@@ -211,15 +213,17 @@ class _FirstOfRepeatedIds(beam.CombineFn):
     """{digest: (file, line) of its first line} for the sample-id digests seen more than once."""
 
     def create_accumulator(self):
-        return np.zeros(0, _POSITION)
+        return []
 
     def add_input(self, accumulator, positions):
-        return np.concatenate([accumulator, positions])
+        accumulator.append(positions)
+        return accumulator
 
     def merge_accumulators(self, accumulators):
-        return np.concatenate(list(accumulators))
+        return [positions for accumulator in accumulators for positions in accumulator]
 
-    def extract_output(self, positions):
+    def extract_output(self, accumulator):
+        positions = np.concatenate(accumulator) if accumulator else np.zeros(0, _POSITION)
         positions = positions[np.lexsort((positions["line"], positions["file"], positions["low"], positions["high"]))]
         same_as_previous = (positions["low"][1:] == positions["low"][:-1]) & (positions["high"][1:] == positions["high"][:-1])
         firsts = positions[:-1][same_as_previous & ~np.concatenate([[False], same_as_previous[:-1]])]
@@ -274,8 +278,10 @@ class _Join(_Counting):
                 yield self.reject("samples", files[file], line_no, r.UNKNOWN_COMMON_FEATURE_INDEX,
                                   f"no common_features line has index {common_index!r}", raw)
             return
-        _, common_mask, common_part = self._parser.common(commons[0][3].decode("utf-8"))
         self._counts["common/joined" if samples else "common/unreferenced"] += 1
+        if not samples:
+            return
+        _, common_mask, common_part = self._parser.common(commons[0][3].decode("utf-8"))
         framed = collections.defaultdict(list)
         for file, line_no, raw in samples:
             sample_id, _, _, _, mask, part = self._parser.skeleton(raw.decode("utf-8"))
@@ -294,10 +300,6 @@ class _Join(_Counting):
             _LOG.info("joined %s samples with their common features", f"{self._joined:,}")
 
 
-def _join_path(base: str, name: str) -> str:
-    return FileSystems.join(base, name)
-
-
 def _discover(config: IngestConfig) -> tuple[dict, dict]:
     """{path: role} and {path: parser or kind} for the format; InputError if paths or layouts are wrong."""
     source = config.input
@@ -309,20 +311,20 @@ def _discover(config: IngestConfig) -> tuple[dict, dict]:
     if config.format == "aliccp-raw":
         if not is_dir:
             raise InputError(f"--input {source} must be a folder holding {', '.join(ALICCP_RAW_FILES)}")
-        found = {_join_path(source, n): v for n, v in ALICCP_RAW_FILES.items() if FileSystems.exists(_join_path(source, n))}
-        missing = [n for n in ALICCP_RAW_FILES if _join_path(source, n) not in found]
+        found = {FileSystems.join(source, n): v for n, v in ALICCP_RAW_FILES.items() if FileSystems.exists(FileSystems.join(source, n))}
+        missing = [n for n in ALICCP_RAW_FILES if FileSystems.join(source, n) not in found]
         if missing:
             raise InputError(f"--input {source} lacks {', '.join(missing)} (aliccp-raw needs all four files)")
         return {p: role for p, (_, role) in found.items()}, {p: kind for p, (kind, _) in found.items()}
     if config.format == "aliexpress":
         if not is_dir:
             raise InputError(f"--input {source} must be a folder holding train.csv and test.csv")
-        paths = {_join_path(source, n): role for n, role in ALIEXPRESS_FILES.items()}
+        paths = {FileSystems.join(source, n): role for n, role in ALIEXPRESS_FILES.items()}
         missing = [posixpath.basename(p) for p in paths if not FileSystems.exists(p)]
         if missing:
             raise InputError(f"--input {source} lacks {', '.join(missing)}")
         return paths, {p: _detect(p, formats.detect_aliexpress) for p in paths}
-    paths = sorted(m.path for m in FileSystems.match([_join_path(source, "*")])[0].metadata_list) if is_dir else [source]
+    paths = sorted(m.path for m in FileSystems.match([FileSystems.join(source, "*")])[0].metadata_list) if is_dir else [source]
     paths = [p for p in paths if p.endswith((".csv", ".txt"))]
     if not paths:
         raise InputError(f"--input {source} holds no .csv or .txt file")
@@ -331,27 +333,31 @@ def _discover(config: IngestConfig) -> tuple[dict, dict]:
 
 
 def _is_dir(path: str) -> bool:
-    return bool(FileSystems.match([_join_path(path, "*")])[0].metadata_list)
+    return bool(FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list)
 
 
 def _role_from_name(path: str) -> str:
-    name = posixpath.basename(path).lower()
-    if "test" in name:
+    """test or eval when a word of the file name says so (`x_test_1.csv`, `val.csv`), else train."""
+    words = set(re.split(r"[^a-z0-9]+", posixpath.basename(path).lower()))
+    if "test" in words:
         return "test"
-    if "val" in name:
+    if words & {"val", "valid", "validation", "eval"}:
         return "eval"
     return "train"
 
 
-def _detect(path: str, detect):
+def _detect(path: str, detect, lines_to_try: int = 5):
+    """The layout of a file from its first line, or from the next ones if that is malformed."""
     with FileSystems.open(path, compression_type="uncompressed") as f:
-        first = f.readline().decode("utf-8", "replace")
-    if not first.strip():
-        raise InputError(f"{path}: the first line is empty, so its layout cannot be told")
-    try:
-        return detect(first)
-    except ValueError as e:
-        raise InputError(f"{path}: {e}") from None
+        lines = [f.readline() for _ in range(lines_to_try)]
+    lines = [line.removeprefix(UTF8_BOM).decode("utf-8", "replace") for line in lines]
+    errors = []
+    for line in (line for line in lines if line.strip()):
+        try:
+            return detect(line)
+        except ValueError as e:
+            errors.append(str(e))
+    raise InputError(f"{path}: {errors[0] if errors else 'the file has no line to tell its layout from'}")
 
 
 def pipeline_options(config: IngestConfig) -> PipelineOptions:
@@ -401,12 +407,12 @@ def build(p: beam.Pipeline, config: IngestConfig, roles: dict, kinds: dict) -> N
         examples = {split: parsed[split] for split in SPLITS}
     for split in SPLITS:
         _ = examples[split] | f"Write{split.title()}" >> beam.io.Write(
-            _FramedRecordSink(_join_path(_join_path(config.output, f"examples/{split}"), "data"))
+            _FramedRecordSink(FileSystems.join(FileSystems.join(config.output, f"examples/{split}"), "data"))
         )
     _ = (
         rejected
         | "AllRejected" >> beam.Flatten()
-        | "WriteRejected" >> beam.io.WriteToText(_join_path(config.output, "rejected/rejected"), file_name_suffix=".jsonl")
+        | "WriteRejected" >> beam.io.WriteToText(FileSystems.join(config.output, "rejected/rejected"), file_name_suffix=".jsonl")
     )
 
 
@@ -467,8 +473,17 @@ def check_accounting(stats: dict) -> list[str]:
     return problems
 
 
+def _check_writable(output: str) -> None:
+    probe = FileSystems.join(output, ".mtrank-write-check")
+    try:
+        FileSystems.create(probe).close()
+        FileSystems.delete([probe])
+    except (BeamIOError, OSError) as e:
+        raise InputError(f"--output {output} is not a writable folder ({type(e).__name__})") from None
+
+
 def _clear_outputs(config: IngestConfig) -> None:
-    targets = [_join_path(config.output, n) for n in ("examples", "rejected", "stats.json")]
+    targets = [FileSystems.join(config.output, n) for n in ("examples", "rejected", "stats.json")]
     existing = [t for t in targets if FileSystems.exists(t)]
     if existing and not config.overwrite:
         raise InputError(f"--output {config.output} already holds ExampleGen output; pass --overwrite to replace it")
@@ -480,7 +495,11 @@ def run(config: IngestConfig) -> dict:
     """Runs ExampleGen; returns the stats also written to <output>/stats.json."""
     if not 0.0 <= config.eval_fraction < 1.0:
         raise InputError(f"--eval-fraction {config.eval_fraction} must be in [0, 1)")
-    roles, kinds = _discover(config)
+    try:
+        roles, kinds = _discover(config)
+    except (BeamIOError, OSError) as e:
+        raise InputError(f"--input {config.input}: {e}") from None
+    _check_writable(config.output)
     layouts = {posixpath.basename(p): (k if isinstance(k, str) else k.schema.name) for p, k in kinds.items()}
     _clear_outputs(config)
     size = sum(FileSystems.match([p])[0].metadata_list[0].size_in_bytes for p in roles)
@@ -495,6 +514,6 @@ def run(config: IngestConfig) -> dict:
     problems = check_accounting(stats)
     if problems:
         raise RuntimeError("ExampleGen lost track of lines: " + "; ".join(problems))
-    with FileSystems.create(_join_path(config.output, "stats.json")) as f:
+    with FileSystems.create(FileSystems.join(config.output, "stats.json")) as f:
         f.write(json.dumps(stats, indent=2).encode())
     return stats

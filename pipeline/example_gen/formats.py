@@ -42,22 +42,26 @@ def parse_label(text: str, name: str) -> int:
     raise r.Malformed(r.BAD_LABEL, f"{name} is {text!r}, not 0 or 1")
 
 
+# Python's int() and float() also take spaces, underscores and non-ASCII digits: not in our data.
+_INTEGER = "-?[0-9]+"
+_DECIMAL = "-?(?:[0-9]+(?:\\.[0-9]*)?|\\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+_INTEGER_RE, _DECIMAL_RE, _COUNT_RE = re.compile(_INTEGER), re.compile(_DECIMAL), re.compile("[0-9]+")
+
+
 def parse_id(text: str, field: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise r.Malformed(r.UNPARSABLE_ID, f"field {field}: id {text!r} is not an integer") from None
+    if not _INTEGER_RE.fullmatch(text):
+        raise r.Malformed(r.UNPARSABLE_ID, f"field {field}: id {text!r} is not an integer")
+    value = int(text)
     if not -(2**63) <= value < 2**63:
         raise r.Malformed(r.UNPARSABLE_ID, f"field {field}: id {text!r} does not fit in int64")
     return value
 
 
 def parse_float(text: str, field: str, reason: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise r.Malformed(reason, f"field {field}: {text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not _DECIMAL_RE.fullmatch(text):
+        raise r.Malformed(reason, f"field {field}: {text!r} is not a decimal number")
+    value = float(text)
+    if not math.isfinite(value):
         raise r.Malformed(reason, f"field {field}: {text!r} is not finite")
     return value
 
@@ -76,16 +80,20 @@ class _FieldKeys:
             raise r.Malformed(r.UNKNOWN_FIELD, f"field {source!r} is not in {self.schema.name}") from None
 
 
-_NOT_SEPARATOR = "[^\x01\x02\x03]*"
-_ENTRY = f"{_NOT_SEPARATOR}\x02{_NOT_SEPARATOR}\x03{_NOT_SEPARATOR}"
-_ENTRY_LIST = re.compile(f"{_ENTRY}(?:\x01{_ENTRY})*")
-# Lines this matches are surely valid: known fields, ids of at most 18 digits (so int64),
-# decimal weights with small exponents (so finite). Others go to the exact parser.
-_PLAIN_ENTRY = (
-    f"(?:{'|'.join(re.escape(f.source) for f in F.ALICCP_RAW.fields)})"
-    "\x02-?[0-9]{1,18}\x03-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]{1,2})?"
+def _entry_list(field: str, integer: str, decimal: str) -> re.Pattern:
+    entry = f"{field}\x02{integer}\x03{decimal}"
+    return re.compile(f"{entry}(?:\x01{entry})*")
+
+
+# Entries whose ids and weights convert without error (range and finiteness still checked).
+_WELL_FORMED = _entry_list("[^\x01\x02\x03]*", _INTEGER, _DECIMAL)
+# Lines this matches are valid as they stand: known fields, ids of at most 18 digits (so
+# int64), weights with at most 2-digit exponents (so finite). It lets validation skip conversion.
+_SURELY_VALID = _entry_list(
+    f"(?:{'|'.join(re.escape(f.source) for f in F.ALICCP_RAW.fields)})",
+    "-?[0-9]{1,18}",
+    "-?(?:[0-9]+(?:\\.[0-9]*)?|\\.[0-9]+)(?:[eE][-+]?[0-9]{1,2})?",
 )
-_PLAIN_ENTRY_LIST = re.compile(f"{_PLAIN_ENTRY}(?:\x01{_PLAIN_ENTRY})*")
 
 
 class AliccpRawParser:
@@ -97,34 +105,36 @@ class AliccpRawParser:
     def _feature_list(self, feature_num: str, feature_list: str, encode: bool) -> tuple[int, dict, dict]:
         """(bit mask of the fields present, {key: ids}, {weight key: weights}) of a feature_list
         column; with encode=False only validates, and returns (0, {}, {})."""
-        try:
-            expected = int(feature_num)
-        except ValueError:
-            raise r.Malformed(r.FEATURE_NUM_MISMATCH, f"feature_num {feature_num!r} is not an integer") from None
+        if not _COUNT_RE.fullmatch(feature_num):
+            raise r.Malformed(r.FEATURE_NUM_MISMATCH, f"feature_num {feature_num!r} is not an integer")
+        expected = int(feature_num)
         n_entries = feature_list.count("\x01") + 1 if feature_list else 0
         if n_entries != expected:
             raise r.Malformed(r.FEATURE_NUM_MISMATCH, f"feature_num is {expected} but the list has {n_entries} entries")
-        if not feature_list:
+        if not feature_list or (not encode and _SURELY_VALID.fullmatch(feature_list)):
             return 0, {}, {}
-        if not encode and _PLAIN_ENTRY_LIST.fullmatch(feature_list):
-            return 0, {}, {}
-        # Fast path: convert all ids and weights at C speed; any failure is diagnosed entry by entry.
-        if _ENTRY_LIST.fullmatch(feature_list):
+        grouped = self._group(*self._entries(feature_list))
+        return grouped if encode else (0, {}, {})
+
+    def _entries(self, feature_list: str) -> tuple[list, list, list]:
+        """(fields, ids, weights): converted at C speed when well formed, else entry by entry so
+        that the first bad entry names the reason."""
+        if _WELL_FORMED.fullmatch(feature_list):
             flat = feature_list.replace("\x02", "\x01").replace("\x03", "\x01").split("\x01")
-            try:
-                ids = list(map(int, flat[1::3]))
-                weights = list(map(float, flat[2::3]))
-            except ValueError:
-                pass
-            else:
-                if max(ids) < 2**63 and min(ids) >= -(2**63) and all(map(math.isfinite, weights)):
-                    if encode:
-                        return self._group(flat[0::3], ids, weights)
-                    unknown = set(flat[0::3]).difference(self._fields.keys)
-                    if not unknown:
-                        return 0, {}, {}
-        self._diagnose(feature_list.split("\x01"))
-        raise AssertionError(f"feature_list {feature_list[:200]!r} failed the fast parse but not the slow one")
+            ids, weights = list(map(int, flat[1::3])), list(map(float, flat[2::3]))
+            if max(ids) < 2**63 and min(ids) >= -(2**63) and all(map(math.isfinite, weights)):
+                return flat[0::3], ids, weights
+        sources, ids, weights = [], [], []
+        for entry in feature_list.split("\x01"):
+            source, sep, rest = entry.partition("\x02")
+            id_text, sep2, weight_text = rest.partition("\x03")
+            if not sep or not sep2 or "\x02" in rest or "\x03" in weight_text:
+                raise r.Malformed(r.MALFORMED_ENTRY, f"entry {entry!r} is not field\\x02id\\x03weight")
+            self._fields.keys_of(source)
+            sources.append(source)
+            ids.append(parse_id(id_text, source))
+            weights.append(parse_float(weight_text, source, r.UNPARSABLE_WEIGHT))
+        return sources, ids, weights
 
     def _group(self, sources, ids, weights) -> tuple[int, dict, dict]:
         by_key: dict[str, list[int]] = {}
@@ -143,17 +153,6 @@ class AliccpRawParser:
                 by_key[key], weights_by_key[weight_key] = [id_], [weight]
                 mask |= bit
         return mask, by_key, weights_by_key
-
-    def _diagnose(self, entries: list[str]) -> None:
-        """Raises the Malformed of the first bad entry."""
-        for entry in entries:
-            source, sep, rest = entry.partition("\x02")
-            id_text, sep2, weight_text = rest.partition("\x03")
-            if not sep or not sep2 or "\x02" in rest or "\x03" in weight_text:
-                raise r.Malformed(r.MALFORMED_ENTRY, f"entry {entry!r} is not field\\x02id\\x03weight")
-            self._fields.keys_of(source)
-            parse_id(id_text, source)
-            parse_float(weight_text, source, r.UNPARSABLE_WEIGHT)
 
     def skeleton(self, text: str, encode: bool = True):
         """(sample_id, click, conversion, common_feature_index, field mask, Features bytes), where
@@ -287,30 +286,28 @@ AITM_COLUMNS = ("click", "purchase") + tuple(f.source for f in F.ALICCP_AITM.fie
 ALIEXPRESS_COLUMNS = (F.SEARCH_ID,) + tuple(f.source for f in F.ALIEXPRESS.fields) + ("click", "conversion")
 
 
-def detect_aliccp_csv(first_line: str):
-    """The parser for an Ali-CCP preprocessed file, from its first line; ValueError if unknown."""
+def _detect(first_line: str, layouts, name: str) -> ColumnParser:
     columns = tuple(first_line.rstrip("\r\n").split(","))
+    for schema, layout in layouts:
+        if set(columns) == set(layout):
+            return ColumnParser(schema, columns, has_header=True)
+    if not all(_DECIMAL_RE.fullmatch(c) for c in columns):
+        raise ValueError(f"first line {first_line[:120]!r} is neither a {name} header nor a data line")
+    for schema, layout in layouts:
+        if len(columns) == len(layout):
+            return ColumnParser(schema, layout, has_header=False)
+    sizes = " or ".join(str(len(layout)) for _, layout in layouts)
+    raise ValueError(f"a line of {len(columns)} columns is not the {name} layout ({sizes} columns)")
+
+
+def detect_aliccp_csv(first_line: str):
+    """The parser for an Ali-CCP preprocessed file, from a line of it; ValueError if unknown."""
+    columns = first_line.rstrip("\r\n").split(",")
     if len(columns) > 3 and ":" in columns[3]:
         return KeyValueParser()
-    has_header = columns[0] == "click"
-    if has_header:
-        for schema, layout in ((F.ALICCP_TORCHRECHUB, TORCHRECHUB_COLUMNS), (F.ALICCP_AITM, AITM_COLUMNS)):
-            if set(columns) == set(layout):
-                return ColumnParser(schema, columns, True)
-        raise ValueError(f"header {first_line[:120]!r} is neither torch-rechub's nor AITM's Ali-CCP layout")
-    for schema, layout in ((F.ALICCP_TORCHRECHUB, TORCHRECHUB_COLUMNS), (F.ALICCP_AITM, AITM_COLUMNS)):
-        if len(columns) == len(layout):
-            return ColumnParser(schema, layout, False)
-    raise ValueError(
-        f"a line of {len(columns)} columns is none of the Ali-CCP CSV layouts "
-        f"(torch-rechub {len(TORCHRECHUB_COLUMNS)}, AITM {len(AITM_COLUMNS)}, or field:id entries)"
-    )
+    layouts = ((F.ALICCP_TORCHRECHUB, TORCHRECHUB_COLUMNS), (F.ALICCP_AITM, AITM_COLUMNS))
+    return _detect(first_line, layouts, "torch-rechub or AITM Ali-CCP")
 
 
 def detect_aliexpress(first_line: str) -> ColumnParser:
-    columns = tuple(first_line.rstrip("\r\n").split(","))
-    if columns == ALIEXPRESS_COLUMNS:
-        return ColumnParser(F.ALIEXPRESS, columns, True)
-    if len(columns) == len(ALIEXPRESS_COLUMNS) and columns[0] != F.SEARCH_ID:
-        return ColumnParser(F.ALIEXPRESS, ALIEXPRESS_COLUMNS, False)
-    raise ValueError(f"first line {first_line[:120]!r} is not the MTReclib AliExpress layout ({len(ALIEXPRESS_COLUMNS)} columns)")
+    return _detect(first_line, ((F.ALIEXPRESS, ALIEXPRESS_COLUMNS),), "MTReclib AliExpress")

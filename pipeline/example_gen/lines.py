@@ -17,6 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 _LOG = logging.getLogger(__name__)
 DEFAULT_RANGE_BYTES = 32 << 20
 _READ_BUFFER = 1 << 20
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class ByteRange(NamedTuple):
@@ -51,10 +52,10 @@ def iter_lines(byte_range: ByteRange) -> Iterator[bytes]:
             line = buffered.readline()
             if not line:
                 return
-            position += len(line)
-            if line.endswith(b"\n"):
-                line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-            yield line
+            at_file_start, position = position == 0, position + len(line)
+            if at_file_start and line.startswith(UTF8_BOM):
+                line = line[len(UTF8_BOM):]
+            yield line.removesuffix(b"\n").removesuffix(b"\r")
 
 
 class _BufferedLines:
