@@ -281,10 +281,10 @@ class _Join(_Counting):
         self._counts["common/joined" if samples else "common/unreferenced"] += 1
         if not samples:
             return
-        _, common_mask, common_part = self._parser.common(commons[0][3].decode("utf-8"))
+        _, common_mask, common_part = self._parser.common(commons[0][3].decode("utf-8"), validated=True)
         framed = collections.defaultdict(list)
         for file, line_no, raw in samples:
-            sample_id, _, _, _, mask, part = self._parser.skeleton(raw.decode("utf-8"))
+            sample_id, _, _, _, mask, part = self._parser.skeleton(raw.decode("utf-8"), validated=True)
             if first_of_repeated:
                 first = first_of_repeated.get(sample_id_digest(role, sample_id), (file, line_no))
                 if first != (file, line_no):

@@ -102,7 +102,7 @@ class AliccpRawParser:
     def __init__(self):
         self._fields = _FieldKeys(F.ALICCP_RAW)
 
-    def _feature_list(self, feature_num: str, feature_list: str, encode: bool) -> tuple[int, dict, dict]:
+    def _feature_list(self, feature_num: str, feature_list: str, encode: bool, validated: bool = False):
         """(bit mask of the fields present, {key: ids}, {weight key: weights}) of a feature_list
         column; with encode=False only validates, and returns (0, {}, {})."""
         if not _COUNT_RE.fullmatch(feature_num):
@@ -113,13 +113,13 @@ class AliccpRawParser:
             raise r.Malformed(r.FEATURE_NUM_MISMATCH, f"feature_num is {expected} but the list has {n_entries} entries")
         if not feature_list or (not encode and _SURELY_VALID.fullmatch(feature_list)):
             return 0, {}, {}
-        grouped = self._group(*self._entries(feature_list))
+        grouped = self._group(*self._entries(feature_list, validated))
         return grouped if encode else (0, {}, {})
 
-    def _entries(self, feature_list: str) -> tuple[list, list, list]:
-        """(fields, ids, weights): converted at C speed when well formed, else entry by entry so
-        that the first bad entry names the reason."""
-        if _WELL_FORMED.fullmatch(feature_list):
+    def _entries(self, feature_list: str, validated: bool) -> tuple[list, list, list]:
+        """(fields, ids, weights): converted at C speed when well formed (or `validated` before),
+        else entry by entry so that the first bad entry names the reason."""
+        if validated or _WELL_FORMED.fullmatch(feature_list):
             flat = feature_list.replace("\x02", "\x01").replace("\x03", "\x01").split("\x01")
             ids, weights = list(map(int, flat[1::3])), list(map(float, flat[2::3]))
             if max(ids) < 2**63 and min(ids) >= -(2**63) and all(map(math.isfinite, weights)):
@@ -154,7 +154,7 @@ class AliccpRawParser:
                 mask |= bit
         return mask, by_key, weights_by_key
 
-    def skeleton(self, text: str, encode: bool = True):
+    def skeleton(self, text: str, encode: bool = True, validated: bool = False):
         """(sample_id, click, conversion, common_feature_index, field mask, Features bytes), where
         the Features hold the labels, the sample id and this line's fields (b"" with encode=False)."""
         columns = text.split(",")
@@ -165,14 +165,14 @@ class AliccpRawParser:
             raise r.Malformed(r.BAD_SAMPLE_ID, "sample_id is empty")
         click_label = parse_label(click, F.CLICK)
         conversion_label = parse_label(conversion, F.CONVERSION)
-        mask, ids, weights = self._feature_list(feature_num, feature_list, encode)
+        mask, ids, weights = self._feature_list(feature_num, feature_list, encode, validated)
         if not encode:
             return sample_id, click_label, conversion_label, common_index, mask, b""
         ids[F.CLICK], ids[F.CONVERSION] = [click_label], [conversion_label]
         part = records.encode_features(ids, weights, {F.SAMPLE_ID: sample_id.encode()})
         return sample_id, click_label, conversion_label, common_index, mask, part
 
-    def common(self, text: str, encode: bool = True):
+    def common(self, text: str, encode: bool = True, validated: bool = False):
         """(common_feature_index, field mask, Features bytes with the index and this line's fields);
         (index, 0, b"") with encode=False."""
         columns = text.split(",")
@@ -181,7 +181,7 @@ class AliccpRawParser:
         common_index, feature_num, feature_list = columns
         if not common_index.strip():
             raise r.Malformed(r.WRONG_COLUMN_COUNT, "common_feature_index is empty")
-        mask, ids, weights = self._feature_list(feature_num, feature_list, encode)
+        mask, ids, weights = self._feature_list(feature_num, feature_list, encode, validated)
         if not encode:
             return common_index, 0, b""
         return common_index, mask, records.encode_features(ids, weights, {F.COMMON_FEATURE_INDEX: common_index.encode()})
