@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ingest, read_examples
+from conftest import read_examples
 from transform import features as F
 
 S, E, V = "\x01", "\x02", "\x03"
@@ -26,7 +26,7 @@ COMMON_TRAIN = [
     f"cfiB,2,{_entries(('101', 8, '1'), ('205', 999, '0.25'))}",
 ]
 SKELETON_TEST = [f"1,0,0,cfiT,1,{_entries(('216', 5, '1'))}"]
-COMMON_TEST = [f"cfiT,0,"]
+COMMON_TEST = ["cfiT,0,"]
 
 
 @pytest.fixture(scope="module")
