@@ -83,3 +83,18 @@ def test_examples_join_user_and_ad_fields_and_hold_labels_only_as_labels(ingeste
         for field in F.ALICCP_RAW.fields:
             if field.key in example:
                 assert len(example[F.weight_key(field)]) == len(example[field.key])
+
+
+def test_repeated_ids_point_to_their_first_line():
+    import numpy as np
+
+    ids = ["a", "b", "a", "c", "b", "a"]
+    positions = np.zeros(len(ids), beam_pipeline._POSITION)
+    for i, sample_id in enumerate(ids):
+        digest = np.frombuffer(beam_pipeline.sample_id_digest("train", sample_id), dtype=[("low", "<u8"), ("high", "<u8")])[0]
+        positions[i] = (digest["low"], digest["high"], i % 2, 10 - i)  # (file, line)
+    combine = beam_pipeline._FirstOfRepeatedIds()
+    halves = [combine.add_input(combine.create_accumulator(), part) for part in (positions[:3], positions[3:])]
+    firsts = combine.extract_output(combine.merge_accumulators(halves))
+    digest = {s: beam_pipeline.sample_id_digest("train", s) for s in set(ids)}
+    assert firsts == {digest["a"]: (0, 8), digest["b"]: (0, 6)}  # "c" is not repeated
