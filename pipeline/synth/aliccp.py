@@ -15,7 +15,9 @@ Bayes-optimal AUCs (true probabilities as scores) are written to synth.json.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import json
 import os
 
@@ -281,6 +283,26 @@ def _defect_plan(rng, n_valid: int, rate: float, defects: tuple, at_least_each: 
     return list(zip(positions.tolist(), kinds))
 
 
+def _write_with_defects(path: str, valid_lines, plan, make_defect, counts: dict) -> int:
+    """Writes the valid lines, each followed by the defective lines the plan puts after it;
+    counts those per defect into `counts`; returns the number of lines written."""
+    plan = collections.deque(plan)
+    written, chunk = 0, []
+    with open(path, "wb") as f:
+        for position, line in enumerate(valid_lines):
+            chunk.append(line.encode())
+            while plan and plan[0][0] == position:
+                defect = plan.popleft()[1]
+                chunk.append(make_defect(line, defect))
+                counts[defect] = counts.get(defect, 0) + 1
+            if len(chunk) >= _CHUNK:
+                f.write(b"\n".join(chunk) + b"\n")
+                written, chunk = written + len(chunk), []
+        if chunk:
+            f.write(b"\n".join(chunk) + b"\n")
+    return written + len(chunk)
+
+
 def generate(config: AliccpSynthConfig, out_dir: str, progress: bool = True) -> dict:
     """Writes the four raw files and synth.json into out_dir; returns what synth.json holds."""
     if config.rows < 10:
@@ -319,52 +341,43 @@ def generate(config: AliccpSynthConfig, out_dir: str, progress: bool = True) -> 
                                         "cvr": roc_auc(conversion[click == 1], p_cvr[click == 1]),
                                         "ctcvr": roc_auc(conversion, p_ctr * p_cvr)}
         skeleton_name, common_name = FILES[split]
+
+        def skeleton_lines():
+            for row in range(n):
+                cross_row = {c: v[row] for c, v in crosses[split].items()}
+                yield lines.skeleton(split, row + 1, click[row], conversion[row], users[row], items[row],
+                                     positions[row], cross_row)
+                if row % 10_000 == 9_999 or row == n - 1:
+                    bar.update(row % 10_000 + 1)
+
+        fresh_ids = itertools.count(10**9)
+
+        def skeleton_defect(line, defect):
+            if defect == r.DUPLICATE_SAMPLE_ID:
+                return line.encode()
+            return corrupt(line, defect, fresh_id=str(next(fresh_ids)))
+
+        defects = {}
         plan = _defect_plan(rng, n, config.malformed_rate, SAMPLE_DEFECTS, at_least_each=split == "train")
-        fresh = iter(range(10**9, 10**10))
-        with open(os.path.join(out_dir, skeleton_name), "wb") as f:
-            written, k = 0, 0
-            for start in range(0, n, _CHUNK):
-                stop = min(start + _CHUNK, n)
-                chunk = []
-                for row in range(start, stop):
-                    cross_row = {c: v[row] for c, v in crosses[split].items()}
-                    line = lines.skeleton(split, row + 1, click[row], conversion[row], users[row], items[row],
-                                          positions[row], cross_row)
-                    chunk.append(line.encode())
-                    while k < len(plan) and plan[k][0] == row:
-                        defect = plan[k][1]
-                        if defect == r.DUPLICATE_SAMPLE_ID:
-                            chunk.append(line.encode())
-                        else:
-                            chunk.append(corrupt(line, defect, fresh_id=str(next(fresh))))
-                        target = "dropped" if defect == r.CONVERSION_WITHOUT_CLICK else "malformed"
-                        bucket = manifest["dropped"] if target == "dropped" else malformed["samples"]
-                        bucket[defect] = bucket.get(defect, 0) + 1
-                        k += 1
-                f.write(b"\n".join(chunk) + b"\n")
-                written += len(chunk)
-                bar.update(stop - start)
-        manifest["files"][skeleton_name] = written
-        split_users = np.unique(users)
-        plan = _defect_plan(rng, len(split_users), config.malformed_rate, COMMON_DEFECTS,
-                            at_least_each=split == "train")
-        with open(os.path.join(out_dir, common_name), "wb") as f:
-            chunk, k = [], 0
-            for position, user in enumerate(split_users.tolist()):
-                line = lines.common(split, user)
-                chunk.append(line.encode())
-                while k < len(plan) and plan[k][0] == position:
-                    defect = plan[k][1]
-                    if defect == r.DUPLICATE_COMMON_FEATURE_INDEX:
-                        chunk.append(line.encode())
-                    else:
-                        # An index no sample refers to, so the defect does not spread to samples.
-                        unused = format(10**12 + k, "016x")
-                        chunk.append(corrupt(unused + line[line.index(","):], defect))
-                    malformed["common"][defect] = malformed["common"].get(defect, 0) + 1
-                    k += 1
-            f.write(b"\n".join(chunk) + b"\n")
-        manifest["files"][common_name] = len(chunk)
+        manifest["files"][skeleton_name] = _write_with_defects(
+            os.path.join(out_dir, skeleton_name), skeleton_lines(), plan, skeleton_defect, defects)
+        for defect, count in defects.items():
+            bucket = manifest["dropped"] if defect == r.CONVERSION_WITHOUT_CLICK else malformed["samples"]
+            bucket[defect] = bucket.get(defect, 0) + count
+
+        unused_indices = itertools.count(10**12)
+
+        def common_defect(line, defect):
+            if defect == r.DUPLICATE_COMMON_FEATURE_INDEX:
+                return line.encode()
+            # An index no sample refers to, so the defect does not spread to samples.
+            return corrupt(format(next(unused_indices), "016x") + line[line.index(","):], defect)
+
+        split_users = np.unique(users).tolist()
+        plan = _defect_plan(rng, len(split_users), config.malformed_rate, COMMON_DEFECTS, at_least_each=split == "train")
+        manifest["files"][common_name] = _write_with_defects(
+            os.path.join(out_dir, common_name), (lines.common(split, u) for u in split_users), plan, common_defect,
+            malformed["common"])
     bar.close()
     with open(os.path.join(out_dir, "synth.json"), "w") as f:
         json.dump(manifest, f, indent=2, default=float)
