@@ -42,11 +42,18 @@ def _ingest(args, beam_args) -> None:
         format=args.format, input=args.input, output=args.output, eval_fraction=args.eval_fraction,
         runner=args.runner, overwrite=args.overwrite, beam_args=beam_args,
     )
+    _run_example_gen(config, "ingest")
+
+
+def _run_example_gen(config, command: str) -> None:
+    """Runs ExampleGen, turning bad input into a one-line usage error, and prints its counts."""
+    from pipeline.example_gen import beam_pipeline
+
     try:
         stats = beam_pipeline.run(config)
     except beam_pipeline.InputError as e:
-        raise UsageError(f"mtrank ingest: {e}") from None
-    _print_ingest_summary(stats, args.output)
+        raise UsageError(f"mtrank {command}: {e}") from None
+    _print_ingest_summary(stats, config.output)
 
 
 def _print_ingest_summary(stats: dict, output: str) -> None:
@@ -114,11 +121,7 @@ def _run(args, beam_args) -> None:
     print(f"[2/2] ExampleGen: {data_format} {data} -> {args.output}")
     config = beam_pipeline.IngestConfig(format=data_format, input=data, output=args.output, overwrite=True,
                                         runner=args.runner, beam_args=beam_args)
-    try:
-        stats = beam_pipeline.run(config)
-    except beam_pipeline.InputError as e:
-        raise UsageError(f"mtrank run: {e}") from None
-    _print_ingest_summary(stats, args.output)
+    _run_example_gen(config, "run")
 
 
 def build_parser() -> argparse.ArgumentParser:

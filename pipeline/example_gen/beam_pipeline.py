@@ -143,7 +143,18 @@ _POSITIONS_PER_OUTPUT = 1 << 20
 _SHARD_BITS = 6
 
 
-class _ParseSkeleton(_Counting):
+class _ParseRawLines(_Counting):
+    """Parses Ali-CCP raw lines of `files` (paths travel as their index in that list)."""
+
+    def __init__(self, files: list, roles: dict):
+        self._files, self._roles, self._parser = files, roles, None
+
+    def setup(self):
+        self._parser = formats.AliccpRawParser()
+        self._index = {path: i for i, path in enumerate(self._files)}
+
+
+class _ParseSkeleton(_ParseRawLines):
     """Validates sample_skeleton lines (encoding waits for the join); keyed by common_feature_index.
 
     A shuffle costs per element, and Ali-CCP keeps a session's samples on consecutive lines, so
@@ -152,13 +163,6 @@ class _ParseSkeleton(_Counting):
     line) ("positions"), per shard of the digest space, from which the few repeated ids are
     found without shuffling every row by sample id.
     """
-
-    def __init__(self, files: list, roles: dict):
-        self._files, self._roles, self._parser = files, roles, None
-
-    def setup(self):
-        self._parser = formats.AliccpRawParser()
-        self._index = {path: i for i, path in enumerate(self._files)}
 
     def start_bundle(self):
         super().start_bundle()
@@ -245,14 +249,7 @@ def _merge_dicts(dicts) -> dict:
     return merged
 
 
-class _ParseCommon(_Counting):
-    def __init__(self, files: list, roles: dict):
-        self._files, self._roles, self._parser = files, roles, None
-
-    def setup(self):
-        self._parser = formats.AliccpRawParser()
-        self._index = {path: i for i, path in enumerate(self._files)}
-
+class _ParseCommon(_ParseRawLines):
     def process(self, element):
         path, line_no, raw = element
         self._counts["lines/common"] += 1
@@ -322,7 +319,8 @@ def _discover(config: IngestConfig) -> tuple[dict, dict]:
         raise InputError(f"--format {config.format!r} is not one of {', '.join(FORMATS)}")
     if not FileSystems.exists(source):
         raise InputError(f"--input {source} does not exist")
-    is_dir = _is_dir(source)
+    listing = FileSystems.match([FileSystems.join(source, "*")])[0].metadata_list
+    is_dir = bool(listing)
     if config.format == "aliccp-raw":
         if not is_dir:
             raise InputError(f"--input {source} must be a folder holding {', '.join(ALICCP_RAW_FILES)}")
@@ -339,16 +337,12 @@ def _discover(config: IngestConfig) -> tuple[dict, dict]:
         if missing:
             raise InputError(f"--input {source} lacks {', '.join(missing)}")
         return paths, {p: _detect(p, formats.detect_aliexpress) for p in paths}
-    paths = sorted(m.path for m in FileSystems.match([FileSystems.join(source, "*")])[0].metadata_list) if is_dir else [source]
+    paths = sorted(m.path for m in listing) if is_dir else [source]
     paths = [p for p in paths if p.endswith((".csv", ".txt"))]
     if not paths:
         raise InputError(f"--input {source} holds no .csv or .txt file")
     roles = {p: _role_from_name(p) for p in paths}
     return roles, {p: _detect(p, formats.detect_aliccp_csv) for p in paths}
-
-
-def _is_dir(path: str) -> bool:
-    return bool(FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list)
 
 
 def _role_from_name(path: str) -> str:
@@ -428,7 +422,7 @@ def build(p: beam.Pipeline, config: IngestConfig, roles: dict, kinds: dict) -> N
         examples = {split: parsed[split] for split in SPLITS}
     for split in SPLITS:
         _ = examples[split] | f"Write{split.title()}" >> beam.io.Write(
-            _FramedRecordSink(FileSystems.join(FileSystems.join(config.output, f"examples/{split}"), "data"))
+            _FramedRecordSink(FileSystems.join(config.output, "examples", split, "data"))
         )
     _ = (
         rejected

@@ -142,10 +142,7 @@ class AliccpRawParser:
         mask = 0
         keys = self._fields.keys
         for source, id_, weight in zip(sources, ids, weights):
-            try:
-                key, weight_key, bit = keys[source]
-            except KeyError:
-                raise r.Malformed(r.UNKNOWN_FIELD, f"field {source!r} is not in {F.ALICCP_RAW.name}") from None
+            key, weight_key, bit = keys.get(source) or self._fields.keys_of(source)
             if key in by_key:
                 by_key[key].append(id_)
                 weights_by_key[weight_key].append(weight)
