@@ -125,7 +125,8 @@ def _run(args, beam_args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.example_gen import FORMATS, IN_PROCESS
+    from pipeline import IN_PROCESS
+    from pipeline.example_gen import FORMATS
 
     parser = _Parser(prog="mtrank", description="Multi-task ranking pipeline (ExampleGen, synthetic data).",
                      epilog="Arguments after `--` go to Apache Beam (e.g. -- --project=P --region=R).")

@@ -120,3 +120,27 @@ ALIEXPRESS = Schema(
     tuple(_categorical(f"categorical_{i}", "") for i in range(1, 17))
     + tuple(Field(f"numerical_{i}", Kind.NUMERIC) for i in range(1, 64)),
 )
+
+SCHEMAS = {s.name: s for s in (ALICCP_RAW, ALICCP_TORCHRECHUB, ALICCP_AITM, ALICCP_KV, ALIEXPRESS)}
+
+
+def schema_of_examples(stats: dict) -> Schema:
+    """The schema of ExampleGen's output, from its stats.json (format and per-file layouts)."""
+    if stats["format"] == "aliccp-raw":
+        return ALICCP_RAW
+    names = set(stats["layouts"].values())
+    if len(names) != 1 or not names <= set(SCHEMAS):
+        raise ValueError(f"examples mix or lack known layouts: {sorted(names)}")
+    return SCHEMAS[names.pop()]
+
+
+def fields_in(keys) -> list[Field]:
+    """The declared fields whose tf.Example key is among `keys`, in schema order."""
+    keys = set(keys)
+    seen, found = set(), []
+    for schema in SCHEMAS.values():
+        for f in schema.fields:
+            if f.key in keys and f.key not in seen:
+                seen.add(f.key)
+                found.append(f)
+    return found

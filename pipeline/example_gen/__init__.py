@@ -7,4 +7,3 @@ splits, writes, and accounts for every line.
 
 FORMATS = ("aliccp-raw", "aliccp-csv", "aliexpress")
 SPLITS = ("train", "eval", "test")
-IN_PROCESS = "in-process"  # Beam's FnApiRunner in this process

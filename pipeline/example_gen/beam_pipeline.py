@@ -25,11 +25,12 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import Metrics, MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.metrics.metric import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.example_gen import FORMATS, IN_PROCESS, SPLITS, formats
+from pipeline.beam_utils import (IN_PROCESS, FramedRecordSink, InputError, check_writable, clear_outputs,
+                                 counters, pipeline_options)
+from pipeline.example_gen import FORMATS, SPLITS, formats
 from pipeline.example_gen import reasons as r
 from pipeline.example_gen import records
 from pipeline.example_gen.lines import DEFAULT_RANGE_BYTES, UTF8_BOM, ReadNumberedLines
@@ -44,10 +45,6 @@ ALICCP_RAW_FILES = {
 }
 ALIEXPRESS_FILES = {"train.csv": "train", "test.csv": "test"}
 _NAMESPACE = "examplegen"
-
-
-class InputError(ValueError):
-    """Bad input paths or layouts, found before the pipeline starts."""
 
 
 @dataclasses.dataclass
@@ -87,16 +84,6 @@ class _Counting(beam.DoFn):
         """Sends n TFRecord-framed examples (concatenated) to the split's files."""
         self._counts[f"written/{split}"] += n
         return beam.pvalue.TaggedOutput(split, framed_records)
-
-
-class _FramedRecordSink(beam.io.filebasedsink.FileBasedSink):
-    """Writes bytes that are already TFRecord-framed (see records.tfrecord_frame) as they are."""
-
-    def __init__(self, file_path_prefix: str):
-        super().__init__(file_path_prefix, beam.coders.BytesCoder(), file_name_suffix=".tfrecord.gz")
-
-    def write_encoded_record(self, file_handle, value: bytes):
-        file_handle.write(value)
 
 
 class _ParseRows(_Counting):
@@ -369,18 +356,6 @@ def _detect(path: str, detect, lines_to_try: int = 5):
     raise InputError(f"{path}: {errors[0] if errors else 'the file has no line to tell its layout from'}")
 
 
-def pipeline_options(config: IngestConfig) -> PipelineOptions:
-    if config.runner == IN_PROCESS:
-        # Beam's DirectRunner first tries to download the Prism runner, which fails offline. One
-        # worker: with --direct_running_mode=multi_processing --direct_num_workers=2, Beam 2.77
-        # lost whole join groups without an error in 2 of 3 runs of 2M rows here (caught by
-        # check_accounting); the run that kept everything was ~15% faster.
-        runner_args = ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"]
-    else:
-        runner_args = [f"--runner={config.runner}"]
-    return PipelineOptions(runner_args + list(config.beam_args))
-
-
 def build(p: beam.Pipeline, config: IngestConfig, roles: dict, kinds: dict) -> None:
     outputs = list(SPLITS) + ["rejected"]
     if config.format == "aliccp-raw":
@@ -422,24 +397,13 @@ def build(p: beam.Pipeline, config: IngestConfig, roles: dict, kinds: dict) -> N
         examples = {split: parsed[split] for split in SPLITS}
     for split in SPLITS:
         _ = examples[split] | f"Write{split.title()}" >> beam.io.Write(
-            _FramedRecordSink(FileSystems.join(config.output, "examples", split, "data"))
+            FramedRecordSink(FileSystems.join(config.output, "examples", split, "data"))
         )
     _ = (
         rejected
         | "AllRejected" >> beam.Flatten()
         | "WriteRejected" >> beam.io.WriteToText(FileSystems.join(config.output, "rejected/rejected"), file_name_suffix=".jsonl")
     )
-
-
-def _counters(result) -> dict[str, int]:
-    totals = collections.Counter()
-    for counter in result.metrics().query(MetricsFilter().with_namespace(_NAMESPACE))["counters"]:
-        try:
-            value = counter.committed
-        except Exception:  # runners without committed metrics
-            value = None
-        totals[counter.key.metric.name] += value if value is not None else counter.attempted
-    return dict(totals)
 
 
 def stats_from_counters(counters: dict[str, int], config: IngestConfig, layouts: dict) -> dict:
@@ -488,24 +452,6 @@ def check_accounting(stats: dict) -> list[str]:
     return problems
 
 
-def _check_writable(output: str) -> None:
-    probe = FileSystems.join(output, ".mtrank-write-check")
-    try:
-        FileSystems.create(probe).close()
-        FileSystems.delete([probe])
-    except (BeamIOError, OSError) as e:
-        raise InputError(f"--output {output} is not a writable folder ({type(e).__name__})") from None
-
-
-def _clear_outputs(config: IngestConfig) -> None:
-    targets = [FileSystems.join(config.output, n) for n in ("examples", "rejected", "stats.json")]
-    existing = [t for t in targets if FileSystems.exists(t)]
-    if existing and not config.overwrite:
-        raise InputError(f"--output {config.output} already holds ExampleGen output; pass --overwrite to replace it")
-    for target in existing:
-        FileSystems.delete([target])
-
-
 def run(config: IngestConfig) -> dict:
     """Runs ExampleGen; returns the stats also written to <output>/stats.json."""
     if not 0.0 <= config.eval_fraction < 1.0:
@@ -514,17 +460,17 @@ def run(config: IngestConfig) -> dict:
         roles, kinds = _discover(config)
     except (BeamIOError, OSError) as e:
         raise InputError(f"--input {config.input}: {e}") from None
-    _check_writable(config.output)
+    check_writable(config.output)
     layouts = {posixpath.basename(p): (k if isinstance(k, str) else k.schema.name) for p, k in kinds.items()}
-    _clear_outputs(config)
+    clear_outputs(config.output, ("examples", "rejected", "stats.json"), "ExampleGen", config.overwrite)
     size = sum(FileSystems.match([p])[0].metadata_list[0].size_in_bytes for p in roles)
     _LOG.info("ExampleGen: %s, %d files, %.1f MB -> %s", config.format, len(roles), size / 1e6, config.output)
     started = time.perf_counter()
-    p = beam.Pipeline(options=pipeline_options(config))
+    p = beam.Pipeline(options=pipeline_options(config.runner, config.beam_args))
     build(p, config, roles, kinds)
     result = p.run()
     result.wait_until_finish()
-    stats = stats_from_counters(_counters(result), config, layouts)
+    stats = stats_from_counters(counters(result, _NAMESPACE), config, layouts)
     stats["seconds"] = round(time.perf_counter() - started, 2)
     problems = check_accounting(stats)
     if problems:

@@ -1,0 +1,116 @@
+"""tf.Transform's `preprocessing_fn`: raw tf.Example features to model inputs.
+
+`preprocessing_fn(inputs, custom_config=None)` has TFX's signature, so this file drops into a
+TFX Transform component as its module file. It finds the fields in `inputs` by their keys in
+`transform.features`, so one function serves every dataset layout.
+
+Outputs (B = batch size):
+- single-valued categorical field `k`: int64 [B], its vocabulary index. An absent field is
+  the token `MISSING_ID` (so "missing" learns its own embedding when frequent enough); only the
+  first id is kept (the real data never holds more; ExampleGen's schemas say which fields may).
+- multi-valued categorical field `k`: int64 SparseTensor [B, None] of vocabulary indices, every
+  id kept in order; weighted fields also give `k_weight`, float32 SparseTensor with the same
+  indices, so the trainer pools ids with their weights.
+- numeric field `k`: float32 [B] (absent: 0.0), then the field's configured ops.
+- labels (`click`, `conversion`): int64 [B], passed through untouched and never an input of a
+  feature; `sample_id`: string [B], passed through for tracing, never a model input.
+
+Vocabularies: one per field, named by its key, computed on the data the analyzer sees (the
+training split), with `frequency_threshold`, and `num_oov_buckets` buckets after the
+vocabulary for ids it does not hold. Each vocabulary file stores its counts ("count token"
+lines), which noise injection samples from. Embedding tables are sized by `vocabulary_size`
+from the transform output, never from constants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from transform import features as F
+
+MISSING_ID = -1
+
+
+def signed_log1p(x):
+    """sign(x) * log(1 + |x|): log1p for counts, and defined for any real input."""
+    return tf.sign(x) * tf.math.log1p(tf.abs(x))
+
+
+NUMERIC_OPS = {"log1p": signed_log1p, "z_score": tft.scale_to_z_score}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """`custom_config` of the Transform stage (TFX passes it through unchanged)."""
+
+    frequency_threshold: int = 1  # an id seen fewer times in training goes to an OOV bucket
+    num_oov_buckets: int = 1
+    numeric: dict = dataclasses.field(default_factory=dict)  # field source or key -> ops, applied in order
+    numeric_default: tuple = ()  # ops for numeric fields not in `numeric` (AliExpress' are already scaled)
+
+    @classmethod
+    def from_config(cls, custom_config: dict | None) -> "Options":
+        config = dict(custom_config or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"custom_config: unknown keys {unknown}; known: {sorted(known)}")
+        options = cls(**config)
+        if options.frequency_threshold < 1:
+            raise ValueError(f"custom_config.frequency_threshold must be >= 1, got {options.frequency_threshold}")
+        if options.num_oov_buckets < 1:
+            raise ValueError(f"custom_config.num_oov_buckets must be >= 1 (unseen ids need a bucket), got {options.num_oov_buckets}")
+        for name, ops in [*options.numeric.items(), ("numeric_default", options.numeric_default)]:
+            bad = [op for op in ops if op not in NUMERIC_OPS]
+            if bad:
+                raise ValueError(f"custom_config numeric ops for {name}: {bad} are not among {sorted(NUMERIC_OPS)}")
+        return options
+
+    def ops_for(self, field: F.Field) -> tuple:
+        return tuple(self.numeric.get(field.source, self.numeric.get(field.key, self.numeric_default)))
+
+
+def raw_feature_spec(schema: F.Schema) -> dict:
+    """How ExampleGen's tf.Examples of `schema` parse: every field may be absent or repeated."""
+    spec = {}
+    for field in schema.fields:
+        dtype = tf.int64 if field.kind is F.Kind.CATEGORICAL else tf.float32
+        spec[field.key] = tf.io.VarLenFeature(dtype)
+        if field.source in schema.weighted and field.multivalent:
+            spec[F.weight_key(field)] = tf.io.VarLenFeature(tf.float32)
+    for label in F.LABELS:
+        spec[label] = tf.io.FixedLenFeature([], tf.int64)
+    spec[F.SAMPLE_ID] = tf.io.FixedLenFeature([], tf.string)
+    return spec
+
+
+def _first(values: tf.SparseTensor, default) -> tf.Tensor:
+    """[B]: each row's first value, `default` where the row is empty."""
+    ragged = tf.RaggedTensor.from_sparse(values)
+    return ragged.to_tensor(default_value=default, shape=[None, 1])[:, 0]
+
+
+def preprocessing_fn(inputs: dict, custom_config: dict | None = None) -> dict:
+    options = Options.from_config(custom_config)
+    outputs = {}
+    for field in F.fields_in(inputs):
+        raw = inputs[field.key]
+        if field.kind is F.Kind.NUMERIC:
+            value = _first(raw, 0.0)
+            for op in options.ops_for(field):
+                value = NUMERIC_OPS[op](value)
+            outputs[field.key] = value
+            continue
+        ids = raw if field.multivalent else _first(raw, tf.constant(MISSING_ID, tf.int64))
+        outputs[field.key] = tft.compute_and_apply_vocabulary(
+            ids, frequency_threshold=options.frequency_threshold, num_oov_buckets=options.num_oov_buckets,
+            vocab_filename=field.key, store_frequency=True, name=f"vocabulary_{field.key}",
+        )
+        if field.multivalent and F.weight_key(field) in inputs:
+            outputs[F.weight_key(field)] = inputs[F.weight_key(field)]
+    for key in (*F.LABELS, F.SAMPLE_ID):
+        outputs[key] = inputs[key]
+    return outputs
