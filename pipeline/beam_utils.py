@@ -31,11 +31,12 @@ def pipeline_options(runner: str, beam_args) -> PipelineOptions:
 
 
 class FramedRecordSink(beam.io.filebasedsink.FileBasedSink):
-    """Writes gzipped TFRecord files from elements that are already TFRecord-framed
-    (`records.tfrecord_frame`), so a whole batch of records travels as one element."""
+    """Writes TFRecord files (gzipped when `compressed`) from elements that are already
+    TFRecord-framed (`records.tfrecord_frame`), so a whole batch of records travels as one element."""
 
-    def __init__(self, file_path_prefix: str):
-        super().__init__(file_path_prefix, beam.coders.BytesCoder(), file_name_suffix=".tfrecord.gz")
+    def __init__(self, file_path_prefix: str, compressed: bool = True):
+        suffix = ".tfrecord.gz" if compressed else ".tfrecord"
+        super().__init__(file_path_prefix, beam.coders.BytesCoder(), file_name_suffix=suffix)
 
     def write_encoded_record(self, file_handle, value: bytes):
         file_handle.write(value)
