@@ -28,6 +28,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -70,6 +77,49 @@ def _print_ingest_summary(stats: dict, output: str) -> None:
     print(f"  stats: {os.path.join(output, 'stats.json')}")
 
 
+def _transform(args, beam_args) -> None:
+    from transform import beam_pipeline
+
+    preprocessing = {}
+    if args.config:
+        try:
+            with open(args.config) as f:
+                preprocessing = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"mtrank transform: --config {args.config}: {e}") from None
+    for key, value in (("frequency_threshold", args.frequency_threshold), ("num_oov_buckets", args.oov_buckets)):
+        if value is not None:
+            preprocessing[key] = value
+    config = beam_pipeline.TransformConfig(
+        examples=args.examples, output=args.output, noise_proportion=args.noise_proportion,
+        noise_feature_prob=args.noise_feature_prob, seed=args.seed, preprocessing=preprocessing,
+        runner=args.runner, overwrite=args.overwrite, beam_args=beam_args,
+    )
+    _run_transform(config, "transform")
+
+
+def _run_transform(config, command: str) -> None:
+    """Runs Transform, turning bad input into a one-line usage error, and prints its counts."""
+    from pipeline.beam_utils import InputError
+    from transform import beam_pipeline
+
+    try:
+        stats = beam_pipeline.run(config)
+    except InputError as e:
+        raise UsageError(f"mtrank {command}: {e}") from None
+    rows = "  ".join(f"{split} {n:,}" for split, n in stats["rows"].items())
+    print(f"Transform: {sum(stats['rows'].values()):,} rows in {stats['seconds']:.1f} s -> {config.output}")
+    print(f"  transformed  {rows}")
+    sizes = stats["vocabulary_size"]
+    if sizes:
+        print(f"  vocabularies {len(sizes)} fields, {min(sizes.values()):,} to {max(sizes.values()):,} ids")
+    if "noise" in stats:
+        n = stats["noise"]
+        replaced = sum(f["replaced"] for f in n["fields"].values())
+        print(f"  noise        {n['rows_selected']:,} of {n['rows']:,} training rows selected, {replaced:,} features replaced")
+    print(f"  stats: {os.path.join(config.output, 'transformed', 'stats.json')}")
+
+
 def _synth_aliccp(args, _) -> None:
     from pipeline.synth import aliccp
 
@@ -106,34 +156,38 @@ def _synth_mmoe(args, _) -> None:
 
 
 def _run(args, beam_args) -> None:
-    """The main job, as far as the pipeline is built: synthetic data (unless --data), ExampleGen."""
-    from pipeline.example_gen import beam_pipeline
-
+    """The main job, as far as the pipeline is built: synthetic data (unless --data), ExampleGen, Transform."""
     data, data_format = args.data, args.format
+    if data is not None and data_format is None:
+        raise UsageError("mtrank run: --data needs --format")
+    from pipeline.example_gen import beam_pipeline as example_gen
+    from transform import beam_pipeline as transform
+
+    steps = 2 if data is not None else 3
     if data is None:
         from pipeline.synth import aliccp
 
         data, data_format = os.path.join(args.output, "raw"), "aliccp-raw"
-        print(f"[1/2] synth: {args.rows:,} rows of raw Ali-CCP -> {data}")
+        print(f"[1/{steps}] synth: {args.rows:,} rows of raw Ali-CCP -> {data}")
         aliccp.generate(aliccp.AliccpSynthConfig(rows=args.rows, seed=args.seed, malformed_rate=0.001), data)
-    elif data_format is None:
-        raise UsageError("mtrank run: --data needs --format")
-    print(f"[2/2] ExampleGen: {data_format} {data} -> {args.output}")
-    config = beam_pipeline.IngestConfig(format=data_format, input=data, output=args.output, overwrite=True,
-                                        runner=args.runner, beam_args=beam_args)
-    _run_example_gen(config, "run")
+    print(f"[{steps - 1}/{steps}] ExampleGen: {data_format} {data} -> {args.output}")
+    _run_example_gen(example_gen.IngestConfig(format=data_format, input=data, output=args.output, overwrite=True,
+                                              runner=args.runner, beam_args=beam_args), "run")
+    print(f"[{steps}/{steps}] Transform: {args.output}/examples -> {args.output}/transform_graph, transformed/")
+    _run_transform(transform.TransformConfig(examples=args.output, output=args.output, seed=args.seed, overwrite=True,
+                                             runner=args.runner, beam_args=beam_args), "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from pipeline import IN_PROCESS
     from pipeline.example_gen import FORMATS
 
-    parser = _Parser(prog="mtrank", description="Multi-task ranking pipeline (ExampleGen, synthetic data).",
+    parser = _Parser(prog="mtrank", description="Multi-task ranking pipeline (ExampleGen, Transform, synthetic data).",
                      epilog="Arguments after `--` go to Apache Beam (e.g. -- --project=P --region=R).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log Beam's own messages too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = commands.add_parser("run", help="run the pipeline end to end (so far: synthetic data, ExampleGen)")
+    p = commands.add_parser("run", help="run the pipeline end to end (so far: synthetic data, ExampleGen, Transform)")
     p.add_argument("--data", help="raw data folder (default: generate synthetic raw Ali-CCP)")
     p.add_argument("--format", choices=FORMATS, help="format of --data")
     p.add_argument("--output", default="runs/default", help="folder for every artifact (default: %(default)s)")
@@ -141,6 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default: %(default)s)")
     p.add_argument("--runner", default=IN_PROCESS, help="Beam runner (default: %(default)s)")
     p.set_defaults(func=_run)
+
+    p = commands.add_parser("transform", help="Transform: tf.Transform vocabularies and normalisation, noise injection")
+    p.add_argument("--examples", required=True, help="ExampleGen's output folder (examples/ and stats.json)")
+    p.add_argument("--output", required=True, help="writes transform_graph/ and transformed/{train,eval,test}/")
+    p.add_argument("--noise-proportion", type=_probability, default=0.0, metavar="P",
+                   help="share of training rows that get noise (MTN paper: 0.05, 0.1, 0.15; default: %(default)s)")
+    p.add_argument("--noise-feature-prob", type=_probability, default=0.2, metavar="Q",
+                   help="chance that each feature of a noisy row is replaced (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
+    p.add_argument("--frequency-threshold", type=_positive, help="ids seen fewer times in training go to OOV (default: 1)")
+    p.add_argument("--oov-buckets", type=_positive, help="out-of-vocabulary buckets per field (default: 1)")
+    p.add_argument("--config", help="JSON file of preprocessing options, e.g. {\"numeric\": {\"numerical_1\": [\"log1p\", \"z_score\"]}}")
+    p.add_argument("--runner", default=IN_PROCESS, help="Beam runner (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace Transform output already in --output")
+    p.set_defaults(func=_transform)
 
     p = commands.add_parser("ingest", help="ExampleGen: raw logs to tf.Example TFRecords with Beam")
     p.add_argument("--format", required=True, choices=FORMATS)
@@ -178,10 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    if not verbose:
-        for noisy in ("apache_beam", "absl"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Our stages log progress at INFO; Beam, TensorFlow and tf.Transform log plenty at INFO too.
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    for ours in ("mtrank", "pipeline", "transform", "trainer", "serving"):
+        logging.getLogger(ours).setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,15 +16,29 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("MTRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-def read_examples(output: str | os.PathLike, split: str) -> list[dict]:
-    """The examples of a split as {key: values}, read with TensorFlow's own TFRecord reader."""
+def read_records(folder: str | os.PathLike) -> list[bytes]:
+    """The serialized records of a folder's TFRecord files, read with TensorFlow's own reader."""
     import tensorflow as tf
 
+    files = sorted(str(p) for p in pathlib.Path(folder).glob("*.tfrecord*"))
+    assert files, f"no TFRecord files in {folder}"
+    compression = "GZIP" if files[0].endswith(".gz") else ""
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type=compression)]
+
+
+def read_examples(output: str | os.PathLike, split: str) -> list[dict]:
+    """ExampleGen's examples of a split as {key: values}."""
     from pipeline.example_gen import records
 
-    files = sorted(str(p) for p in pathlib.Path(output, "examples", split).glob("*.tfrecord.gz"))
-    assert files, f"no TFRecord files in {output}/examples/{split}"
-    return [records.parse_example(r.numpy()) for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    return [records.parse_example(r) for r in read_records(pathlib.Path(output, "examples", split))]
+
+
+def read_transformed(output: str | os.PathLike, split: str) -> dict[bytes, dict]:
+    """Transform's examples of a split as {sample_id: {key: values}}."""
+    from pipeline.example_gen import records
+
+    rows = [records.parse_example(r) for r in read_records(pathlib.Path(output, "transformed", split))]
+    return {row["sample_id"][0]: row for row in rows}
 
 
 def read_rejected(output: str | os.PathLike) -> list[dict]:
@@ -97,3 +111,38 @@ def allowed_keys(schema) -> set[str]:
     from transform import features as F
 
     return {f.key for f in schema.fields} | {F.weight_key(f) for f in schema.fields} | set(F.LABELS) | set(F.METADATA)
+
+
+def transform(tmp_root: pathlib.Path, name: str, examples: pathlib.Path, **options) -> tuple[pathlib.Path, dict]:
+    from transform import beam_pipeline as transform_pipeline
+
+    output = tmp_root / name
+    return output, transform_pipeline.run(transform_pipeline.TransformConfig(examples=str(examples), output=str(output), **options))
+
+
+# One Transform pipeline per fixture (about 35 s of fixed cost each here), shared by all tests.
+NOISE = {"noise_proportion": 0.15, "noise_feature_prob": 0.2, "seed": 11}
+
+
+@pytest.fixture(scope="session")
+def transformed_synthetic(tmp_path_factory, ingested_synthetic):
+    return transform(tmp_path_factory.mktemp("transform"), "synthetic", ingested_synthetic[0])
+
+
+@pytest.fixture(scope="session")
+def transformed_synthetic_noisy(tmp_path_factory, ingested_synthetic):
+    return transform(tmp_path_factory.mktemp("transform"), "synthetic_noisy", ingested_synthetic[0], **NOISE)
+
+
+@pytest.fixture(scope="session")
+def transformed_torchrechub(tmp_path_factory, ingested_shared):
+    """torch-rechub's Ali-CCP CSV layout, with a frequency threshold and two OOV buckets."""
+    return transform(tmp_path_factory.mktemp("transform"), "torchrechub", ingested_shared["torchrechub_aliccp"][0],
+                     preprocessing={"frequency_threshold": 2, "num_oov_buckets": 2})
+
+
+@pytest.fixture(scope="session")
+def transformed_aliexpress(tmp_path_factory, ingested_shared):
+    """AliExpress with two numeric fields normalised (the rest already scaled)."""
+    return transform(tmp_path_factory.mktemp("transform"), "aliexpress", ingested_shared["aliexpress_fuxictr"][0],
+                     preprocessing={"numeric": {"numerical_1": ["log1p", "z_score"], "numerical_2": ["z_score"]}})

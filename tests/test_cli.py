@@ -19,11 +19,11 @@ def run(*args, check=False):
 def test_help_lists_the_subcommands():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("run", "ingest", "synth"):
+    for command in ("run", "ingest", "transform", "synth"):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", [["run"], ["ingest"], ["synth"], ["synth", "aliccp"], ["synth", "fdn"], ["synth", "mmoe"]])
+@pytest.mark.parametrize("command", [["run"], ["ingest"], ["transform"], ["synth"], ["synth", "aliccp"], ["synth", "fdn"], ["synth", "mmoe"]])
 def test_every_subcommand_has_help(command):
     result = run(*command, "--help")
     assert result.returncode == 0 and "usage: mtrank" in result.stdout
@@ -37,6 +37,10 @@ def test_every_subcommand_has_help(command):
     (["synth", "mmoe", "--correlation", "2", "--out", "/tmp/mmoe-bad"], "must be in [-1, 1]"),
     (["run", "--data", "/tmp"], "--data needs --format"),
     (["frobnicate"], "invalid choice"),
+    (["transform", "--examples", "/no/such/folder", "--output", "/tmp/y"], "is not ExampleGen output"),
+    (["transform", "--examples", "x", "--output", "y", "--noise-proportion", "1.5"], "not in [0, 1]"),
+    (["transform", "--examples", "x", "--output", "y", "--oov-buckets", "0"], "not a positive integer"),
+    (["transform", "--examples", "x", "--output", "y", "--config", "/no/such.json"], "--config /no/such.json"),
 ])
 def test_bad_arguments_fail_with_one_line(args, message):
     result = run(*args)
@@ -69,3 +73,20 @@ def test_synth_then_ingest(tmp_path):
     assert "written" in result.stdout
     again = run("ingest", "--format", "aliccp-raw", "--input", str(raw), "--output", str(out))
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_transform_options_from_a_config_file_are_checked(tmp_path):
+    config = tmp_path / "preprocessing.json"
+    config.write_text(json.dumps({"numeric": {"numerical_1": ["cube_root"]}}))
+    result = run("transform", "--examples", str(tmp_path), "--output", str(tmp_path / "out"), "--config", str(config))
+    assert result.returncode == 2 and "numerical_1" in result.stderr and "cube_root" in result.stderr
+
+
+def test_run_is_the_main_job_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = run("run", "--rows", "1500", "--output", str(out), check=True)
+    assert "[3/3] Transform" in result.stdout
+    written = json.loads((out / "stats.json").read_text())["samples"]["written"]
+    transformed = json.loads((out / "transformed" / "stats.json").read_text())
+    assert transformed["rows"] == written
+    assert (out / "transform_graph" / "transform_fn" / "saved_model.pb").exists()

@@ -26,6 +26,7 @@ from pipeline.beam_utils import FramedRecordSink, InputError, check_writable, cl
 from pipeline.example_gen import SPLITS
 from transform import features as F
 from transform import noise
+from transform.options import Options
 
 _LOG = logging.getLogger(__name__)
 TRANSFORM_GRAPH = "transform_graph"
@@ -163,10 +164,8 @@ def _validate(config: TransformConfig) -> None:
         raise InputError(f"--noise-feature-prob {config.noise_feature_prob} must be in [0, 1]")
     if config.batch_size < 1:
         raise InputError(f"batch_size {config.batch_size} must be positive")
-    from transform import preprocessing
-
     try:
-        preprocessing.Options.from_config(config.preprocessing)
+        Options.from_config(config.preprocessing)
     except (TypeError, ValueError) as e:
         raise InputError(str(e)) from None
 

@@ -15,6 +15,9 @@ CLICK = "click"
 CONVERSION = "conversion"
 LABELS = (CLICK, CONVERSION)
 
+# Stands for an absent single-valued categorical field, so "missing" is a token of its own.
+MISSING_ID = -1
+
 SAMPLE_ID = "sample_id"
 COMMON_FEATURE_INDEX = "common_feature_index"
 SEARCH_ID = "search_id"

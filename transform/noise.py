@@ -29,7 +29,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 
 from transform import features as F
-from transform.preprocessing import MISSING_ID
 
 NAMESPACE = "transform"
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -70,7 +69,7 @@ class Distribution:
     def from_vocabulary(cls, lines) -> "Distribution":
         """From tf.Transform's "count token" vocabulary lines of int ids, less the missing-field token."""
         pairs = [line.split() for line in lines]
-        pairs = [(int(token), float(count)) for count, token in pairs if int(token) != MISSING_ID]
+        pairs = [(int(token), float(count)) for count, token in pairs if int(token) != F.MISSING_ID]
         values, counts = zip(*pairs) if pairs else ((), ())
         return cls(np.array(values, dtype=np.int64), np.array(counts, dtype=np.float64))
 

@@ -7,7 +7,7 @@ TFX Transform component as its module file. It finds the fields in `inputs` by t
 Outputs (B = batch size):
 - single-valued categorical field `k`: int64 [B], its vocabulary index. An absent field is
   the token `MISSING_ID` (so "missing" learns its own embedding when frequent enough); only the
-  first id is kept (the real data never holds more; ExampleGen's schemas say which fields may).
+  first id is kept (the real data never holds more; `transform.features` says which fields may).
 - multi-valued categorical field `k`: int64 SparseTensor [B, None] of vocabulary indices, every
   id kept in order; weighted fields also give `k_weight`, float32 SparseTensor with the same
   indices, so the trainer pools ids with their weights.
@@ -24,14 +24,13 @@ from the transform output, never from constants.
 
 from __future__ import annotations
 
-import dataclasses
-
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from transform import features as F
+from transform.options import NUMERIC_OP_NAMES, Options
 
-MISSING_ID = -1
+MISSING_ID = F.MISSING_ID
 
 
 def signed_log1p(x):
@@ -39,38 +38,7 @@ def signed_log1p(x):
     return tf.sign(x) * tf.math.log1p(tf.abs(x))
 
 
-NUMERIC_OPS = {"log1p": signed_log1p, "z_score": tft.scale_to_z_score}
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    """`custom_config` of the Transform stage (TFX passes it through unchanged)."""
-
-    frequency_threshold: int = 1  # an id seen fewer times in training goes to an OOV bucket
-    num_oov_buckets: int = 1
-    numeric: dict = dataclasses.field(default_factory=dict)  # field source or key -> ops, applied in order
-    numeric_default: tuple = ()  # ops for numeric fields not in `numeric` (AliExpress' are already scaled)
-
-    @classmethod
-    def from_config(cls, custom_config: dict | None) -> "Options":
-        config = dict(custom_config or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"custom_config: unknown keys {unknown}; known: {sorted(known)}")
-        options = cls(**config)
-        if options.frequency_threshold < 1:
-            raise ValueError(f"custom_config.frequency_threshold must be >= 1, got {options.frequency_threshold}")
-        if options.num_oov_buckets < 1:
-            raise ValueError(f"custom_config.num_oov_buckets must be >= 1 (unseen ids need a bucket), got {options.num_oov_buckets}")
-        for name, ops in [*options.numeric.items(), ("numeric_default", options.numeric_default)]:
-            bad = [op for op in ops if op not in NUMERIC_OPS]
-            if bad:
-                raise ValueError(f"custom_config numeric ops for {name}: {bad} are not among {sorted(NUMERIC_OPS)}")
-        return options
-
-    def ops_for(self, field: F.Field) -> tuple:
-        return tuple(self.numeric.get(field.source, self.numeric.get(field.key, self.numeric_default)))
+NUMERIC_OPS = dict(zip(NUMERIC_OP_NAMES, (signed_log1p, tft.scale_to_z_score)))
 
 
 def raw_feature_spec(schema: F.Schema) -> dict:
@@ -122,3 +90,10 @@ def preprocessing_fn(inputs: dict, custom_config: dict | None = None) -> dict:
     for key in (*F.LABELS, F.SAMPLE_ID):
         outputs[key] = inputs[key]
     return outputs
+
+
+def categorical_cardinalities(tf_transform_output) -> dict:
+    """{field key: number of indices (vocabulary + OOV buckets)} from the transform output's
+    schema, where tf.Transform records each vocabulary output's int domain after analysis."""
+    return {f.name: f.int_domain.max + 1 for f in tf_transform_output.transformed_metadata.schema.feature
+            if f.HasField("int_domain") and f.int_domain.is_categorical}
