@@ -90,3 +90,10 @@ def test_run_is_the_main_job_end_to_end(tmp_path):
     transformed = json.loads((out / "transformed" / "stats.json").read_text())
     assert transformed["rows"] == written
     assert (out / "transform_graph" / "transform_fn" / "saved_model.pb").exists()
+
+
+def test_examples_of_an_unknown_layout_are_one_line(tmp_path):
+    (tmp_path / "stats.json").write_text(json.dumps({"format": "aliccp-csv", "layouts": {"a.csv": "mystery"}}))
+    result = run("transform", "--examples", str(tmp_path), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "does not name a known layout" in result.stderr and "mystery" in result.stderr

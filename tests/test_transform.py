@@ -259,7 +259,7 @@ def test_noise_leaves_eval_and_test_record_for_record(transformed_synthetic, tra
         assert clean and read_transformed(transformed_synthetic_noisy[0], split) == clean
 
 
-def _raw_train_batch(examples) -> "pa.RecordBatch":  # noqa: F821
+def _raw_train_batch(examples, schema: F.Schema = F.ALICCP_RAW) -> "pa.RecordBatch":  # noqa: F821
     import pyarrow as pa
     from tensorflow_transform.tf_metadata import schema_utils
     from tfx_bsl.public import tfxio
@@ -267,7 +267,7 @@ def _raw_train_batch(examples) -> "pa.RecordBatch":  # noqa: F821
 
     source = tfxio.TFExampleRecord(
         file_pattern=str(pathlib.Path(examples, "examples", "train", "*.tfrecord.gz")),
-        schema=schema_utils.schema_from_feature_spec(preprocessing.raw_feature_spec(F.ALICCP_RAW)))
+        schema=schema_utils.schema_from_feature_spec(preprocessing.raw_feature_spec(schema)))
     options = dataset_options.RecordBatchesOptions(batch_size=1 << 20, drop_final_batch=False, num_epochs=1, shuffle=False)
     return pa.Table.from_batches(list(source.RecordBatches(options))).combine_chunks().to_batches()[0]
 
@@ -290,6 +290,28 @@ def test_noise_is_the_same_for_a_seed_whatever_the_batching(ingested_synthetic, 
     assert not pa.Table.from_batches([whole]).equals(pa.Table.from_batches([batch]))
     other_seed = _inject(batch, transform_fn_dir, seed=6)
     assert not pa.Table.from_batches([whole]).equals(pa.Table.from_batches([other_seed]))
+
+
+def test_numeric_replacements_are_other_training_values(ingested_shared, transformed_aliexpress):
+    batch = _raw_train_batch(ingested_shared["aliexpress_fuxictr"][0], F.ALIEXPRESS)
+    numeric = [f.key for f in F.ALIEXPRESS.fields if f.kind is F.Kind.NUMERIC]
+    sampler = noise.SampleNumeric(numeric, seed=3, size=200)
+    samples = sampler.extract_output(sampler.merge_accumulators(
+        [sampler.add_input(sampler.create_accumulator(), batch.slice(0, 400)),
+         sampler.add_input(sampler.create_accumulator(), batch.slice(400))]))
+    dofn = noise.InjectNoise(list(F.ALIEXPRESS.fields), 0.5, 0.5, seed=3)
+    dofn.start_bundle()
+    noisy = list(dofn.process(batch, str(pathlib.Path(transformed_aliexpress[0], "transform_graph", "transform_fn")), samples))[0]
+    replaced = 0
+    for key in numeric:
+        before = batch.column(key).flatten().to_numpy()
+        after = noisy.column(key).flatten().to_numpy()
+        assert len(samples[key]) == 200 and set(samples[key]) <= set(before.astype(np.float64))
+        changed = before != after
+        assert set(after[changed].astype(np.float64)) <= set(samples[key])
+        replaced += changed.sum()
+        assert changed.sum() == dofn._counts[f"noise/replaced/{key}"]
+    assert replaced > 0
 
 
 def test_a_replacement_follows_the_training_distribution_without_the_original():

@@ -1,11 +1,11 @@
 """The Transform stage on Beam: ExampleGen's raw examples in; transform_graph/ and
 transformed/{train,eval,test}/ out.
 
-The analyzers (vocabularies, numeric statistics) see the clean training split only. Every split
-is then read again and transformed with that one graph; noise injection, when asked for, sits
-between the read of the training split and its transform. Reading the training split twice
-costs less than holding it between the two passes. Transformed examples are TFRecord-framed
-in the DoFn that encodes them, so a batch of records travels through Beam as one element.
+The analyzers (vocabularies, numeric statistics) see the clean training split only, read with
+just the columns they need. Every split is then read in full and transformed with that one
+graph; noise injection, when asked for, sits between the read of the training split and its
+transform. Data moves as Arrow record batches from the read to the write: transformed examples
+are encoded and TFRecord-framed per batch, so a batch travels through Beam as one element.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class TransformConfig:
     noise_feature_prob: float = 0.2  # Q: chance that each present feature of a noisy row is replaced
     seed: int = 0
     preprocessing: dict = dataclasses.field(default_factory=dict)  # preprocessing_fn's custom_config
-    batch_size: int = 4096
+    batch_size: int = 8192
     runner: str = IN_PROCESS
     overwrite: bool = False
     beam_args: list = dataclasses.field(default_factory=list)
@@ -117,7 +117,6 @@ def build(p: beam.Pipeline, config: TransformConfig, schema: F.Schema, files: di
     from transform import preprocessing
 
     raw_spec = preprocessing.raw_feature_spec(schema)
-
     full_source = tfxio.TFExampleRecord(file_pattern=files["train"], schema=schema_utils.schema_from_feature_spec(raw_spec))
 
     def read(split: str, label: str, columns=None):
@@ -137,7 +136,7 @@ def build(p: beam.Pipeline, config: TransformConfig, schema: F.Schema, files: di
     transform_fn = (train_for_analysis, analysis_config) | "Analyze" >> tft_beam.AnalyzeDataset(preprocessing_fn)
     _ = transform_fn | "WriteTransformGraph" >> tft_beam.WriteTransformFn(FileSystems.join(config.output, TRANSFORM_GRAPH))
 
-    fields = [f for f in schema.fields]
+    fields = list(schema.fields)
     numeric = [f.key for f in fields if f.kind is F.Kind.NUMERIC]
     for split in files:
         raw = read(split, f"Read{split.title()}")
@@ -201,7 +200,11 @@ def stats_from_counters(counts: dict, config: TransformConfig, schema: F.Schema)
 def run(config: TransformConfig) -> dict:
     """Runs the Transform stage; returns the stats also written to <output>/transformed/stats.json."""
     _validate(config)
-    schema = F.schema_of_examples(_read_example_gen_stats(config.examples))
+    example_gen_stats = _read_example_gen_stats(config.examples)
+    try:
+        schema = F.schema_of_examples(example_gen_stats)
+    except (KeyError, ValueError) as e:
+        raise InputError(f"--examples {config.examples}: stats.json does not name a known layout ({e})") from None
     files = {split: found for split in SPLITS if (found := _split_files(config.examples, split))}
     if "train" not in files:
         raise InputError(f"--examples {config.examples} has no training examples (examples/train/*.tfrecord.gz)")
@@ -214,12 +217,14 @@ def run(config: TransformConfig) -> dict:
     import tensorflow_transform.beam as tft_beam
 
     p = beam.Pipeline(options=pipeline_options(config.runner, config.beam_args))
-    with tft_beam.Context(temp_dir=temp_dir, desired_batch_size=config.batch_size):
-        build(p, config, schema, files)
-        result = p.run()
-        result.wait_until_finish()
-    if FileSystems.exists(temp_dir):
-        FileSystems.delete([temp_dir])
+    try:
+        with tft_beam.Context(temp_dir=temp_dir, desired_batch_size=config.batch_size):
+            build(p, config, schema, files)
+            result = p.run()
+            result.wait_until_finish()
+    finally:
+        if FileSystems.exists(temp_dir):
+            FileSystems.delete([temp_dir])
     stats = stats_from_counters(counters(result, noise.NAMESPACE), config, schema)
     stats["seconds"] = round(time.perf_counter() - started, 2)
     with FileSystems.create(FileSystems.join(config.output, TRANSFORMED, "stats.json")) as f:
