@@ -30,7 +30,7 @@ def vocabulary(output, key: str) -> list[int]:
 def raw_tokens(row: dict, field: F.Field) -> list[int]:
     """The ids the transform sees for a field of a raw example."""
     ids = row.get(field.key, [])
-    return list(ids) if field.multivalent else [ids[0] if ids else preprocessing.MISSING_ID]
+    return list(ids) if field.multivalent else [ids[0] if ids else F.MISSING_ID]
 
 
 def binomial_tolerance(n: int, p: float, sigmas: float = 4.5) -> float:
@@ -234,7 +234,7 @@ def test_every_replacement_is_another_valid_id_and_is_counted(transformed_synthe
     for field in F.ALICCP_RAW.fields:
         vocab = vocabulary(clean_out, field.key)
         assert vocab == vocabulary(noisy_out, field.key)  # one vocabulary for both runs
-        missing = vocab.index(preprocessing.MISSING_ID) if preprocessing.MISSING_ID in vocab else None
+        missing = vocab.index(F.MISSING_ID) if F.MISSING_ID in vocab else None
         changed = 0
         for sample_id, before in clean.items():
             after = noisy[sample_id]

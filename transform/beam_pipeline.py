@@ -48,13 +48,19 @@ class TransformConfig:
     beam_args: list = dataclasses.field(default_factory=list)
 
 
+def _log_progress(what: str, before: int, after: int) -> None:
+    if before // _PROGRESS_EVERY != after // _PROGRESS_EVERY:
+        _LOG.info("Transform: %s, %s rows", what, f"{after:,}")
+
+
 class _ReadRecordBatches(beam.DoFn):
     """A TFRecord file of tf.Examples in, its Arrow record batches out. tf.data reads and tfx_bsl
     decodes a whole batch in C++, so no single record travels through Beam (reading through
     tfxio's BeamSource, one Beam element per record, took twice as long here)."""
 
-    def __init__(self, feature_spec: dict, batch_size: int):
-        self._feature_spec, self._batch_size = feature_spec, batch_size
+    def __init__(self, feature_spec: dict, batch_size: int, progress: str | None = None):
+        self._feature_spec, self._batch_size, self._progress = feature_spec, batch_size, progress
+        self._rows = 0
 
     def setup(self):
         from tensorflow_transform.tf_metadata import schema_utils
@@ -67,7 +73,11 @@ class _ReadRecordBatches(beam.DoFn):
     def process(self, path: str):
         from tfx_bsl.public import tfxio
 
-        yield from tfxio.TFExampleRecord(file_pattern=path, schema=self._schema).RecordBatches(self._options)
+        for batch in tfxio.TFExampleRecord(file_pattern=path, schema=self._schema).RecordBatches(self._options):
+            if self._progress:
+                before, self._rows = self._rows, self._rows + batch.num_rows
+                _log_progress(self._progress, before, self._rows)
+            yield batch
 
 
 class _EncodeSplit(beam.DoFn):
@@ -89,8 +99,7 @@ class _EncodeSplit(beam.DoFn):
         batch, _ = element
         self._written.inc(batch.num_rows)
         before, self._rows = self._rows, self._rows + batch.num_rows
-        if before // _PROGRESS_EVERY != self._rows // _PROGRESS_EVERY:
-            _LOG.info("Transform: %s, %s rows written", self._split, f"{self._rows:,}")
+        _log_progress(f"{self._split} written", before, self._rows)
         yield b"".join(map(self._frame, self._encode(batch)))
 
 
@@ -119,11 +128,11 @@ def build(p: beam.Pipeline, config: TransformConfig, schema: F.Schema, files: di
     raw_spec = preprocessing.raw_feature_spec(schema)
     full_source = tfxio.TFExampleRecord(file_pattern=files["train"], schema=schema_utils.schema_from_feature_spec(raw_spec))
 
-    def read(split: str, label: str, columns=None):
+    def read(split: str, label: str, columns=None, progress=None):
         """Record batches of the split's examples, with only `columns` when given."""
         spec = {k: v for k, v in raw_spec.items() if columns is None or k in columns}
         return (p | f"{label}Files" >> beam.Create(files[split]) | f"{label}Spread" >> beam.Reshuffle()
-                | label >> beam.ParDo(_ReadRecordBatches(spec, config.batch_size)))
+                | label >> beam.ParDo(_ReadRecordBatches(spec, config.batch_size, progress)))
 
     preprocessing_fn = functools.partial(preprocessing.preprocessing_fn, custom_config=config.preprocessing)
     # The analyzers read only the columns they need (tf.Transform's own projection, as TFX does).
@@ -131,7 +140,7 @@ def build(p: beam.Pipeline, config: TransformConfig, schema: F.Schema, files: di
     analyzed = set(tft.get_analyze_input_columns(preprocessing_fn, full_source.TensorAdapter().TypeSpecs()))
     if config.noise_proportion > 0:
         analyzed |= {F.SAMPLE_ID} | {f.key for f in schema.fields if f.kind is F.Kind.NUMERIC}
-    train_for_analysis = read("train", "ReadTrainForAnalysis", analyzed)
+    train_for_analysis = read("train", "ReadTrainForAnalysis", analyzed, progress="train read for analysis")
     analysis_config = full_source.Project(sorted(analyzed)).TensorAdapterConfig()
     transform_fn = (train_for_analysis, analysis_config) | "Analyze" >> tft_beam.AnalyzeDataset(preprocessing_fn)
     _ = transform_fn | "WriteTransformGraph" >> tft_beam.WriteTransformFn(FileSystems.join(config.output, TRANSFORM_GRAPH))

@@ -5,9 +5,10 @@ TFX Transform component as its module file. It finds the fields in `inputs` by t
 `transform.features`, so one function serves every dataset layout.
 
 Outputs (B = batch size):
-- single-valued categorical field `k`: int64 [B], its vocabulary index. An absent field is
-  the token `MISSING_ID` (so "missing" learns its own embedding when frequent enough); only the
-  first id is kept (the real data never holds more; `transform.features` says which fields may).
+- single-valued categorical field `k`: int64 [B], its vocabulary index. An absent field is the
+  token `features.MISSING_ID`, so "missing" learns its own embedding when it is frequent
+  enough. Only the first id is kept: the real data never holds more, and `transform.features`
+  says which fields may.
 - multi-valued categorical field `k`: int64 SparseTensor [B, None] of vocabulary indices, every
   id kept in order; weighted fields also give `k_weight`, float32 SparseTensor with the same
   indices, so the trainer pools ids with their weights.
@@ -18,8 +19,8 @@ Outputs (B = batch size):
 Vocabularies: one per field, named by its key, computed on the data the analyzer sees (the
 training split), with `frequency_threshold`, and `num_oov_buckets` buckets after the
 vocabulary for ids it does not hold. Each vocabulary file stores its counts ("count token"
-lines), which noise injection samples from. Embedding tables are sized by `vocabulary_size`
-from the transform output, never from constants.
+lines), which noise injection samples from. Embedding tables are sized from the transform
+output (`categorical_cardinalities`), never from constants.
 """
 
 from __future__ import annotations
@@ -29,9 +30,6 @@ import tensorflow_transform as tft
 
 from transform import features as F
 from transform.options import NUMERIC_OP_NAMES, Options
-
-MISSING_ID = F.MISSING_ID
-
 
 def signed_log1p(x):
     """sign(x) * log(1 + |x|): log1p for counts, and defined for any real input."""
@@ -63,8 +61,7 @@ def _first(values: tf.SparseTensor, default) -> tf.Tensor:
 
 def _unit_weights(ids) -> tf.Tensor:
     """Weight 1 per id. Unweighted vocabularies send every id occurrence through Beam as its own
-    element; weighted ones count each batch's unique ids in the graph first (about 30 times
-    fewer elements here), with the same counts."""
+    element; weighted ones count each batch's unique ids in the graph first, with the same counts."""
     return tf.ones_like(ids.values if isinstance(ids, tf.SparseTensor) else ids, dtype=tf.float32)
 
 
@@ -79,7 +76,7 @@ def preprocessing_fn(inputs: dict, custom_config: dict | None = None) -> dict:
                 value = NUMERIC_OPS[op](value)
             outputs[field.key] = value
             continue
-        ids = raw if field.multivalent else _first(raw, tf.constant(MISSING_ID, tf.int64))
+        ids = raw if field.multivalent else _first(raw, tf.constant(F.MISSING_ID, tf.int64))
         outputs[field.key] = tft.compute_and_apply_vocabulary(
             ids, frequency_threshold=options.frequency_threshold if options.frequency_threshold > 1 else None,
             num_oov_buckets=options.num_oov_buckets, weights=_unit_weights(ids),
