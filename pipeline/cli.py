@@ -87,6 +87,8 @@ def _transform(args, beam_args) -> None:
                 preprocessing = json.load(f)
         except (OSError, ValueError) as e:
             raise UsageError(f"mtrank transform: --config {args.config}: {e}") from None
+        if not isinstance(preprocessing, dict):
+            raise UsageError(f"mtrank transform: --config {args.config} must hold a JSON object of options")
     for key, value in (("frequency_threshold", args.frequency_threshold), ("num_oov_buckets", args.oov_buckets)):
         if value is not None:
             preprocessing[key] = value

@@ -143,6 +143,7 @@ def transformed_torchrechub(tmp_path_factory, ingested_shared):
 
 @pytest.fixture(scope="session")
 def transformed_aliexpress(tmp_path_factory, ingested_shared):
-    """AliExpress with two numeric fields normalised (the rest already scaled)."""
+    """AliExpress with two numeric fields normalised (the rest already scaled), and noise."""
     return transform(tmp_path_factory.mktemp("transform"), "aliexpress", ingested_shared["aliexpress_fuxictr"][0],
-                     preprocessing={"numeric": {"numerical_1": ["log1p", "z_score"], "numerical_2": ["z_score"]}})
+                     preprocessing={"numeric": {"numerical_1": ["log1p", "z_score"], "numerical_2": ["z_score"]}},
+                     noise_proportion=0.3, noise_feature_prob=0.3, seed=5)

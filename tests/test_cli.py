@@ -92,6 +92,14 @@ def test_run_is_the_main_job_end_to_end(tmp_path):
     assert (out / "transform_graph" / "transform_fn" / "saved_model.pb").exists()
 
 
+def test_a_config_that_is_not_an_object_is_one_line(tmp_path):
+    config = tmp_path / "list.json"
+    config.write_text("[1, 2]")
+    result = run("transform", "--examples", str(tmp_path), "--output", str(tmp_path / "out"), "--config", str(config),
+                 "--oov-buckets", "2")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "JSON object" in result.stderr
+
+
 def test_examples_of_an_unknown_layout_are_one_line(tmp_path):
     (tmp_path / "stats.json").write_text(json.dumps({"format": "aliccp-csv", "layouts": {"a.csv": "mystery"}}))
     result = run("transform", "--examples", str(tmp_path), "--output", str(tmp_path / "out"))

@@ -172,9 +172,11 @@ def _validate(config: TransformConfig) -> None:
         raise InputError(f"--noise-feature-prob {config.noise_feature_prob} must be in [0, 1]")
     if config.batch_size < 1:
         raise InputError(f"batch_size {config.batch_size} must be positive")
+    if not -(2**63) <= config.seed < 2**63:
+        raise InputError(f"--seed {config.seed} must fit in 64 bits")
     try:
         Options.from_config(config.preprocessing)
-    except (TypeError, ValueError) as e:
+    except ValueError as e:
         raise InputError(str(e)) from None
 
 
@@ -199,7 +201,7 @@ def stats_from_counters(counts: dict, config: TransformConfig, schema: F.Schema)
         stats["noise"] = {
             "rows": counts.get("noise/rows", 0),
             "rows_selected": counts.get("noise/rows_selected", 0),
-            "fields": {f.key: {"present": per_field[f.key].get("present", 0),
+            "fields": {f.key: {"present_in_selected_rows": per_field[f.key].get("present", 0),
                                "replaced": per_field[f.key].get("replaced", 0),
                                "unreplaceable": per_field[f.key].get("unreplaceable", 0)} for f in schema.fields},
         }
@@ -212,8 +214,12 @@ def run(config: TransformConfig) -> dict:
     example_gen_stats = _read_example_gen_stats(config.examples)
     try:
         schema = F.schema_of_examples(example_gen_stats)
-    except (KeyError, ValueError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise InputError(f"--examples {config.examples}: stats.json does not name a known layout ({e})") from None
+    try:
+        Options.from_config(config.preprocessing).check_fields(schema)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     files = {split: found for split in SPLITS if (found := _split_files(config.examples, split))}
     if "train" not in files:
         raise InputError(f"--examples {config.examples} has no training examples (examples/train/*.tfrecord.gz)")

@@ -7,11 +7,11 @@ training distribution and different from the original:
   vocabulary holds (never an out-of-vocabulary id, never the missing-field token);
 - a multi-valued field (a bag of ids) is selected as a whole; each id in the bag is replaced by
   its own draw, different from that id, and the bag keeps its length and its weights;
-- numeric fields draw from a uniform sample of the field's training values (the `sample_size`
-  rows with the smallest row hashes, so the sample does not depend on how data is batched).
+- numeric fields draw from a uniform sample of the field's training values (the `size` rows
+  with the smallest row hashes, so the sample does not depend on how data is batched).
 An absent feature is not a feature of the row and is left absent.
 
-Every decision comes from a hash of (seed, sample_id, field, position in the bag), so a re-run
+Every decision comes from a hash of (seed, sample_id, field key, position in the bag), so a re-run
 with the same seed selects the same rows and draws the same values, whatever the batching,
 bundle order or runner. The step runs after the vocabularies are computed on clean data, so a
 noisy and a clean run share one vocabulary.
@@ -50,6 +50,11 @@ def mix(keys: np.ndarray, salt) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
+
+
+def field_salt(key: str) -> int:
+    """A field's own hash stream, from its key (never 0, the row-selection stream)."""
+    return 1 + int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little")
 
 
 def uniform(keys: np.ndarray) -> np.ndarray:
@@ -169,8 +174,8 @@ class InjectNoise(beam.DoFn):
         self._counts["noise/rows"] += batch.num_rows
         self._counts["noise/rows_selected"] += int(selected.sum())
         columns = dict(zip(batch.schema.names, batch.columns))
-        for salt, field in enumerate(self._fields, start=1):
-            columns[field.key] = self._noise_field(field, columns[field.key], keys, selected, salt)
+        for field in self._fields:
+            columns[field.key] = self._noise_field(field, columns[field.key], keys, selected, field_salt(field.key))
         yield pa.RecordBatch.from_arrays(list(columns.values()), schema=batch.schema)
 
     def _noise_field(self, field: F.Field, column: pa.Array, keys, selected, salt: int) -> pa.Array:
