@@ -4,9 +4,10 @@ pre-framed TFRecord output, output-folder checks."""
 from __future__ import annotations
 
 import collections
+import gzip
 
 import apache_beam as beam
-from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -31,15 +32,25 @@ def pipeline_options(runner: str, beam_args) -> PipelineOptions:
 
 
 class FramedRecordSink(beam.io.filebasedsink.FileBasedSink):
-    """Writes TFRecord files (gzipped when `compressed`) from elements that are already
-    TFRecord-framed (`records.tfrecord_frame`), so a whole batch of records travels as one element."""
+    """Writes gzipped TFRecord files from elements that are already TFRecord-framed
+    (`records.tfrecord_frame`), so a whole batch of records travels as one element.
 
-    def __init__(self, file_path_prefix: str, compressed: bool = True):
-        suffix = ".tfrecord.gz" if compressed else ".tfrecord"
-        super().__init__(file_path_prefix, beam.coders.BytesCoder(), file_name_suffix=suffix)
+    With `gzipped_elements`, each element is already a gzip member (`gzip_member`) and is written
+    as it is: a gzip file may be a series of members, and TensorFlow's reader reads them all."""
+
+    def __init__(self, file_path_prefix: str, gzipped_elements: bool = False):
+        compression = CompressionTypes.UNCOMPRESSED if gzipped_elements else CompressionTypes.GZIP
+        super().__init__(file_path_prefix, beam.coders.BytesCoder(), file_name_suffix=".tfrecord.gz",
+                         compression_type=compression)
 
     def write_encoded_record(self, file_handle, value: bytes):
         file_handle.write(value)
+
+
+def gzip_member(data: bytes) -> bytes:
+    """`data` as one gzip member at level 1: about 4x smaller here, and 3-4x faster to write
+    than Beam's own gzip (level 6); mtime 0 keeps equal inputs byte-equal."""
+    return gzip.compress(data, compresslevel=1, mtime=0)
 
 
 def counters(result, namespace: str) -> dict[str, int]:

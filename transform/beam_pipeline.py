@@ -5,7 +5,7 @@ The analyzers (vocabularies, numeric statistics) see the clean training split on
 just the columns they need. Every split is then read in full and transformed with that one
 graph; noise injection, when asked for, sits between the read of the training split and its
 transform. Data moves as Arrow record batches from the read to the write: transformed examples
-are encoded and TFRecord-framed per batch, so a batch travels through Beam as one element.
+are encoded, TFRecord-framed and gzipped per batch, so a batch travels through Beam as one element.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 
 from pipeline import IN_PROCESS
-from pipeline.beam_utils import FramedRecordSink, InputError, check_writable, clear_outputs, counters, pipeline_options
+from pipeline.beam_utils import (FramedRecordSink, InputError, check_writable, clear_outputs, counters, gzip_member,
+                                 pipeline_options)
 from pipeline.example_gen import SPLITS
 from transform import features as F
 from transform import noise
@@ -100,7 +101,7 @@ class _EncodeSplit(beam.DoFn):
         self._written.inc(batch.num_rows)
         before, self._rows = self._rows, self._rows + batch.num_rows
         _log_progress(f"{self._split} written", before, self._rows)
-        yield b"".join(map(self._frame, self._encode(batch)))
+        yield gzip_member(b"".join(map(self._frame, self._encode(batch))))
 
 
 def _split_files(examples: str, split: str) -> list[str]:
@@ -161,7 +162,7 @@ def build(p: beam.Pipeline, config: TransformConfig, schema: F.Schema, files: di
         _ = (
             transformed
             | f"Encode{split.title()}" >> beam.ParDo(_EncodeSplit(split))
-            | f"Write{split.title()}" >> beam.io.Write(FramedRecordSink(FileSystems.join(config.output, TRANSFORMED, split, "data"), compressed=False))
+            | f"Write{split.title()}" >> beam.io.Write(FramedRecordSink(FileSystems.join(config.output, TRANSFORMED, split, "data"), gzipped_elements=True))
         )
 
 
@@ -184,9 +185,8 @@ def stats_from_counters(counts: dict, config: TransformConfig, schema: F.Schema)
     import tensorflow_transform as tft
 
     graph = tft.TFTransformOutput(FileSystems.join(config.output, TRANSFORM_GRAPH))
-    options = dict(dataclasses.asdict(config), beam_args=list(config.beam_args))
     stats = {
-        "config": options,
+        "config": dataclasses.asdict(config),
         "schema": schema.name,
         "rows": {split: counts.get(f"rows/{split}", 0) for split in SPLITS},
         "vocabulary_size": {f.key: graph.vocabulary_size_by_name(f.key) for f in schema.fields
