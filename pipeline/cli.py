@@ -52,15 +52,20 @@ def _ingest(args, beam_args) -> None:
     _run_example_gen(config, "ingest")
 
 
-def _run_example_gen(config, command: str) -> None:
-    """Runs ExampleGen, turning bad input into a one-line usage error, and prints its counts."""
-    from pipeline.example_gen import beam_pipeline
+def _run_stage(run, config, command: str) -> dict:
+    """Runs a Beam stage, turning bad input into a one-line usage error."""
+    from pipeline.beam_utils import InputError
 
     try:
-        stats = beam_pipeline.run(config)
-    except beam_pipeline.InputError as e:
+        return run(config)
+    except InputError as e:
         raise UsageError(f"mtrank {command}: {e}") from None
-    _print_ingest_summary(stats, config.output)
+
+
+def _run_example_gen(config, command: str) -> None:
+    from pipeline.example_gen import beam_pipeline
+
+    _print_ingest_summary(_run_stage(beam_pipeline.run, config, command), config.output)
 
 
 def _print_ingest_summary(stats: dict, output: str) -> None:
@@ -101,14 +106,9 @@ def _transform(args, beam_args) -> None:
 
 
 def _run_transform(config, command: str) -> None:
-    """Runs Transform, turning bad input into a one-line usage error, and prints its counts."""
-    from pipeline.beam_utils import InputError
     from transform import beam_pipeline
 
-    try:
-        stats = beam_pipeline.run(config)
-    except InputError as e:
-        raise UsageError(f"mtrank {command}: {e}") from None
+    stats = _run_stage(beam_pipeline.run, config, command)
     rows = "  ".join(f"{split} {n:,}" for split, n in stats["rows"].items())
     print(f"Transform: {sum(stats['rows'].values()):,} rows in {stats['seconds']:.1f} s -> {config.output}")
     print(f"  transformed  {rows}")

@@ -268,7 +268,7 @@ def test_noise_leaves_eval_and_test_record_for_record(transformed_synthetic, tra
         assert clean and read_transformed(transformed_synthetic_noisy[0], split) == clean
 
 
-def _raw_train_batch(examples, schema: F.Schema = F.ALICCP_RAW) -> "pa.RecordBatch":  # noqa: F821
+def _raw_train_batch(examples, schema: F.Schema = F.ALICCP_RAW):
     import pyarrow as pa
     from tensorflow_transform.tf_metadata import schema_utils
     from tfx_bsl.public import tfxio

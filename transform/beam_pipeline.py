@@ -49,9 +49,16 @@ class TransformConfig:
     beam_args: list = dataclasses.field(default_factory=list)
 
 
-def _log_progress(what: str, before: int, after: int) -> None:
-    if before // _PROGRESS_EVERY != after // _PROGRESS_EVERY:
-        _LOG.info("Transform: %s, %s rows", what, f"{after:,}")
+class _Progress:
+    """Logs a running row count every `_PROGRESS_EVERY` rows."""
+
+    def __init__(self, what: str):
+        self._what, self._rows = what, 0
+
+    def add(self, rows: int) -> None:
+        before, self._rows = self._rows, self._rows + rows
+        if before // _PROGRESS_EVERY != self._rows // _PROGRESS_EVERY:
+            _LOG.info("Transform: %s, %s rows", self._what, f"{self._rows:,}")
 
 
 class _ReadRecordBatches(beam.DoFn):
@@ -60,8 +67,8 @@ class _ReadRecordBatches(beam.DoFn):
     tfxio's BeamSource, one Beam element per record, took twice as long here)."""
 
     def __init__(self, feature_spec: dict, batch_size: int, progress: str | None = None):
-        self._feature_spec, self._batch_size, self._progress = feature_spec, batch_size, progress
-        self._rows = 0
+        self._feature_spec, self._batch_size = feature_spec, batch_size
+        self._progress = _Progress(progress) if progress else None
 
     def setup(self):
         from tensorflow_transform.tf_metadata import schema_utils
@@ -76,8 +83,7 @@ class _ReadRecordBatches(beam.DoFn):
 
         for batch in tfxio.TFExampleRecord(file_pattern=path, schema=self._schema).RecordBatches(self._options):
             if self._progress:
-                before, self._rows = self._rows, self._rows + batch.num_rows
-                _log_progress(self._progress, before, self._rows)
+                self._progress.add(batch.num_rows)
             yield batch
 
 
@@ -86,7 +92,7 @@ class _EncodeSplit(beam.DoFn):
 
     def __init__(self, split: str):
         self._split = split
-        self._rows = 0
+        self._progress = _Progress(f"{split} written")
 
     def setup(self):
         from tfx_bsl.coders import example_coder
@@ -99,8 +105,7 @@ class _EncodeSplit(beam.DoFn):
     def process(self, element):
         batch, _ = element
         self._written.inc(batch.num_rows)
-        before, self._rows = self._rows, self._rows + batch.num_rows
-        _log_progress(f"{self._split} written", before, self._rows)
+        self._progress.add(batch.num_rows)
         yield gzip_member(b"".join(map(self._frame, self._encode(batch))))
 
 
@@ -166,7 +171,8 @@ def build(p: beam.Pipeline, config: TransformConfig, schema: F.Schema, files: di
         )
 
 
-def _validate(config: TransformConfig) -> None:
+def _validate(config: TransformConfig) -> Options:
+    """The preprocessing options, after every check that needs no input data."""
     if not 0.0 <= config.noise_proportion <= 1.0:
         raise InputError(f"--noise-proportion {config.noise_proportion} must be in [0, 1]")
     if not 0.0 <= config.noise_feature_prob <= 1.0:
@@ -176,7 +182,7 @@ def _validate(config: TransformConfig) -> None:
     if not -(2**63) <= config.seed < 2**63:
         raise InputError(f"--seed {config.seed} must fit in 64 bits")
     try:
-        Options.from_config(config.preprocessing)
+        return Options.from_config(config.preprocessing)
     except ValueError as e:
         raise InputError(str(e)) from None
 
@@ -210,14 +216,14 @@ def stats_from_counters(counts: dict, config: TransformConfig, schema: F.Schema)
 
 def run(config: TransformConfig) -> dict:
     """Runs the Transform stage; returns the stats also written to <output>/transformed/stats.json."""
-    _validate(config)
+    options = _validate(config)
     example_gen_stats = _read_example_gen_stats(config.examples)
     try:
         schema = F.schema_of_examples(example_gen_stats)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise InputError(f"--examples {config.examples}: stats.json does not name a known layout ({e})") from None
     try:
-        Options.from_config(config.preprocessing).check_fields(schema)
+        options.check_fields(schema)
     except ValueError as e:
         raise InputError(str(e)) from None
     files = {split: found for split in SPLITS if (found := _split_files(config.examples, split))}

@@ -19,15 +19,14 @@ noisy and a clean run share one vocabulary.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import Metrics
 
+from pipeline.beam_utils import CountingDoFn
 from transform import features as F
 
 NAMESPACE = "transform"
@@ -139,11 +138,13 @@ class SampleNumeric(beam.CombineFn):
         return {k: v for k, (_, v) in accumulator.items()}
 
 
-class InjectNoise(beam.DoFn):
+class InjectNoise(CountingDoFn):
     """Raw training record batch in, the same batch with noise out (see the module docstring).
 
     Side inputs: the tf.Transform output folder of the clean analysis (its vocabularies with
     counts) and `SampleNumeric`'s samples."""
+
+    NAMESPACE = NAMESPACE
 
     def __init__(self, fields: list[F.Field], proportion: float, feature_prob: float, seed: int):
         self._fields, self._proportion, self._feature_prob, self._seed = fields, proportion, feature_prob, seed
@@ -158,13 +159,6 @@ class InjectNoise(beam.DoFn):
                 with FileSystems.open(FileSystems.join(transform_fn_dir, "assets", field.key)) as f:
                     distributions[field.key] = Distribution.from_vocabulary(f.read().decode().splitlines())
         return distributions
-
-    def start_bundle(self):
-        self._counts = collections.Counter()
-
-    def finish_bundle(self):
-        for name, n in self._counts.items():
-            Metrics.counter(NAMESPACE, name).inc(n)
 
     def process(self, batch: pa.RecordBatch, transform_fn_dir: str, numeric_samples: dict):
         if self._distributions is None:

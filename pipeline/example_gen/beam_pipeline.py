@@ -25,10 +25,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.beam_utils import (IN_PROCESS, FramedRecordSink, InputError, check_writable, clear_outputs,
+from pipeline.beam_utils import (IN_PROCESS, CountingDoFn, FramedRecordSink, InputError, check_writable, clear_outputs,
                                  counters, pipeline_options)
 from pipeline.example_gen import FORMATS, SPLITS, formats
 from pipeline.example_gen import reasons as r
@@ -66,15 +65,8 @@ def split_of(role: str, sample_id: str, eval_fraction: float) -> str:
     return "eval" if zlib.crc32(sample_id.encode()) % 10_000 < eval_fraction * 10_000 else "train"
 
 
-class _Counting(beam.DoFn):
-    """Counts per bundle into Beam counters (one counter update per name per bundle)."""
-
-    def start_bundle(self):
-        self._counts = collections.Counter()
-
-    def finish_bundle(self):
-        for name, n in self._counts.items():
-            Metrics.counter(_NAMESPACE, name).inc(n)
+class _Counting(CountingDoFn):
+    NAMESPACE = _NAMESPACE
 
     def reject(self, kind, path, line_no, reason, detail, raw):
         self._counts[f"rejected/{kind}/{reason}"] += 1
