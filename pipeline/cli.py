@@ -85,15 +85,7 @@ def _print_ingest_summary(stats: dict, output: str) -> None:
 def _transform(args, beam_args) -> None:
     from transform import beam_pipeline
 
-    preprocessing = {}
-    if args.config:
-        try:
-            with open(args.config) as f:
-                preprocessing = json.load(f)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"mtrank transform: --config {args.config}: {e}") from None
-        if not isinstance(preprocessing, dict):
-            raise UsageError(f"mtrank transform: --config {args.config} must hold a JSON object of options")
+    preprocessing = _load_json_object(args.config, "transform", "options") if args.config else {}
     for key, value in (("frequency_threshold", args.frequency_threshold), ("num_oov_buckets", args.oov_buckets)):
         if value is not None:
             preprocessing[key] = value
@@ -120,6 +112,71 @@ def _run_transform(config, command: str) -> None:
         replaced = sum(f["replaced"] for f in n["fields"].values())
         print(f"  noise        {n['rows_selected']:,} of {n['rows']:,} training rows selected, {replaced:,} features replaced")
     print(f"  stats: {os.path.join(config.output, 'transformed', 'stats.json')}")
+
+
+def _load_json_object(path: str, command: str, what: str) -> dict:
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"mtrank {command}: --config {path}: {e}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"mtrank {command}: --config {path} must hold a JSON object of {what}")
+    return value
+
+
+def _trainer_config(args, command: str) -> dict:
+    """The trainer config of --config, with the flags that override it."""
+    from trainer.config import from_dict
+
+    config = _load_json_object(args.config, command, "config sections") if args.config else {}
+    overrides = {"model": {"name": args.model}, "training": {"epochs": args.epochs, "batch_size": args.batch_size,
+                                                             "seed": args.train_seed}}
+    for section, values in overrides.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            config[section] = {**(config.get(section) or {}), **values}
+    if args.mtn:
+        config["mtn"] = {**(config.get("mtn") or {}), "lam": args.mtn}
+    try:
+        from_dict(config)
+    except ValueError as e:
+        raise UsageError(f"mtrank {command}: trainer config: {e}") from None
+    return config
+
+
+def _run_trainer(transformed: str, output: str, config: dict, overwrite: bool, command: str) -> dict:
+    for needed in ("transform_graph", os.path.join("transformed", "train"), os.path.join("transformed", "eval")):
+        if not os.path.isdir(os.path.join(transformed, needed)):
+            raise UsageError(f"mtrank {command}: {transformed} has no {needed}/ (run mtrank transform first)")
+    from trainer import train
+
+    try:
+        result = train.train(transformed, output, config, overwrite=overwrite)
+    except (train.TrainingError, ValueError) as e:
+        raise UsageError(f"mtrank {command}: {e}") from None
+    _print_training_summary(result, os.path.join(output, "model"))
+    return result
+
+
+def _print_training_summary(result: dict, run_dir: str) -> None:
+    def aucs(m):
+        return f"CTR {m['ctr_auc']:.4f}  CVR {m['cvr_auc']:.4f}  CTCVR {m['ctcvr_auc']:.4f}"
+
+    stop = " (stopped early)" if result["stopped_early"] else ""
+    print(f"Trainer: {result['model']}, {result['epochs_done']} epochs{stop}, best epoch {result['best_epoch']} "
+          f"in {result['seconds']['train']:.1f} s -> {run_dir}")
+    print(f"  eval AUC   {aucs(result['eval'])}")
+    if "test" in result:
+        print(f"  test AUC   {aucs(result['test'])}  (the exported SavedModel on raw test examples)")
+    p = result["params"]
+    print(f"  parameters {p['total']:,} trained, {p['exported']:,} exported")
+    print(f"  SavedModel {result['serving_model_dir']}; metrics {os.path.join(run_dir, 'metrics.json')}")
+
+
+def _train(args, _) -> None:
+    config = _trainer_config(args, "train")
+    _run_trainer(args.transformed, args.output or args.transformed, config, args.overwrite, "train")
 
 
 def _synth_aliccp(args, _) -> None:
@@ -158,45 +215,73 @@ def _synth_mmoe(args, _) -> None:
 
 
 def _run(args, beam_args) -> None:
-    """The main job, as far as the pipeline is built: synthetic data (unless --data), ExampleGen, Transform."""
+    """The main job, as far as the pipeline is built: synthetic data (unless --data), ExampleGen,
+    Transform, Trainer."""
     data, data_format = args.data, args.format
     if data is not None and data_format is None:
         raise UsageError("mtrank run: --data needs --format")
+    config = _trainer_config(args, "run")
     from pipeline.example_gen import beam_pipeline as example_gen
     from transform import beam_pipeline as transform
 
-    steps = 2 if data is not None else 3
+    steps = 3 if data is not None else 4
+    step = 0
     if data is None:
         from pipeline.synth import aliccp
 
         data, data_format = os.path.join(args.output, "raw"), "aliccp-raw"
-        print(f"[1/{steps}] synth: {args.rows:,} rows of raw Ali-CCP -> {data}")
+        step += 1
+        print(f"[{step}/{steps}] synth: {args.rows:,} rows of raw Ali-CCP -> {data}")
         aliccp.generate(aliccp.AliccpSynthConfig(rows=args.rows, seed=args.seed, malformed_rate=0.001), data)
-    print(f"[{steps - 1}/{steps}] ExampleGen: {data_format} {data} -> {args.output}")
+    step += 1
+    print(f"[{step}/{steps}] ExampleGen: {data_format} {data} -> {args.output}")
     _run_example_gen(example_gen.IngestConfig(format=data_format, input=data, output=args.output, overwrite=True,
                                               runner=args.runner, beam_args=beam_args), "run")
-    print(f"[{steps}/{steps}] Transform: {args.output}/examples -> {args.output}/transform_graph, transformed/")
+    step += 1
+    print(f"[{step}/{steps}] Transform: {args.output}/examples -> {args.output}/transform_graph, transformed/")
     _run_transform(transform.TransformConfig(examples=args.output, output=args.output, seed=args.seed, overwrite=True,
                                              runner=args.runner, beam_args=beam_args), "run")
+    step += 1
+    print(f"[{step}/{steps}] Trainer: {args.output}/transformed -> {args.output}/model")
+    _run_trainer(args.output, args.output, config, True, "run")
+
+
+def _add_trainer_flags(p) -> None:
+    from trainer.config import MODEL_NAMES
+
+    p.add_argument("--config", help="JSON file of trainer config sections (README: Trainer)")
+    p.add_argument("--model", choices=MODEL_NAMES, help="the model (default: mmoe, or the config's)")
+    p.add_argument("--epochs", type=_positive, help="most epochs; early stopping may end sooner (default: 10)")
+    p.add_argument("--batch-size", type=_positive, help="examples per step (default: 2048)")
+    p.add_argument("--train-seed", type=int, help="seed of initialisation and batch order (default: 0)")
+    p.add_argument("--mtn", type=float, metavar="LAMBDA", help="add the MTN regulariser with this lambda (paper: 1e-5)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from pipeline import IN_PROCESS
     from pipeline.example_gen import FORMATS
 
-    parser = _Parser(prog="mtrank", description="Multi-task ranking pipeline (ExampleGen, Transform, synthetic data).",
+    parser = _Parser(prog="mtrank", description="Multi-task ranking pipeline (ExampleGen, Transform, Trainer, synthetic data).",
                      epilog="Arguments after `--` go to Apache Beam (e.g. -- --project=P --region=R).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log Beam's own messages too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = commands.add_parser("run", help="run the pipeline end to end (so far: synthetic data, ExampleGen, Transform)")
+    p = commands.add_parser("run", help="run the pipeline end to end (so far: synthetic data, ExampleGen, Transform, Trainer)")
     p.add_argument("--data", help="raw data folder (default: generate synthetic raw Ali-CCP)")
     p.add_argument("--format", choices=FORMATS, help="format of --data")
     p.add_argument("--output", default="runs/default", help="folder for every artifact (default: %(default)s)")
     p.add_argument("--rows", type=_positive, default=200_000, help="synthetic rows without --data (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default: %(default)s)")
     p.add_argument("--runner", default=IN_PROCESS, help="Beam runner (default: %(default)s)")
+    _add_trainer_flags(p)
     p.set_defaults(func=_run)
+
+    p = commands.add_parser("train", help="Trainer: a multi-task model on Transform's output, exported for serving")
+    p.add_argument("--transformed", required=True, help="Transform's output folder (transform_graph/, transformed/)")
+    p.add_argument("--output", help="writes model/ (checkpoints, logs, metrics) and model/serving/ (default: --transformed)")
+    _add_trainer_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="start again instead of resuming a run in --output")
+    p.set_defaults(func=_train)
 
     p = commands.add_parser("transform", help="Transform: tf.Transform vocabularies and normalisation, noise injection")
     p.add_argument("--examples", required=True, help="ExampleGen's output folder (examples/ and stats.json)")

@@ -147,3 +147,15 @@ def transformed_aliexpress(tmp_path_factory, ingested_shared):
     return transform(tmp_path_factory.mktemp("transform"), "aliexpress", ingested_shared["aliexpress_fuxictr"][0],
                      preprocessing={"numeric": {"numerical_1": ["log1p", "z_score"], "numerical_2": ["z_score"]}},
                      noise_proportion=0.3, noise_feature_prob=0.3, seed=5)
+
+
+@pytest.fixture(scope="session")
+def trainable_synthetic(tmp_path_factory) -> tuple[pathlib.Path, dict]:
+    """30,000 clean synthetic rows with high label rates (so 2,400 eval rows hold enough conversions
+    for a CVR AUC), ingested and transformed: (Transform's output folder, the generator's manifest)."""
+    root = tmp_path_factory.mktemp("trainable")
+    manifest = aliccp.generate(aliccp.AliccpSynthConfig(rows=30_000, seed=3, ctr=0.2, cvr=0.3), str(root / "raw"),
+                               progress=False)
+    examples, _ = ingest(root, "examples", "aliccp-raw", root / "raw")
+    output, _ = transform(root, "transformed", examples)
+    return output, manifest

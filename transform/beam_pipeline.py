@@ -214,6 +214,17 @@ def stats_from_counters(counts: dict, config: TransformConfig, schema: F.Schema)
     return stats
 
 
+def _write_raw_metadata(output: str, schema: F.Schema) -> None:
+    """The raw schema beside the transform graph, where TFX's Transform puts it
+    (`TFTransformOutput.raw_feature_spec()`): the serving export parses requests with it."""
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+
+    from transform import preprocessing
+
+    metadata = dataset_metadata.DatasetMetadata.from_feature_spec(preprocessing.raw_feature_spec(schema))
+    metadata_io.write_metadata(metadata, FileSystems.join(output, TRANSFORM_GRAPH, "metadata"))
+
+
 def run(config: TransformConfig) -> dict:
     """Runs the Transform stage; returns the stats also written to <output>/transformed/stats.json."""
     options = _validate(config)
@@ -246,6 +257,7 @@ def run(config: TransformConfig) -> dict:
     finally:
         if FileSystems.exists(temp_dir):
             FileSystems.delete([temp_dir])
+    _write_raw_metadata(config.output, schema)
     stats = stats_from_counters(counters(result, noise.NAMESPACE), config, schema)
     stats["seconds"] = round(time.perf_counter() - started, 2)
     with FileSystems.create(FileSystems.join(config.output, TRANSFORMED, "stats.json")) as f:

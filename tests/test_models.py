@@ -1,0 +1,215 @@
+"""The model zoo and its blocks: shapes, the math of the shared blocks, losses, and that every
+model learns the synthetic Ali-CCP data."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from trainer import blocks, config as C, models
+from trainer.inputs import BAG, CATEGORICAL, NUMERIC, InputField, InputSpec
+from trainer.training_model import TrainingModel, dummy_batch
+
+SPEC = InputSpec((
+    InputField("f101", CATEGORICAL, 7), InputField("f205", CATEGORICAL, 5),
+    InputField("f109_14", BAG, 6, bag_length=3, weighted=True), InputField("numerical_1", NUMERIC),
+))
+
+
+def _batch(rows=16, seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    weights = rng.random((rows, 3)).astype("float32")
+    weights[:, 2] = 0.0  # a padded position
+    return {"f101": rng.integers(0, 7, rows).astype("int32"), "f205": rng.integers(0, 5, rows).astype("int32"),
+            "f109_14": rng.integers(0, 6, (rows, 3)).astype("int32"), "f109_14_weight": weights,
+            "numerical_1": rng.normal(size=rows).astype("float32")}
+
+
+def _model_config(name, **changes) -> dict:
+    return dataclasses.asdict(C.ModelConfig(name=name, embedding_dim=4, expert_units=(8, 6), tower_units=(5,),
+                                            num_experts=3, **changes))
+
+
+def test_field_embedding_pools_bags_by_weight_and_appends_numerics():
+    layer = blocks.FieldEmbedding(SPEC.to_dict(), dim=4)
+    batch = _batch()
+    out = keras.ops.convert_to_numpy(layer(batch))
+    table = keras.ops.convert_to_numpy(layer.table)
+    assert out.shape == (16, 3 * 4 + 1)
+    np.testing.assert_allclose(out[:, :4], table[batch["f101"]], rtol=1e-6)
+    np.testing.assert_allclose(out[:, 4:8], table[7 + batch["f205"]], rtol=1e-6)  # the field's own rows
+    w = batch["f109_14_weight"]
+    bag = (table[12 + batch["f109_14"]] * w[..., None]).sum(1) / w.sum(1, keepdims=True)
+    np.testing.assert_allclose(out[:, 8:12], bag, rtol=1e-5)
+    np.testing.assert_allclose(out[:, 12], batch["numerical_1"])
+    summed = keras.ops.convert_to_numpy(blocks.FieldEmbedding(SPEC.to_dict(), dim=4, pooling="sum")(batch))
+    assert not np.allclose(summed[:, 8:12], out[:, 8:12])
+
+
+def test_parallel_mlp_equals_separate_dense_networks():
+    x = np.random.default_rng(1).normal(size=(5, 7)).astype("float32")
+    towers = blocks.TaskTowers(3, (4,))
+    logits = keras.ops.convert_to_numpy(towers(x))
+    assert logits.shape == (5, 3)
+    k0, k1 = (keras.ops.convert_to_numpy(k) for k in towers.kernels)
+    b0, b1 = (keras.ops.convert_to_numpy(b) for b in towers.bias_vars)
+    for t in range(3):
+        hidden = np.maximum(x @ k0[t] + b0[t], 0)
+        np.testing.assert_allclose(logits[:, t], (hidden @ k1[t] + b1[t])[:, 0], rtol=1e-5, atol=1e-6)
+    per_task = np.stack([x, 2 * x, -x], axis=1)  # [B, k, d]: one input per tower
+    assert not np.allclose(keras.ops.convert_to_numpy(towers(per_task)), logits)
+
+
+def test_gate_mixes_experts_with_softmax_weights():
+    gate = blocks.Gate(3)
+    x = np.random.default_rng(2).normal(size=(4, 5)).astype("float32")
+    experts = np.random.default_rng(3).normal(size=(4, 3, 2)).astype("float32")
+    mixed = keras.ops.convert_to_numpy(gate(x, experts))
+    weights = keras.ops.convert_to_numpy(gate.dense(x))
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(mixed, np.einsum("be,bed->bd", weights, experts), rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [
+    blocks.FieldEmbedding(SPEC.to_dict(), 4, "sum"), blocks.MLP((3, 2), 0.1), blocks.Experts(3, (4, 2)),
+    blocks.TaskTowers(2, (4,), logits=False), blocks.Gate(3), blocks.ExtractionLevel(2, 1, 2, (4,), last=False),
+    blocks.DecompositionPairs(2, 3, (4,), shared_features=False),
+], ids=lambda layer: type(layer).__name__)
+def test_blocks_round_trip_their_config(layer):
+    config = layer.get_config()
+    again = type(layer).from_config(config)
+    assert again.get_config() == config
+
+
+@pytest.mark.parametrize("name", C.MODEL_NAMES)
+def test_every_model_outputs_three_probabilities_and_round_trips(name):
+    model = models.build(SPEC.to_dict(), _model_config(name))
+    out = {k: keras.ops.convert_to_numpy(v) for k, v in model(_batch()).items()}
+    assert set(out) == {"ctr", "cvr", "ctcvr"}
+    assert all(v.shape == (16,) and np.all((v > 0) & (v < 1)) for v in out.values())
+    np.testing.assert_allclose(out["ctcvr"], out["ctr"] * out["cvr"], rtol=1e-6)
+    again = type(model).from_config(model.get_config())
+    again(_batch())
+    assert again.count_params() == model.count_params()
+
+
+def test_ple_stacks_levels_and_cgc_is_one_level():
+    ple = models.build(SPEC.to_dict(), _model_config("ple", levels=3, specific_experts=1, shared_experts=2))
+    cgc = models.build(SPEC.to_dict(), _model_config("cgc", levels=3, specific_experts=1, shared_experts=2))
+    ple(_batch()), cgc(_batch())
+    assert len(ple.extraction) == 3 and len(cgc.extraction) == 1
+    assert [level.shared_gate is None for level in ple.extraction] == [False, False, True]
+    assert len(ple.expert_kernels()) == 3 * 2  # levels x expert depths, each stacking 2 tasks x 1 + 2 shared
+    assert all(k.shape[0] == 4 for k in ple.expert_kernels())
+
+
+def test_fdn_fuses_own_specific_and_all_shared_features():
+    fdn = models.build(SPEC.to_dict(), _model_config("fdn", pairs=2))
+    logits, extras = fdn.forward(_batch())
+    assert tuple(extras["specific"].shape) == (16, 2, 2, 6) and tuple(extras["shared"].shape) == (16, 2, 2, 6)
+    # prediction kernel [k, M*u + k*M*u, 1]: own specific features then every task's shared ones
+    assert tuple(fdn.prediction.kernels[0].shape) == (2, 2 * 6 + 2 * 2 * 6, 1)
+    without = models.build(SPEC.to_dict(), _model_config("fdn", pairs=2, shared_features=False))
+    _, extras = without.forward(_batch())
+    assert extras["shared"] is None and tuple(without.prediction.kernels[0].shape) == (2, 12, 1)
+    with pytest.raises(ValueError, match="no task towers"):
+        fdn.tower_kernels()
+
+
+def _trainee(name="mmoe", **sections) -> TrainingModel:
+    config = C.from_dict({"model": {k: list(v) if isinstance(v, tuple) else v
+                                    for k, v in _model_config(name).items()}, **sections})
+    network = models.build(SPEC.to_dict(), dataclasses.asdict(config.model))
+    return TrainingModel(network, SPEC, config)
+
+
+def _labels(rows=16, seed=4):
+    rng = np.random.default_rng(seed)
+    click = (rng.random(rows) < 0.5).astype("float32")
+    return {"click": click, "conversion": click * (rng.random(rows) < 0.5).astype("float32")}
+
+
+def _bce(label, p):
+    return -(label * np.log(p) + (1 - label) * np.log(1 - p))
+
+
+def test_clicked_convention_is_ctr_on_all_rows_and_cvr_on_clicked_rows():
+    trainee = _trainee("mmoe", loss={"convention": "clicked", "weights": {"ctr": 1.0, "cvr": 0.5}})
+    batch, y = _batch(), _labels()
+    y_pred = trainee(batch)
+    terms = {k: float(v) for k, v in trainee.loss_terms(y, y_pred).items()}
+    out = {k: keras.ops.convert_to_numpy(v) for k, v in trainee.network(batch).items()}
+    clicked = y["click"] == 1
+    assert terms["ctr_loss"] == pytest.approx(_bce(y["click"], out["ctr"]).mean(), rel=1e-4)
+    assert terms["cvr_loss"] == pytest.approx(0.5 * _bce(y["conversion"], out["cvr"])[clicked].mean(), rel=1e-4)
+    y["conversion"] = np.where(clicked, y["conversion"], 1.0 - y["conversion"])  # unclicked rows' labels
+    assert float(trainee.loss_terms(y, y_pred)["cvr_loss"]) == pytest.approx(terms["cvr_loss"], rel=1e-6)
+
+
+def test_esmm_convention_is_ctr_and_ctcvr_over_all_impressions():
+    trainee = _trainee("esmm")
+    assert trainee.convention == "esmm"
+    batch, y = _batch(), _labels()
+    terms = {k: float(v) for k, v in trainee.loss_terms(y, trainee(batch)).items()}
+    out = {k: keras.ops.convert_to_numpy(v) for k, v in trainee.network(batch).items()}
+    assert set(terms) == {"ctr_loss", "ctcvr_loss"}
+    assert terms["ctcvr_loss"] == pytest.approx(_bce(y["click"] * y["conversion"], out["ctcvr"]).mean(), rel=1e-4)
+
+
+def test_fdn_loss_terms_follow_the_ablation_switches():
+    assert set(_trainee("fdn").trackers) == {"ctr_loss", "cvr_loss", "aux_loss", "orth_loss"}
+    assert set(_trainee("fdn", fdn={"aux": False}).trackers) == {"ctr_loss", "cvr_loss", "orth_loss"}
+    assert set(_trainee("fdn", fdn={"orth": False}).trackers) == {"ctr_loss", "cvr_loss", "aux_loss"}
+    no_shared = _trainee("fdn", model={**{k: list(v) if isinstance(v, tuple) else v
+                                          for k, v in _model_config("fdn").items()}, "shared_features": False})
+    assert set(no_shared.trackers) == {"ctr_loss", "cvr_loss", "aux_loss"}
+    terms = _trainee("fdn").loss_terms(_labels(), _trainee("fdn")(_batch()))
+    assert all(math.isfinite(float(v)) and float(v) > 0 for v in terms.values())
+
+
+def test_mtn_attaches_to_towers_or_experts_without_changing_the_network():
+    plain = _trainee("mmoe")
+    with_mtn = _trainee("mmoe", mtn={"lam": 1e-3})
+    assert with_mtn.network.count_params() == plain.network.count_params()
+    assert with_mtn.mtn is not None and with_mtn.regularizer_params > 0 and plain.regularizer_params == 0
+    assert float(with_mtn.loss_terms(_labels(), with_mtn(_batch()))["mtn_loss"]) > 0
+    assert with_mtn.mtn.num_depths == 2  # tower [5] + logit
+    assert _trainee("mmoe", mtn={"target": "experts", "depth": 1}).mtn.num_depths == 1
+    with pytest.raises(ValueError, match="mtn.depth 5"):
+        _trainee("mmoe", mtn={"depth": 5})
+    with pytest.raises(ValueError, match="no task towers"):
+        _trainee("fdn", mtn={})
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"model": {"name": "mmoe2"}}, "model.name must be one of"),
+    ({"model": {"num_expert": 3}}, r"model: unknown keys \['num_expert'\]"),
+    ({"model": {"expert_units": [128, 0]}}, "model.expert_units must be a non-empty list of positive integers"),
+    ({"training": {"epochs": 0}}, "training.epochs must be positive"),
+    ({"training": {"batch_size": 1.5}}, "training.batch_size must be an integer"),
+    ({"mtn": {"alpha_floor": 2}}, r"mtn.alpha_floor must be in \[0, 1\]"),
+    ({"loss": {"weights": {"ctcvr": 1}}}, "loss.weights must map ctr and cvr"),
+    ({"fdn": {"orth_variant": "mine"}}, "fdn.orth_variant must be one of"),
+    ({"hardware": {"xla": "yes"}}, "hardware.xla must be true or false"),
+    ({"optimizer": {}}, r"unknown sections \['optimizer'\]"),
+])
+def test_config_errors_name_the_key(bad, message):
+    with pytest.raises(ValueError, match=message):
+        C.from_dict(bad)
+
+
+def test_config_defaults_and_loss_convention():
+    config = C.from_dict({"model": {"name": "esmm"}, "mtn": {}})
+    assert config.loss_convention == "esmm" and config.mtn.lam == 1e-5
+    assert C.from_dict({}).loss_convention == "clicked" and C.from_dict({}).mtn is None
+    assert C.from_dict({"model": {"name": "esmm"}, "loss": {"convention": "clicked"}}).loss_convention == "clicked"
+
+
+def test_dummy_batch_matches_the_spec():
+    batch = dummy_batch(SPEC, rows=3)
+    assert batch["f109_14"].shape == (3, 3) and batch["f109_14"].dtype == np.int32
+    assert batch["numerical_1"].dtype == np.float32 and batch["f101"].shape == (3,)

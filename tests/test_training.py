@@ -1,0 +1,243 @@
+"""The Trainer end to end on synthetic Ali-CCP: every model learns, runs repeat with a seed, a
+killed run resumes, and the export serves what was trained."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import export, inputs, models, train
+from trainer.config import MODEL_NAMES
+from transform import features as F
+
+SMALL = {"embedding_dim": 8, "expert_units": [32, 16], "tower_units": [16], "num_experts": 4}
+FAST = {"batch_size": 512, "epochs": 3, "eval_batch_size": 4096, "learning_rate": 0.005}
+
+
+def _config(model="mmoe", xla=False, training=None, **sections) -> dict:
+    return {"model": {"name": model, **SMALL}, "training": {**FAST, **(training or {})},
+            "hardware": {"xla": xla}, **sections}
+
+
+def _auc_floor(positives: int, negatives: int) -> float:
+    """0.5 plus three standard errors of a constant predictor's AUC (Hanley-McNeil at AUC 0.5)."""
+    return 0.5 + 3 * math.sqrt((positives + negatives + 1) / (12 * positives * negatives))
+
+
+def _check_beats_constant(metrics: dict):
+    clicks, conversions, rows = metrics["clicks"], metrics["conversions"], metrics["rows"]
+    assert metrics["ctr_auc"] > _auc_floor(clicks, rows - clicks), metrics
+    assert metrics["cvr_auc"] > _auc_floor(conversions, clicks - conversions), metrics
+    assert metrics["ctcvr_auc"] > _auc_floor(conversions, rows - conversions), metrics
+
+
+ZOO = [(name, {}) for name in MODEL_NAMES] + [
+    ("mmoe+mtn", {"mtn": {"lam": 1e-3}}),
+    ("ple+mtn-experts-depth", {"model": {"name": "ple", **SMALL, "levels": 2}, "mtn": {"target": "experts", "depth": 1}}),
+    ("fdn-authors-no-aux", {"fdn": {"orth_variant": "authors", "aux": False}}),
+    ("fdn-no-shared", {"model": {"name": "fdn", **SMALL, "shared_features": False}}),
+]
+
+
+@pytest.mark.parametrize("name, changes", ZOO, ids=[z[0] for z in ZOO])
+def test_every_model_beats_a_constant_predictor(tmp_path, trainable_synthetic, name, changes):
+    config = {**_config(name.split("+")[0].split("-")[0]), **changes}
+    result = train.train(str(trainable_synthetic[0]), str(tmp_path), config)
+    _check_beats_constant(result["eval"])
+    _check_beats_constant(result["test"])
+    losses = [epoch["loss"] for epoch in result["history"]]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    if "mtn" in changes:
+        alphas = np.array(result["mtn_alphas"])
+        np.testing.assert_allclose(alphas.sum(1), 1.0, rtol=1e-5)
+        assert np.all(alphas >= 0.5 / 3 - 1e-6)  # the floor keeps every mode in the norm
+
+
+@pytest.fixture(scope="session")
+def trained_mmoe(tmp_path_factory, trainable_synthetic):
+    """MMoE with MTN, XLA on, 4 epochs, seed 5: (output folder, result)."""
+    out = tmp_path_factory.mktemp("trained_mmoe")
+    config = _config("mmoe", xla=True, training={"epochs": 4, "seed": 5}, mtn={"lam": 1e-4})
+    return out, train.train(str(trainable_synthetic[0]), str(out), config), config
+
+
+def test_a_run_writes_its_config_metrics_checkpoints_and_tensorboard_logs(trained_mmoe):
+    out, result, config = trained_mmoe
+    run = out / "model"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["trainer"]["training"]["seed"] == 5 and saved["trainer"]["mtn"]["lam"] == 1e-4
+    assert {"tensorflow", "keras", "tensorflow_transform"} <= set(saved["packages"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_done"] == 4 and len(metrics["history"]) == 4
+    for epoch in metrics["history"]:
+        assert {"loss", "ctr_loss", "cvr_loss", "mtn_loss", "val_ctr_auc", "val_cvr_auc", "val_ctcvr_auc",
+                "val_ctr_logloss", "val_cvr_logloss", "val_ctcvr_logloss"} <= set(epoch)
+    best = max(metrics["history"], key=lambda e: e["val_cvr_auc"])
+    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["eval"]["cvr_auc"] == pytest.approx(best["val_cvr_auc"], abs=1e-9)  # best weights restored
+    assert metrics["params"]["total"] == metrics["params"]["exported"] + metrics["params"]["regularizer_only"]
+    assert metrics["params"]["regularizer_only"] == 2 * 3  # MTN's alphas: 2 tower depths x 3 modes
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.index")) == ["ckpt-3.index", "ckpt-4.index"]
+    assert list((run / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_early_stopping_on_eval_cvr_auc_with_patience(tmp_path, trainable_synthetic):
+    # A learning rate this high overfits the tiny data within an epoch or two.
+    config = _config("mmoe", training={"epochs": 12, "patience": 2, "learning_rate": 0.05})
+    result = train.train(str(trainable_synthetic[0]), str(tmp_path), config)
+    history = [e["val_cvr_auc"] for e in result["history"]]
+    assert result["stopped_early"] and len(history) < 12
+    best = int(np.argmax(history))
+    assert len(history) == best + 1 + 2  # stopped after 2 epochs without a better CVR AUC
+    assert result["best_epoch"] == best + 1
+
+
+def _mtrank(*args) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, trained_mmoe, trainable_synthetic):
+    """Same seed and config as `trained_mmoe`: killed after its first epoch and resumed, the run
+    ends with the very metrics of the uninterrupted run (so runs also repeat with a seed)."""
+    _, uninterrupted, config = trained_mmoe
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config))
+    out = tmp_path / "out"
+    command = _mtrank("train", "--transformed", str(trainable_synthetic[0]), "--output", str(out),
+                      "--config", str(config_file))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = out / "model" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epochs_done"] >= 1:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+    done = json.loads(state.read_text())["epochs_done"]
+    assert process.returncode == -signal.SIGKILL and 1 <= done < 4, process.stdout.read().decode()[-2000:]
+
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {out / 'model'} after epoch {done}" in resumed.stderr
+    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["history"]] == [1, 2, 3, 4]
+    for key in ("val_ctr_auc", "val_cvr_auc", "val_ctcvr_auc", "loss"):
+        assert [e[key] for e in metrics["history"]] == [e[key] for e in uninterrupted["history"]], key
+    assert metrics["eval"] == uninterrupted["eval"]
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path, trained_mmoe, trainable_synthetic):
+    out, _, config = trained_mmoe
+    changed = {**config, "model": {**config["model"], "num_experts": 2}}
+    with pytest.raises(train.TrainingError, match="different config .*model.num_experts.*--overwrite"):
+        train.train(str(trainable_synthetic[0]), str(out), changed)
+
+
+def _raw_examples(transformed: pathlib.Path, split: str) -> list[bytes]:
+    files = sorted(tf.io.gfile.glob(os.path.join(export.raw_examples_dir(str(transformed)), "examples", split, "*")))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def _sample_ids(records) -> list[bytes]:
+    spec = {F.SAMPLE_ID: tf.io.FixedLenFeature([], tf.string)}
+    return [s.numpy() for s in tf.io.parse_example(tf.constant(records), spec)[F.SAMPLE_ID]]
+
+
+def _in_memory_network(run_dir: pathlib.Path):
+    saved = json.loads((run_dir / "config.json").read_text())
+    spec = inputs.InputSpec.from_dict(saved["input_spec"])
+    network = models.build(spec.to_dict(), saved["trainer"]["model"])
+    network(__import__("trainer.training_model", fromlist=["dummy_batch"]).dummy_batch(spec))
+    network.load_weights(str(run_dir / "best.weights.h5"))
+    return network, spec
+
+
+def test_saved_model_scores_equal_the_in_memory_model(trained_mmoe, trainable_synthetic):
+    out, result, _ = trained_mmoe
+    transformed = trainable_synthetic[0]
+    network, spec = _in_memory_network(out / "model")
+    import tensorflow_transform as tft
+
+    from transform.preprocessing import categorical_cardinalities
+
+    tft_output = tft.TFTransformOutput(str(transformed / "transform_graph"))
+    files = [str(transformed / "transformed" / "test" / "*")]
+    split = inputs.load(files, tft_output.transformed_feature_spec(), spec, categorical_cardinalities(tft_output),
+                        32, 8, "test")
+    in_memory, _ = train.predict(network, split, 4096, xla=False)
+    ids = _sample_ids([r.numpy() for r in inputs.read_records(inputs.expand(files))])
+    by_id = {i: n for n, i in enumerate(ids)}
+
+    raw = _raw_examples(transformed, "test")
+    serve = tf.saved_model.load(str(out / "model" / "serving")).signatures["serving_default"]
+    served = {k: v.numpy() for k, v in serve(examples=tf.constant(raw)).items()}
+    order = [by_id[i] for i in _sample_ids(raw)]
+    assert len(raw) == len(ids) == 6_000
+    for key in ("ctr", "cvr", "ctcvr"):
+        np.testing.assert_allclose(served[key], in_memory[key][order], rtol=1e-5, atol=1e-7)
+    assert result["test"]["ctr_auc"] > 0.6
+
+
+def test_predict_signature_takes_named_raw_tensors_and_agrees(trained_mmoe, trainable_synthetic):
+    out, _, _ = trained_mmoe
+    loaded = tf.saved_model.load(str(out / "model" / "serving"))
+    assert set(loaded.signatures) == {"serving_default", "predict"}
+    predict = loaded.signatures["predict"]
+    specs = predict.structured_input_signature[1]
+    assert specs["f101"].shape.as_list() == [None] and specs["f101"].dtype == tf.int64
+    assert specs["f109_14"].shape.as_list() == [None, None] and specs["f109_14_weight"].dtype == tf.float32
+    assert not set(specs) & (set(F.LABELS) | set(F.METADATA))
+    raw = _raw_examples(trainable_synthetic[0], "test")[:500]
+    by_examples = loaded.signatures["serving_default"](examples=tf.constant(raw))
+    by_tensors = predict(**export.predict_inputs(predict, raw))
+    assert set(by_tensors) == {"ctr", "cvr", "ctcvr"}
+    for key in by_tensors:
+        np.testing.assert_allclose(by_tensors[key].numpy(), by_examples[key].numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_missing_and_unseen_fields_fall_back_instead_of_failing(trained_mmoe, trainable_synthetic):
+    out, _, _ = trained_mmoe
+    serve = tf.saved_model.load(str(out / "model" / "serving")).signatures["serving_default"]
+    empty = tf.train.Example().SerializeToString()
+    unseen = tf.train.Example()
+    unseen.features.feature["f205"].int64_list.value.append(987_654_321_987)  # no vocabulary holds it
+    unseen.features.feature["f109_14"].int64_list.value.extend([1, 2])  # weights missing too
+    scores = serve(examples=tf.constant([empty, unseen.SerializeToString()]))
+    for value in scores.values():
+        assert np.all(np.isfinite(value.numpy())) and value.shape == (2,)
+    # An absent single-valued field and the explicit missing id are the same input.
+    missing = tf.train.Example()
+    missing.features.feature["f101"].int64_list.value.append(F.MISSING_ID)
+    again = serve(examples=tf.constant([missing.SerializeToString()]))
+    np.testing.assert_allclose(again["ctr"].numpy(), scores["ctr"].numpy()[:1], rtol=1e-6)
+
+
+@pytest.fixture(scope="session")
+def trained_fdn_with_mtn(tmp_path_factory, trainable_synthetic):
+    out = tmp_path_factory.mktemp("trained_fdn")
+    config = _config("fdn", training={"epochs": 1}, mtn={"target": "experts"})
+    return out, train.train(str(trainable_synthetic[0]), str(out), config)
+
+
+def test_saved_model_holds_no_regulariser_parameters(trained_mmoe, trained_fdn_with_mtn):
+    for out, result in (trained_mmoe[:2], trained_fdn_with_mtn):
+        serving = str(out / "model" / "serving")
+        names = export.saved_variables(serving)
+        network, _ = _in_memory_network(out / "model")
+        assert export.saved_params(serving) == network.count_params() == result["params"]["exported"]
+        assert result["params"]["regularizer_only"] > 0
+        assert not [n for n in names if any(w in n.lower() for w in ("aux", "alpha", "mtn", "optimizer"))], names
+    fdn = trained_fdn_with_mtn[1]["params"]
+    # aux heads: k x M x (u + 1); MTN alphas: 2 expert depths x 3 modes
+    assert fdn["regularizer_only"] == 2 * 2 * (16 + 1) + 2 * 3

@@ -1,0 +1,186 @@
+"""The Trainer's configuration (TFX's `custom_config`), checked without TensorFlow.
+
+A JSON object with up to six sections, each optional; every key is checked by name and type:
+
+    {"model":    {"name": "mmoe", "embedding_dim": 16, "expert_units": [128, 64], ...},
+     "loss":     {"convention": "clicked", "weights": {"ctr": 1.0, "cvr": 1.0}},
+     "fdn":      {"aux": true, "orth": true, "orth_variant": "paper", ...},
+     "mtn":      {"lam": 1e-5, "target": "towers", "depth": null, "alpha_floor": 0.5},
+     "training": {"epochs": 10, "batch_size": 2048, "seed": 0, ...},
+     "hardware": {"xla": true, "mixed_precision": false, "distribute": "auto"}}
+
+`mtn` absent or null means no MTN regulariser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+MODEL_NAMES = ("single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm", "aitm", "fdn")
+# ESMM's: CTR and CTCVR losses over all impressions. Clicked: CTR over all rows, CVR on clicked rows only.
+LOSS_CONVENTIONS = ("esmm", "clicked")
+ORTH_VARIANTS = ("paper", "authors")
+MTN_TARGETS = ("towers", "experts")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mmoe"
+    embedding_dim: int = 16
+    pooling: str = "mean"  # multi-valued fields: weighted "mean" or "sum" of their ids' embeddings
+    expert_units: tuple = (128, 64)  # each expert; the shared bottom and single-task networks too
+    tower_units: tuple = (64,)  # hidden layers of each task tower, before its logit
+    num_experts: int = 8  # omoe, mmoe
+    specific_experts: int = 2  # cgc, ple: per task, per level
+    shared_experts: int = 4  # cgc, ple: per level
+    levels: int = 2  # ple
+    pairs: int = 2  # fdn: decomposition pairs per task
+    shared_features: bool = True  # fdn: False is the paper's "without shared features" ablation
+    dropout: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    convention: typing.Optional[str] = None  # None: the model's own (esmm, aitm: "esmm"; others: "clicked")
+    weights: dict = dataclasses.field(default_factory=lambda: {"ctr": 1.0, "cvr": 1.0})  # "cvr" weighs CTCVR under esmm
+
+
+@dataclasses.dataclass(frozen=True)
+class FdnConfig:
+    aux: bool = True  # one auxiliary head per task-specific expert
+    aux_weight: float = 0.1
+    orth: bool = True
+    orth_weight: float = 0.01
+    orth_variant: str = "paper"  # "authors": their public code's per-sample outer-product norm
+
+
+@dataclasses.dataclass(frozen=True)
+class MtnConfig:
+    lam: float = 1e-5
+    target: str = "towers"  # "experts": the paper's Analysis 3
+    depth: typing.Optional[int] = None  # None: every depth; an index: that depth only
+    alpha_floor: float = 0.5  # share of alpha spread uniformly over the modes (see trainer.regularizers)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 10
+    batch_size: int = 2048
+    learning_rate: float = 1e-3
+    patience: int = 3  # epochs without a better eval CVR AUC before stopping (the MTN paper's rule)
+    seed: int = 0
+    max_bag_length: int = 32  # ids kept per multi-valued field (the first ones, in file order)
+    memory_budget_gb: float = 8.0  # splits that fit are parsed once and kept in memory; larger ones stream
+    eval_batch_size: int = 8192
+    steps_per_epoch: typing.Optional[int] = None  # None: one pass over the training split
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareConfig:
+    xla: bool = True  # jit-compile the train and predict steps
+    mixed_precision: bool = False  # float16 compute on GPUs; the MTN SVD stays float32
+    distribute: str = "auto"  # "auto": MirroredStrategy over the local GPUs when there are 2+; "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    fdn: FdnConfig = FdnConfig()
+    mtn: typing.Optional[MtnConfig] = None
+    training: TrainingConfig = TrainingConfig()
+    hardware: HardwareConfig = HardwareConfig()
+
+    @property
+    def loss_convention(self) -> str:
+        if self.loss.convention is not None:
+            return self.loss.convention
+        return "esmm" if self.model.name in ("esmm", "aitm") else "clicked"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections) -> "TrainerConfig":
+        """A copy with some sections' keys changed: replace(training={"epochs": 2})."""
+        merged = self.to_dict()
+        for section, values in sections.items():
+            if values is None or merged.get(section) is None:
+                merged[section] = values
+            else:
+                merged[section] = {**merged[section], **values}
+        return from_dict(merged)
+
+
+_SECTIONS = {"model": ModelConfig, "loss": LossConfig, "fdn": FdnConfig, "mtn": MtnConfig,
+             "training": TrainingConfig, "hardware": HardwareConfig}
+_CHOICES = {("model", "name"): MODEL_NAMES, ("model", "pooling"): ("mean", "sum"),
+            ("loss", "convention"): LOSS_CONVENTIONS + (None,), ("fdn", "orth_variant"): ORTH_VARIANTS,
+            ("mtn", "target"): MTN_TARGETS, ("hardware", "distribute"): ("auto", "none")}
+_POSITIVE = {"embedding_dim", "num_experts", "specific_experts", "shared_experts", "levels", "pairs", "epochs",
+             "batch_size", "patience", "max_bag_length", "eval_batch_size", "steps_per_epoch"}
+
+
+def _check(section: str, key: str, value, default):
+    where = f"{section}.{key}"
+    if (section, key) in _CHOICES:
+        if value not in _CHOICES[section, key]:
+            raise ValueError(f"{where} must be one of {[c for c in _CHOICES[section, key] if c]}, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or not value or any(
+                isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in value):
+            raise ValueError(f"{where} must be a non-empty list of positive integers, got {value!r}")
+        return tuple(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict) or set(value) - {"ctr", "cvr"} or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in value.values()):
+            raise ValueError(f"{where} must map ctr and cvr to non-negative numbers, got {value!r}")
+        return {**default, **{k: float(v) for k, v in value.items()}}
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if isinstance(default, int) or key in _POSITIVE or key == "depth":
+        if value != int(value):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        value = int(value)
+    if key in _POSITIVE and value <= 0:
+        raise ValueError(f"{where} must be positive, got {value!r}")
+    if key == "depth" and value < 0:
+        raise ValueError(f"{where} must be a depth index >= 0 or null, got {value!r}")
+    if key in ("lam", "aux_weight", "orth_weight", "dropout", "learning_rate", "memory_budget_gb") and value < 0:
+        raise ValueError(f"{where} must be >= 0, got {value!r}")
+    if key in ("alpha_floor", "dropout") and not 0 <= value <= 1:
+        raise ValueError(f"{where} must be in [0, 1], got {value!r}")
+    return value
+
+
+def _section(name: str, values) -> object:
+    cls = _SECTIONS[name]
+    if not isinstance(values, dict):
+        raise ValueError(f"{name} must be an object of options, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{name}: unknown keys {unknown}; known: {sorted(fields)}")
+    defaults = cls()
+    return cls(**{key: _check(name, key, value, getattr(defaults, key)) for key, value in values.items()})
+
+
+def from_dict(config: dict | None) -> TrainerConfig:
+    """The config of a JSON object; ValueError naming the key (`model.num_experts`) for anything wrong."""
+    if config is None:
+        return TrainerConfig()
+    if not isinstance(config, dict):
+        raise ValueError(f"the trainer config must be an object of sections, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(_SECTIONS))
+    if unknown:
+        raise ValueError(f"trainer config: unknown sections {unknown}; known: {sorted(_SECTIONS)}")
+    sections = {name: None if values is None and name == "mtn" else _section(name, values)
+                for name, values in config.items()}
+    return TrainerConfig(**sections)
