@@ -19,11 +19,11 @@ def run(*args, check=False):
 def test_help_lists_the_subcommands():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("run", "ingest", "transform", "synth"):
+    for command in ("run", "ingest", "transform", "train", "synth"):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", [["run"], ["ingest"], ["transform"], ["synth"], ["synth", "aliccp"], ["synth", "fdn"], ["synth", "mmoe"]])
+@pytest.mark.parametrize("command", [["run"], ["ingest"], ["transform"], ["train"], ["synth"], ["synth", "aliccp"], ["synth", "fdn"], ["synth", "mmoe"]])
 def test_every_subcommand_has_help(command):
     result = run(*command, "--help")
     assert result.returncode == 0 and "usage: mtrank" in result.stdout
@@ -41,6 +41,10 @@ def test_every_subcommand_has_help(command):
     (["transform", "--examples", "x", "--output", "y", "--noise-proportion", "1.5"], "not in [0, 1]"),
     (["transform", "--examples", "x", "--output", "y", "--oov-buckets", "0"], "not a positive integer"),
     (["transform", "--examples", "x", "--output", "y", "--config", "/no/such.json"], "--config /no/such.json"),
+    (["train", "--transformed", "/no/such/folder"], "has no transform_graph/"),
+    (["train", "--transformed", "x", "--model", "xgboost"], "invalid choice"),
+    (["train", "--transformed", "x", "--epochs", "0"], "not a positive integer"),
+    (["run", "--model", "mmoe", "--mtn", "-1"], "mtn.lam must be >= 0"),
 ])
 def test_bad_arguments_fail_with_one_line(args, message):
     result = run(*args)
@@ -85,11 +89,23 @@ def test_transform_options_from_a_config_file_are_checked(tmp_path):
 def test_run_is_the_main_job_end_to_end(tmp_path):
     out = tmp_path / "run"
     result = run("run", "--rows", "1500", "--output", str(out), check=True)
-    assert "[3/3] Transform" in result.stdout
+    assert "[3/4] Transform" in result.stdout and "[4/4] Trainer" in result.stdout
     written = json.loads((out / "stats.json").read_text())["samples"]["written"]
     transformed = json.loads((out / "transformed" / "stats.json").read_text())
     assert transformed["rows"] == written
     assert (out / "transform_graph" / "transform_fn" / "saved_model.pb").exists()
+    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    assert metrics["model"] == "mmoe" and metrics["test"]["rows"] == written["test"]
+    assert (out / "model" / "serving" / "saved_model.pb").exists() and "test AUC" in result.stdout
+
+
+def test_a_bad_trainer_config_names_the_key(tmp_path):
+    config = tmp_path / "trainer.json"
+    config.write_text(json.dumps({"model": {"name": "mmoe", "num_experts": "eight"}}))
+    (tmp_path / "transform_graph").mkdir()
+    result = run("train", "--transformed", str(tmp_path), "--config", str(config))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "model.num_experts must be a number" in result.stderr
 
 
 def test_a_config_that_is_not_an_object_is_one_line(tmp_path):

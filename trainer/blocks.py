@@ -22,12 +22,13 @@ class FieldEmbedding(keras.layers.Layer):
     """Per-field embeddings, concatenated: [B, (F_categorical + F_bag) * D + F_numeric].
 
     Every categorical field has its own rows in one [sum of cardinalities, D] table (an offset per
-    field), so all fields take one gather. A multi-valued field pools its ids' embeddings with
-    their weights: "mean" divides by the sum of the weights, "sum" does not. Numeric fields are
-    appended as they are.
+    field), so all fields take one gather. A multi-valued field pools its ids' embeddings scaled
+    by their weights: "sum" adds them, "mean" divides the sum by the number of ids. Neither
+    normalises the weights away: Ali-CCP's weights are counts, and a cross field's single id
+    carries its signal in its weight. Numeric fields are appended as they are.
     """
 
-    def __init__(self, spec: dict, dim: int, pooling: str = "mean", **kwargs):
+    def __init__(self, spec: dict, dim: int, pooling: str = "sum", **kwargs):
         super().__init__(**kwargs)
         self.spec, self.dim, self.pooling = spec, dim, pooling
         fields = InputSpec.from_dict(spec)
@@ -65,8 +66,9 @@ class FieldEmbedding(keras.layers.Layer):
             vectors = ops.take(self.table, ids, axis=0) * ops.expand_dims(ops.cast(weights, self.compute_dtype), -1)
             pooled = ops.einsum("bld,lf->bfd", vectors, ops.cast(self.bag_pooling, self.compute_dtype))
             if self.pooling == "mean":
-                total = ops.matmul(ops.cast(weights, self.compute_dtype), ops.cast(self.bag_pooling, self.compute_dtype))
-                pooled = pooled / ops.expand_dims(ops.maximum(total, 1e-6), -1)
+                present = ops.cast(ops.not_equal(weights, 0), self.compute_dtype)
+                count = ops.matmul(present, ops.cast(self.bag_pooling, self.compute_dtype))
+                pooled = pooled / ops.expand_dims(ops.maximum(count, 1.0), -1)
             parts.append(ops.reshape(pooled, (-1, len(self.bags) * self.dim)))
         if self.numeric:
             parts.append(ops.cast(ops.stack([features[f.key] for f in self.numeric], axis=1), self.compute_dtype))

@@ -28,7 +28,7 @@ MTN_TARGETS = ("towers", "experts")
 class ModelConfig:
     name: str = "mmoe"
     embedding_dim: int = 16
-    pooling: str = "mean"  # multi-valued fields: weighted "mean" or "sum" of their ids' embeddings
+    pooling: str = "sum"  # multi-valued fields: "sum" or "mean" of their ids' weight-scaled embeddings
     expert_units: tuple = (128, 64)  # each expert; the shared bottom and single-task networks too
     tower_units: tuple = (64,)  # hidden layers of each task tower, before its logit
     num_experts: int = 8  # omoe, mmoe

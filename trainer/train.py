@@ -98,13 +98,11 @@ def _strategy(config: TrainerConfig) -> tf.distribute.Strategy:
 
 
 def _check_resumable(saved: dict, config: TrainerConfig, run_dir: str) -> None:
-    now = config.to_dict()
+    now = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
     changed = sorted(f"{section}.{key}" for section in set(saved) | set(now)
                      for key in set(saved.get(section) or {}) | set(now.get(section) or {})
                      if (saved.get(section) or {}).get(key) != (now.get(section) or {}).get(key)
                      and (section, key) not in _RESUMABLE_CHANGES)
-    changed = [c for c in changed if not (c.endswith("units") and  # JSON turns tuples into lists
-                                          list(saved[c.split(".")[0]][c.split(".")[1]]) == list(now[c.split(".")[0]][c.split(".")[1]]))]
     if changed:
         raise TrainingError(f"{run_dir} holds a run with a different config ({', '.join(changed)}); "
                             "train into a new folder, or pass --overwrite to start again")
@@ -243,7 +241,7 @@ def run_fn(fn_args) -> dict:
             network = models.build(spec.to_dict(), dataclasses.asdict(config.model))
             trainee = TrainingModel(network, spec, config)
             optimizer = keras.optimizers.Adam(training.learning_rate)
-            trainee.compile(optimizer=optimizer, jit_compile=hardware.xla)
+            trainee.compile_for_training(optimizer, hardware.xla)
             optimizer.build(trainee.trainable_variables)
     finally:
         keras.config.set_dtype_policy(policy)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from trainer import regularizers
@@ -44,6 +45,11 @@ def mtn_stacks(network: MultiTaskModel, target: str, depth: int | None) -> list:
     return stacks
 
 
+def _is_mtn_input(variable, trainee) -> bool:
+    """Whether MTN's term depends on the variable: the regularised kernels and MTN's own alphas."""
+    return id(variable) in trainee.mtn_variable_ids
+
+
 class TrainingModel(keras.Model):
     """call(features) -> {"logits": [B, 2], extras...}; `compute_loss` adds every term."""
 
@@ -61,10 +67,17 @@ class TrainingModel(keras.Model):
         self.aux_heads = (regularizers.AuxiliaryHeads(network.num_tasks, config.model.pairs, name="aux_heads")
                           if is_fdn and fdn.aux else None)
         self.orth = is_fdn and fdn.orth and config.model.shared_features
+        self.mtn_variable_ids = set()
+        self._compiled_step = None
         names = ["ctr_loss", "cvr_loss" if self.convention == "clicked" else "ctcvr_loss"]
         names += ["mtn_loss"] * (self.mtn is not None) + ["aux_loss"] * (self.aux_heads is not None)
         names += ["orth_loss"] * self.orth
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+        if self.mtn is not None:
+            with tf.GradientTape() as tape:
+                loss = self.mtn(mtn_stacks(network, mtn.target, mtn.depth))
+            variables = network.trainable_variables + self.mtn.trainable_variables
+            self.mtn_variable_ids = {id(v) for v, g in zip(variables, tape.gradient(loss, variables)) if g is not None}
         self(dummy_batch(spec))  # builds the auxiliary heads, so checkpoints restore into built weights
         if self.aux_heads is not None:
             self.aux_heads(self(dummy_batch(spec))["specific"])
@@ -76,7 +89,7 @@ class TrainingModel(keras.Model):
         logits, extras = self.network.forward(features, training=training)
         return {"logits": logits, **{k: v for k, v in extras.items() if v is not None}}
 
-    def loss_terms(self, y, y_pred) -> dict:
+    def loss_terms(self, y, y_pred, include_mtn: bool = True) -> dict:
         """{name: weighted scalar} of every term for a batch."""
         logits = ops.cast(y_pred["logits"], "float32")
         click, conversion = y[F.CLICK], y[F.CONVERSION]
@@ -88,7 +101,7 @@ class TrainingModel(keras.Model):
             ctcvr = ops.clip(ops.sigmoid(logits[:, 0]) * ops.sigmoid(logits[:, 1]), 1e-7, 1 - 1e-7)
             label = click * conversion
             terms["ctcvr_loss"] = weights["cvr"] * -ops.mean(label * ops.log(ctcvr) + (1 - label) * ops.log(1 - ctcvr))
-        if self.mtn is not None:
+        if self.mtn is not None and include_mtn:
             terms["mtn_loss"] = self.mtn(mtn_stacks(self.network, self.config.mtn.target, self.config.mtn.depth))
         if self.aux_heads is not None:
             aux = ops.cast(self.aux_heads(y_pred["specific"]), "float32")  # [B, k, M]
@@ -105,6 +118,42 @@ class TrainingModel(keras.Model):
         for name, value in terms.items():
             self.trackers[name].update_state(value)
         return sum(terms.values())
+
+    def compile_for_training(self, optimizer, xla: bool) -> None:
+        """Compiles, keeping MTN's SVDs out of XLA: XLA's CPU SVD takes ~100 ms where the
+        TensorFlow kernel takes ~3 ms, which made MTN cost 4x the step. With MTN, the step runs
+        outside XLA and jit-compiles everything but the MTN term (see `train_step`)."""
+        self.compile(optimizer=optimizer, jit_compile=xla and self.mtn is None)
+        self._compiled_step = tf.function(self._gradient_step, jit_compile=xla) if self.mtn is not None else None
+
+    def train_step(self, data):
+        if self._compiled_step is None:
+            return super().train_step(data)
+        x, y = data[0], data[1]
+        stack_variables = [v for v in self.trainable_variables if _is_mtn_input(v, self)]
+        with tf.GradientTape() as tape:
+            mtn_loss = self.mtn(mtn_stacks(self.network, self.config.mtn.target, self.config.mtn.depth))
+        mtn_grads = tape.gradient(mtn_loss, stack_variables)
+        self.trackers["mtn_loss"].update_state(mtn_loss)
+        loss = self._compiled_step(x, y, mtn_grads)
+        self._loss_tracker.update_state(loss + mtn_loss)
+        return self.get_metrics_result()
+
+    def _gradient_step(self, x, y, mtn_grads):
+        """Task and FDN terms, their gradients plus MTN's (computed outside), one optimizer step."""
+        with tf.GradientTape() as tape:
+            terms = self.loss_terms(y, self(x, training=True), include_mtn=False)
+            loss = sum(terms.values())
+        variables = self.trainable_variables
+        grads = tape.gradient(loss, variables)
+        extra = iter(mtn_grads)  # in the order of `variables`
+        for i, variable in enumerate(variables):
+            if _is_mtn_input(variable, self):
+                grads[i] = next(extra) if grads[i] is None else grads[i] + next(extra)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        for name, value in terms.items():
+            self.trackers[name].update_state(value)
+        return loss
 
     @property
     def regularizer_params(self) -> int:
