@@ -42,76 +42,33 @@ def _positive(text: str) -> int:
     return value
 
 
-def _ingest(args, beam_args) -> None:
-    from pipeline.example_gen import beam_pipeline
-
-    config = beam_pipeline.IngestConfig(
-        format=args.format, input=args.input, output=args.output, eval_fraction=args.eval_fraction,
-        runner=args.runner, overwrite=args.overwrite, beam_args=beam_args,
-    )
-    _run_example_gen(config, "ingest")
-
-
-def _run_stage(run, config, command: str) -> dict:
-    """Runs a Beam stage, turning bad input into a one-line usage error."""
-    from pipeline.beam_utils import InputError
+def _stage(command: str, run, *args, **kwargs):
+    """Runs a stage of `pipeline.dag`, turning bad input into a one-line usage error."""
+    from pipeline.dag import StageError
 
     try:
-        return run(config)
-    except InputError as e:
+        return run(*args, **kwargs)
+    except StageError as e:
         raise UsageError(f"mtrank {command}: {e}") from None
 
 
-def _run_example_gen(config, command: str) -> None:
-    from pipeline.example_gen import beam_pipeline
+def _ingest(args, beam_args) -> None:
+    from pipeline import dag
 
-    _print_ingest_summary(_run_stage(beam_pipeline.run, config, command), config.output)
-
-
-def _print_ingest_summary(stats: dict, output: str) -> None:
-    s = stats["samples"]
-    print(f"ExampleGen: {stats['lines_read']:,} lines read in {stats['seconds']:.1f} s -> {output}")
-    print("  written   " + "  ".join(f"{k} {v:,}" for k, v in s["written"].items()))
-    for title, counts in (("rejected", s["rejected"]), ("dropped", s["dropped"])):
-        if counts:
-            print(f"  {title:<9} " + "  ".join(f"{k} {v:,}" for k, v in counts.items()))
-    if "common_features" in stats:
-        c = stats["common_features"]
-        print(f"  common    joined {c['joined']:,}  unreferenced {c['unreferenced']:,}  "
-              + "  ".join(f"rejected/{k} {v:,}" for k, v in c["rejected"].items()))
-    print(f"  stats: {os.path.join(output, 'stats.json')}")
+    _stage("ingest", dag.example_gen, args.input, args.format, args.output, args.runner, beam_args,
+           eval_fraction=args.eval_fraction, overwrite=args.overwrite)
 
 
 def _transform(args, beam_args) -> None:
-    from transform import beam_pipeline
+    from pipeline import dag
 
     preprocessing = _load_json_object(args.config, "transform", "options") if args.config else {}
     for key, value in (("frequency_threshold", args.frequency_threshold), ("num_oov_buckets", args.oov_buckets)):
         if value is not None:
             preprocessing[key] = value
-    config = beam_pipeline.TransformConfig(
-        examples=args.examples, output=args.output, noise_proportion=args.noise_proportion,
-        noise_feature_prob=args.noise_feature_prob, seed=args.seed, preprocessing=preprocessing,
-        runner=args.runner, overwrite=args.overwrite, beam_args=beam_args,
-    )
-    _run_transform(config, "transform")
-
-
-def _run_transform(config, command: str) -> None:
-    from transform import beam_pipeline
-
-    stats = _run_stage(beam_pipeline.run, config, command)
-    rows = "  ".join(f"{split} {n:,}" for split, n in stats["rows"].items())
-    print(f"Transform: {sum(stats['rows'].values()):,} rows in {stats['seconds']:.1f} s -> {config.output}")
-    print(f"  transformed  {rows}")
-    sizes = stats["vocabulary_size"]
-    if sizes:
-        print(f"  vocabularies {len(sizes)} fields, {min(sizes.values()):,} to {max(sizes.values()):,} ids")
-    if "noise" in stats:
-        n = stats["noise"]
-        replaced = sum(f["replaced"] for f in n["fields"].values())
-        print(f"  noise        {n['rows_selected']:,} of {n['rows']:,} training rows selected, {replaced:,} features replaced")
-    print(f"  stats: {os.path.join(config.output, 'transformed', 'stats.json')}")
+    _stage("transform", dag.transform, args.examples, args.output, seed=args.seed,
+           noise_proportion=args.noise_proportion, noise_feature_prob=args.noise_feature_prob,
+           preprocessing=preprocessing, runner=args.runner, beam_args=beam_args, overwrite=args.overwrite)
 
 
 def _load_json_object(path: str, command: str, what: str) -> dict:
@@ -127,57 +84,19 @@ def _load_json_object(path: str, command: str, what: str) -> dict:
 
 def _trainer_config(args, command: str) -> dict:
     """The trainer config of --config, with the flags that override it."""
-    from trainer.config import from_dict
+    from pipeline import dag
 
     config = _load_json_object(args.config, command, "config sections") if args.config else {}
-    config.pop("evaluator", None)  # `mtrank run`'s Evaluator section
-    overrides = {"model": {"name": args.model}, "training": {"epochs": args.epochs, "batch_size": args.batch_size,
-                                                             "seed": args.train_seed}}
-    for section, values in overrides.items():
-        values = {k: v for k, v in values.items() if v is not None}
-        if values:
-            config[section] = {**(config.get(section) or {}), **values}
-    if args.mtn:
-        config["mtn"] = {**(config.get("mtn") or {}), "lam": args.mtn}
-    try:
-        from_dict(config)
-    except ValueError as e:
-        raise UsageError(f"mtrank {command}: trainer config: {e}") from None
-    return config
-
-
-def _run_trainer(transformed: str, output: str, config: dict, overwrite: bool, command: str) -> dict:
-    for needed in ("transform_graph", os.path.join("transformed", "train"), os.path.join("transformed", "eval")):
-        if not os.path.isdir(os.path.join(transformed, needed)):
-            raise UsageError(f"mtrank {command}: {transformed} has no {needed}/ (run mtrank transform first)")
-    from trainer import train
-
-    try:
-        result = train.train(transformed, output, config, overwrite=overwrite)
-    except (train.TrainingError, ValueError) as e:
-        raise UsageError(f"mtrank {command}: {e}") from None
-    _print_training_summary(result, os.path.join(output, "model"))
-    return result
-
-
-def _print_training_summary(result: dict, run_dir: str) -> None:
-    def aucs(m):
-        return f"CTR {m['ctr_auc']:.4f}  CVR {m['cvr_auc']:.4f}  CTCVR {m['ctcvr_auc']:.4f}"
-
-    stop = " (stopped early)" if result["stopped_early"] else ""
-    print(f"Trainer: {result['model']}, {result['epochs_done']} epochs{stop}, best epoch {result['best_epoch']} "
-          f"in {result['seconds']['train']:.1f} s -> {run_dir}")
-    print(f"  eval AUC   {aucs(result['eval'])}")
-    if "test" in result:
-        print(f"  test AUC   {aucs(result['test'])}  (the exported SavedModel on raw test examples)")
-    p = result["params"]
-    print(f"  parameters {p['total']:,} trained, {p['exported']:,} exported")
-    print(f"  SavedModel {result['serving_model_dir']}; metrics {os.path.join(run_dir, 'metrics.json')}")
+    return _stage(command, dag.trainer_config, config, model=args.model, epochs=args.epochs,
+                  batch_size=args.batch_size, seed=args.train_seed, mtn=args.mtn)
 
 
 def _train(args, _) -> None:
+    from pipeline import dag
+
     config = _trainer_config(args, "train")
-    _run_trainer(args.transformed, args.output or args.transformed, config, args.overwrite, "train")
+    _stage("train", dag.trainer, args.transformed, args.output or args.transformed, config,
+           warm_start_from=args.warm_start_from, overwrite=args.overwrite)
 
 
 def _synth_aliccp(args, _) -> None:
@@ -218,18 +137,21 @@ def _synth_mmoe(args, _) -> None:
 def _run(args, beam_args) -> None:
     """The main job: synthetic data (unless --data), ExampleGen, Transform, Trainer, Evaluator,
     Pusher, then (unless --no-serve) the pushed model served and queried through REST."""
-    data, data_format = args.data, args.format
-    if data is not None and data_format is None:
+    from pipeline import dag
+
+    if args.data is not None and args.format is None:
         raise UsageError("mtrank run: --data needs --format")
+    if args.data is not None and not os.path.exists(args.data):
+        raise UsageError(f"mtrank run: --data {args.data} does not exist")
     config = _trainer_config(args, "run")
-    eval_config = _eval_config(args)
-    import dataclasses
-
-    from pipeline import evaluator, pusher, run_record
-    from pipeline.example_gen import beam_pipeline as example_gen
-    from transform import beam_pipeline as transform
-
-    steps = (6 if data is None else 5) + (0 if args.no_serve else 1)
+    raw = (_load_json_object(args.config, "run", "config sections") if args.config else {}).get("evaluator") or {}
+    _stage("run", dag.eval_config, raw)
+    options = dag.RunOptions(
+        output=os.path.abspath(args.output), serving_base=os.path.abspath(args.serving_base), trainer_config=config,
+        eval_config=raw, data=args.data and os.path.abspath(args.data), data_format=args.format, rows=args.rows,
+        seed=args.seed, noise_proportion=args.noise_proportion, warm_start=args.warm_start,
+        model_name=args.model_name, beam_runner=args.beam_runner, beam_args=beam_args)
+    steps = (args.data is None) + (1 if args.runner == "kfp-local" else 5) + (not args.no_serve)
     step = 0
 
     def stage(text: str) -> None:
@@ -237,61 +159,19 @@ def _run(args, beam_args) -> None:
         step += 1
         print(f"[{step}/{steps}] {text}", flush=True)
 
-    if data is None:
-        from pipeline.synth import aliccp
+    if args.runner == "kfp-local":
+        from pipeline import kubeflow
 
-        data, data_format = os.path.join(args.output, "raw"), "aliccp-raw"
-        stage(f"synth: {args.rows:,} rows of raw Ali-CCP -> {data}")
-        aliccp.generate(aliccp.AliccpSynthConfig(rows=args.rows, seed=args.seed, malformed_rate=0.001), data)
-    stage(f"ExampleGen: {data_format} {data} -> {args.output}")
-    _run_example_gen(example_gen.IngestConfig(format=data_format, input=data, output=args.output, overwrite=True,
-                                              runner=args.runner, beam_args=beam_args), "run")
-    stage(f"Transform: {args.output}/examples -> {args.output}/transform_graph, transformed/")
-    _run_transform(transform.TransformConfig(examples=args.output, output=args.output, seed=args.seed, overwrite=True,
-                                             runner=args.runner, beam_args=beam_args), "run")
-    stage(f"Trainer: {args.output}/transformed -> {args.output}/model")
-    trained = _run_trainer(args.output, args.output, config, True, "run")
-    model_base = os.path.join(args.serving_base, args.model_name)
-    baseline = pusher.latest(model_base)
-    stage(f"Evaluator: {trained['serving_model_dir']} on the test split"
-          + (f", against the last pushed model {baseline}" if baseline else ""))
-    result = evaluator.evaluate(trained["serving_model_dir"], args.output, args.output, eval_config, baseline)
-    print(evaluator.table(result))
-    verdict = "BLESSED" if result["blessed"] else "NOT_BLESSED: " + "; ".join(result["reasons"])
-    print(f"  {verdict} ({os.path.join(args.output, 'evaluation')})")
-    stage(f"Pusher: -> {model_base}/<next version>/")
-    pushed = None
-    if result["blessed"]:
-        pushed = pusher.push(trained["serving_model_dir"], args.output, args.serving_base, args.model_name)
-        print(f"  pushed version {pushed['version']}: {pushed['path']}")
+        result = _stage("run", kubeflow.run_local, options, stage)
     else:
-        print(f"  not pushed: the model is not blessed; serving keeps {baseline or 'no version'}")
-    record = run_record.write(args.output, {
-        "command": "run", "arguments": {k: v for k, v in vars(args).items() if k != "func"},
-        "trainer_config": config, "evaluator_config": dataclasses.asdict(eval_config), "beam_args": beam_args,
-        "data": {"path": os.path.abspath(data), "format": data_format, "fingerprint": run_record.fingerprint(data)},
-        "lineage": {"examples": os.path.join(args.output, "examples"),
-                    "transform_graph": os.path.join(args.output, "transform_graph"),
-                    "model": trained["serving_model_dir"], "evaluation": os.path.join(args.output, "evaluation"),
-                    "baseline": baseline, "blessed": result["blessed"], "pushed": pushed},
-        "metrics": {"eval": trained.get("eval"), "test": result["overall"]}})
-    print(f"  run record: {record}")
+        result = _stage("run", dag.run_local, options, stage)
     if not args.no_serve:
+        model_base = os.path.join(options.serving_base, options.model_name)
         stage(f"Serving: mtrank serve on {model_base}, a few test rows scored through its REST API")
-        _serve_and_score(model_base, args.model_name, args.output)
+        _serve_and_score(model_base, options.model_name, result["examples"])
 
 
-def _eval_config(args):
-    from pipeline.evaluator import EvalConfig
-
-    raw = (_load_json_object(args.config, "run", "config sections") if args.config else {}).get("evaluator") or {}
-    try:
-        return EvalConfig.from_dict(raw)
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"mtrank run: {e}") from None
-
-
-def _serve_and_score(model_base: str, model_name: str, output: str, rows: int = 5) -> None:
+def _serve_and_score(model_base: str, model_name: str, examples: str, rows: int = 5) -> None:
     import tensorflow as tf
 
     from pipeline import pusher
@@ -302,7 +182,7 @@ def _serve_and_score(model_base: str, model_name: str, output: str, rows: int = 
     if not pusher.versions(model_base):
         print("  nothing to serve: no version has been pushed")
         return
-    files = sorted(tf.io.gfile.glob(os.path.join(output, "examples", "test", "*.tfrecord.gz")))
+    files = sorted(tf.io.gfile.glob(os.path.join(examples, "examples", "test", "*.tfrecord.gz")))
     examples = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(rows)]
     config = serving_config.ServerConfig(models=(serving_config.ModelSpec(model_name, os.path.abspath(model_base)),),
                                          rest_port=0, grpc_port=0, host="127.0.0.1")
@@ -393,6 +273,36 @@ def _score(args, beam_args) -> None:
           f"(their reasons are in the error column){'' if args.output == '-' else ' -> ' + args.output}", file=sys.stderr)
 
 
+def _compile(args, _) -> None:
+    from pipeline import kubeflow
+
+    try:
+        kubeflow.compile_pipeline(args.output, args.image)
+    except OSError as e:
+        raise UsageError(f"compile: cannot write {args.output}: {e.strerror}") from None
+    print(f"wrote the Kubeflow pipeline {kubeflow.PIPELINE_NAME!r} (image {args.image}) to {args.output}; "
+          f"upload it in the KFP UI, or: mtrank schedule --host URL --pipeline {args.output}")
+
+
+def _schedule(args, _) -> None:
+    from pipeline import kubeflow
+
+    if not os.path.isfile(args.pipeline):
+        raise UsageError(f"schedule: --pipeline {args.pipeline} is not a file (make it with mtrank compile)")
+    parameters = _load_json_object(args.parameters, "schedule", "pipeline parameters") if args.parameters else {}
+    fields = args.cron.split()
+    if len(fields) != 6:
+        raise UsageError(f"schedule: --cron {args.cron!r} has {len(fields)} fields; KFP's cron has 6 "
+                         "(seconds first), e.g. \"0 0 2 * * *\" for 02:00 every day")
+    try:
+        created = kubeflow.schedule(args.host, args.pipeline, args.cron, args.experiment, args.job_name, parameters)
+    except Exception as e:  # the KFP client raises ApiException, connection and auth errors alike
+        raise UsageError(f"schedule: the Kubeflow Pipelines API at {args.host} failed: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    print(f"recurring run {args.job_name!r} ({created['recurring_run_id']}) in experiment {args.experiment!r}: "
+          f"cron {args.cron!r}, at most one run at a time, missed runs not caught up")
+
+
 def _add_trainer_flags(p) -> None:
     from trainer.config import MODEL_NAMES
 
@@ -405,11 +315,11 @@ def _add_trainer_flags(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline import IN_PROCESS
+    from pipeline import IMAGE, IN_PROCESS
     from pipeline.example_gen import FORMATS
     from serving import config as serving_defaults
 
-    parser = _Parser(prog="mtrank", description="Multi-task ranking pipeline (ExampleGen, Transform, Trainer, synthetic data).",
+    parser = _Parser(prog="mtrank", description="Multi-task ranking pipeline: ExampleGen, Transform, Trainer, Evaluator, Pusher, serving, experiments.",
                      epilog="Arguments after `--` go to Apache Beam (e.g. -- --project=P --region=R).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log Beam's own messages too")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -420,7 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="runs/default", help="folder for every artifact (default: %(default)s)")
     p.add_argument("--rows", type=_positive, default=200_000, help="synthetic rows without --data (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default: %(default)s)")
-    p.add_argument("--runner", default=IN_PROCESS, help="Beam runner (default: %(default)s)")
+    p.add_argument("--runner", choices=("local", "kfp-local"), default="local",
+                   help="local: every stage in this process; kfp-local: Kubeflow Pipelines' local runner, "
+                        "each stage a component in its own process (default: %(default)s)")
+    p.add_argument("--beam-runner", default=IN_PROCESS, help="Beam runner of ExampleGen and Transform (default: %(default)s)")
+    p.add_argument("--noise-proportion", type=_probability, default=0.0, metavar="P",
+                   help="share of training rows that get feature noise (see transform; default: %(default)s)")
+    p.add_argument("--warm-start", action="store_true",
+                   help="initialise the network from the last pushed version under --serving-base")
     p.add_argument("--serving-base", default="runs/serving",
                    help="blessed models are pushed to SERVING_BASE/MODEL_NAME/<version>/ (default: %(default)s)")
     p.add_argument("--model-name", default="mtrank", help="the served model's name (default: %(default)s)")
@@ -432,8 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transformed", required=True, help="Transform's output folder (transform_graph/, transformed/)")
     p.add_argument("--output", help="writes model/ (checkpoints, logs, metrics) and model/serving/ (default: --transformed)")
     _add_trainer_flags(p)
+    p.add_argument("--warm-start-from", metavar="SAVED_MODEL",
+                   help="initialise the network from this exported model (e.g. a pushed version)")
     p.add_argument("--overwrite", action="store_true", help="start again instead of resuming a run in --output")
     p.set_defaults(func=_train)
+
+    from experiments import cli as experiment_cli
+
+    experiment_cli.add_arguments(commands.add_parser("experiment", help=experiment_cli.HELP))
+
+    p = commands.add_parser("compile", help="the Kubeflow pipeline (KFP v2 YAML) for a cluster")
+    p.add_argument("--output", default="pipeline.yaml", help="(default: %(default)s)")
+    p.add_argument("--image", default=IMAGE, help="every component's image, built from the Dockerfile (default: %(default)s)")
+    p.set_defaults(func=_compile)
+
+    p = commands.add_parser("schedule", help="a KFP recurring run of the compiled pipeline (one at a time, no catch-up)")
+    p.add_argument("--host", required=True, help="the KFP API, e.g. http://ml-pipeline-ui.kubeflow:80")
+    p.add_argument("--pipeline", default="pipeline.yaml", help="compiled by mtrank compile (default: %(default)s)")
+    p.add_argument("--cron", default="0 0 2 * * *", help="KFP cron, seconds first (default: %(default)s, 02:00 daily)")
+    p.add_argument("--experiment", default="mtrank-retraining", help="(default: %(default)s)")
+    p.add_argument("--job-name", default="mtrank-retrain", help="(default: %(default)s)")
+    p.add_argument("--parameters", help="JSON file of pipeline parameters, e.g. {\"data\": \"/data/latest\", \"model\": \"mmoe\"}")
+    p.set_defaults(func=_schedule)
 
     p = commands.add_parser("serve", help="serve SavedModel versions with TF Serving's REST and gRPC APIs")
     p.add_argument("--model-name", default="mtrank", help="the model's name in request paths (default: %(default)s)")
@@ -515,21 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
-    # Our stages log progress at INFO; Beam, TensorFlow and tf.Transform log plenty at INFO too.
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
-    for ours in ("mtrank", "pipeline", "transform", "trainer", "serving"):
-        logging.getLogger(ours).setLevel(logging.INFO)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     beam_args = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     try:
         args = build_parser().parse_args(argv)
-        _configure_logging(args.verbose)
+        from pipeline.dag import configure_logging
+
+        configure_logging(args.verbose)
         args.func(args, beam_args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)

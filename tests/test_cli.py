@@ -86,34 +86,6 @@ def test_transform_options_from_a_config_file_are_checked(tmp_path):
     assert result.returncode == 2 and "numerical_1" in result.stderr and "cube_root" in result.stderr
 
 
-def test_run_is_the_main_job_end_to_end(tmp_path):
-    out, base = tmp_path / "run", tmp_path / "serving"
-    config = tmp_path / "run.json"  # 1,500 rows (14 test clicks) are too few to gate on the AUCs
-    config.write_text(json.dumps({"evaluator": {"thresholds": {"ctr_auc": 0.0, "cvr_auc": None, "ctcvr_auc": None}}}))
-    result = run("run", "--rows", "1500", "--output", str(out), "--serving-base", str(base), "--config", str(config),
-                 check=True)
-    assert "[3/7] Transform" in result.stdout and "[4/7] Trainer" in result.stdout
-    assert "[5/7] Evaluator" in result.stdout and "| overall |" in result.stdout and "f301 = " in result.stdout
-    assert "BLESSED" in result.stdout and "pushed version 1" in result.stdout
-    assert (base / "mtrank" / "1" / "saved_model.pb").exists() and (out / "evaluation" / "BLESSED").exists()
-    served = [line for line in result.stdout.splitlines() if line.startswith("  | ") and line[4].isdigit()]
-    assert "serves version 1" in result.stdout and len(served) == 5
-    written = json.loads((out / "stats.json").read_text())["samples"]["written"]
-    assert all(0 < float(x) < 1 for line in served for x in line.strip("| ").split(" | ")[1:])
-    evaluation = json.loads((out / "evaluation" / "metrics.json").read_text())
-    assert evaluation["blessed"] and evaluation["overall"]["rows"] == written["test"]
-    record = json.loads((out / "run.json").read_text())
-    assert record["lineage"]["pushed"]["version"] == 1 and record["packages"]["tensorflow"].startswith("2.21")
-    assert record["data"]["fingerprint"]["files"] == 5 and len(record["data"]["fingerprint"]["sha256"]) == 64
-    assert record["arguments"]["rows"] == 1500 and record["metrics"]["test"]["rows"] == written["test"]
-    transformed = json.loads((out / "transformed" / "stats.json").read_text())
-    assert transformed["rows"] == written
-    assert (out / "transform_graph" / "transform_fn" / "saved_model.pb").exists()
-    metrics = json.loads((out / "model" / "metrics.json").read_text())
-    assert metrics["model"] == "mmoe" and metrics["test"]["rows"] == written["test"]
-    assert (out / "model" / "serving" / "saved_model.pb").exists() and "test AUC" in result.stdout
-
-
 def test_a_bad_trainer_config_names_the_key(tmp_path):
     config = tmp_path / "trainer.json"
     config.write_text(json.dumps({"model": {"name": "mmoe", "num_experts": "eight"}}))

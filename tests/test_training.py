@@ -51,7 +51,7 @@ ZOO = [(name, {}) for name in MODEL_NAMES] + [
 
 @pytest.mark.parametrize("name, changes", ZOO, ids=[z[0] for z in ZOO])
 def test_every_model_beats_a_constant_predictor(tmp_path, trainable_synthetic, name, changes):
-    config = {**_config(name.split("+")[0].split("-")[0]), **changes}
+    config = {**_config(name.split("+")[0].split("-")[0], training={"epochs": 2}), **changes}
     result = train.train(str(trainable_synthetic[0]), str(tmp_path), config)
     _check_beats_constant(result["eval"])
     _check_beats_constant(result["test"])

@@ -80,7 +80,10 @@ class TrainingConfig:
 class HardwareConfig:
     xla: bool = True  # jit-compile the train and predict steps
     mixed_precision: bool = False  # float16 compute on GPUs; the MTN SVD stays float32
-    distribute: str = "auto"  # "auto": MirroredStrategy over the local GPUs when there are 2+; "none"
+    # "auto": MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of 2+ chief/worker tasks,
+    # else MirroredStrategy over the local GPUs when there are 2+ (trainer/distribute.py);
+    # "none": one process, one device, whatever TF_CONFIG and the GPUs say
+    distribute: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ from trainer.metrics import task_metrics
 from transform import features as F
 
 _READ_BATCH = 8192
+NETWORK_FILE = "network.json"  # in assets.extra/: the network's input spec and model config
 
 
 def serving_raw_spec(tft_output) -> dict:
@@ -109,6 +110,10 @@ def export(network, tft_output, spec: inputs.InputSpec, serving_model_dir: str) 
     if tf.io.gfile.exists(tmp):
         tf.io.gfile.rmtree(tmp)
     tf.saved_model.save(module, tmp, signatures={"serving_default": serving_default, "predict": predict})
+    # How to rebuild the network (for warm starts); assets.extra/ is ignored by TF Serving's loader.
+    tf.io.gfile.makedirs(os.path.join(tmp, "assets.extra"))
+    with tf.io.gfile.GFile(os.path.join(tmp, "assets.extra", NETWORK_FILE), "w") as f:
+        f.write(json.dumps({"spec": network.spec, "config": network.config}, indent=2))
     if tf.io.gfile.exists(serving_model_dir):
         tf.io.gfile.rmtree(serving_model_dir)
     tf.io.gfile.rename(tmp, serving_model_dir)

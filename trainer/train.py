@@ -9,6 +9,11 @@ A run folder (`fn_args.model_run_dir`, `OUTPUT/model` for `mtrank train`) holds:
     metrics.json            the history, the best epoch's eval metrics, test metrics, parameter counts
 and the SavedModel goes to `fn_args.serving_model_dir` (`OUTPUT/model/serving`).
 
+Under MultiWorkerMirroredStrategy (TF_CONFIG naming a cluster: `trainer.distribute`) every worker
+runs `run_fn`; only the chief writes the run folder. The others keep their checkpoints (saving is
+collective, so every worker saves) in a local temporary folder, deleted at the end, write nothing
+else, and return the chief's result.
+
 Running again on a folder whose run was killed resumes after the last finished epoch, with
 the batches an uninterrupted run would have seen; on a finished run it only exports again.
 """
@@ -20,14 +25,16 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import export, inputs, models
+from trainer import distribute, export, inputs, models, warm_start
 from trainer.config import TrainerConfig, from_dict
 from trainer.metrics import task_metrics
 from trainer.training_model import TrainingModel
@@ -89,12 +96,30 @@ def package_versions() -> dict:
             "numpy": np.__version__, "python": sys.version.split()[0]}
 
 
-def _strategy(config: TrainerConfig) -> tf.distribute.Strategy:
-    gpus = tf.config.list_physical_devices("GPU")
-    if config.hardware.distribute == "auto" and len(gpus) > 1:
-        _LOG.info("training on %d GPUs with MirroredStrategy", len(gpus))
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+def _strategy(config: TrainerConfig) -> distribute.Workers:
+    """The strategy of `hardware.distribute` and this process's part in it (`trainer.distribute`):
+    MultiWorkerMirroredStrategy for a TF_CONFIG cluster, MirroredStrategy for 2+ local GPUs, else
+    the default. It must be the run's first TensorFlow op (MultiWorkerMirroredStrategy's rule)."""
+    try:
+        return distribute.create(config.hardware.distribute)
+    except distribute.ClusterError as e:
+        raise TrainingError(str(e)) from None
+
+
+def _chief_says(workers: distribute.Workers, work):
+    """`work()` run by the chief alone, its JSON-able result handed to every worker. When it fails
+    on the chief, the other workers stop too (TrainingError) instead of waiting for it."""
+    payload = None
+    if workers.is_chief:
+        try:
+            payload = {"ok": work()}
+        except Exception as e:
+            workers.broadcast({"error": f"{type(e).__name__}: {e}"})
+            raise
+    received = workers.broadcast(payload)
+    if "error" in received:
+        raise TrainingError(f"the chief (worker 0) stopped: {received['error']}")
+    return received["ok"]
 
 
 def _check_resumable(saved: dict, config: TrainerConfig, run_dir: str) -> None:
@@ -154,18 +179,19 @@ class _Throughput(keras.callbacks.Callback):
 
 
 class _EpochEnd(keras.callbacks.Callback):
-    """Eval metrics, the best weights, a checkpoint and the run state after every epoch; stops early."""
+    """Eval metrics, the best weights, a checkpoint and the run state after every epoch; stops early.
 
-    def __init__(self, run_dir, state, evaluate_fn, network, manager, patience):
+    With several workers the chief alone evaluates and decides, and hands every worker the new
+    state, so all stop at the same epoch; every worker saves a checkpoint (saving is collective)."""
+
+    def __init__(self, run_dir, state, evaluate_fn, network, manager, patience, workers: distribute.Workers):
         super().__init__()
         self.run_dir, self.state, self.evaluate_fn = run_dir, state, evaluate_fn
-        self.network, self.manager, self.patience = network, manager, patience
+        self.network, self.manager, self.patience, self.workers = network, manager, patience, workers
 
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        started = time.time()
+    def _decide(self, epoch, logs) -> dict:
         metrics = self.evaluate_fn()
-        logs.update({f"val_{k}": v for k, v in metrics.items() if k.endswith(("auc", "logloss"))})
+        logs = {**logs, **{f"val_{k}": v for k, v in metrics.items() if k.endswith(("auc", "logloss"))}}
         state = self.state
         value, best = metrics[MONITOR], state["best"]
         # An eval split without clicked conversions has no CVR AUC; then the latest epoch counts as best.
@@ -177,25 +203,80 @@ class _EpochEnd(keras.callbacks.Callback):
             state["wait"] += 1
         state["history"].append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
         state["epochs_done"] = epoch + 1
-        self.manager.save(checkpoint_number=epoch + 1)
         if state["wait"] >= self.patience:
             state["stopped_early"] = True
+        return {"state": state, "metrics": {k: float(v) for k, v in metrics.items()}, "improved": improved}
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        started = time.time()
+        decided = _chief_says(self.workers, lambda: self._decide(epoch, logs))
+        state, metrics = self.state, decided["metrics"]
+        if not self.workers.is_chief:
+            state.clear()
+            state.update(decided["state"])
+        logs.update({k: v for k, v in state["history"][-1].items() if k.startswith("val_")})
+        self.manager.save(checkpoint_number=epoch + 1)
+        if state["stopped_early"]:
             self.model.stop_training = True
-        _write_json(os.path.join(self.run_dir, "state.json"), state)
+        if self.workers.is_chief:
+            _write_json(os.path.join(self.run_dir, "state.json"), state)
         _LOG.info("epoch %d: eval CTR AUC %.4f  CVR AUC %.4f  CTCVR AUC %.4f  (eval %.1f s)%s", epoch + 1,
                   metrics["ctr_auc"], metrics["cvr_auc"], metrics["ctcvr_auc"], time.time() - started,
-                  "  best" if improved else f"  no better for {state['wait']}")
+                  "  best" if decided["improved"] else f"  no better for {state['wait']}")
 
 
 def run_fn(fn_args) -> dict:
     """Trains the configured model on Transform's output and exports it; returns the run's metrics."""
+    return _run(fn_args)
+
+
+def _run(fn_args, after_export=None) -> dict:
+    """run_fn; `after_export(result)` -> result runs on the chief after the export, before the other
+    workers are released (`train` scores the test split there)."""
+    config = from_dict(fn_args.custom_config)
+    workers = _strategy(config)  # first: MultiWorkerMirroredStrategy must precede every other TensorFlow op
+    if workers.is_chief:
+        return _train_into(fn_args.model_run_dir, fn_args, config, workers, after_export)
+    # The chief writes the run folder; this worker's checkpoints go to a local folder of its own.
+    scratch = tempfile.mkdtemp(prefix=f"mtrank-worker{workers.role.index}-")
+    try:
+        return _train_into(scratch, fn_args, config, workers, after_export)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _start_state(run_dir: str, config: TrainerConfig, spec: inputs.InputSpec, fn_args) -> dict:
+    """The run state to start from (a resumed run's, or a new one), after checking the folder's
+    run can be resumed; writes config.json."""
+    state = _read_json(os.path.join(run_dir, "state.json"))
+    saved = _read_json(os.path.join(run_dir, "config.json"))
+    if state is not None and saved is not None:
+        _check_resumable(saved["trainer"], config, run_dir)
+        if saved["input_spec"] != spec.to_dict():
+            raise TrainingError(f"{run_dir} holds a run on different inputs; train into a new folder or pass --overwrite")
+        done = state["epochs_done"]
+        path = os.path.join(run_dir, "checkpoints", f"ckpt-{done}")
+        if done and not tf.io.gfile.exists(path + ".index"):
+            raise TrainingError(f"{run_dir}: state.json says {done} epochs are done but {path} is missing; "
+                                "pass --overwrite to start again")
+    else:
+        state = {"epochs_done": 0, "best": None, "best_epoch": None, "wait": 0, "history": [], "stopped_early": False}
+    _write_json(os.path.join(run_dir, "config.json"),
+                {"trainer": config.to_dict(), "input_spec": spec.to_dict(), "packages": package_versions(),
+                 "train_files": list(inputs.expand(fn_args.train_files)),
+                 "eval_files": list(inputs.expand(fn_args.eval_files)),
+                 "transform_graph_path": fn_args.transform_graph_path})
+    return state
+
+
+def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribute.Workers, after_export) -> dict:
     import tensorflow_transform as tft
 
     from transform.preprocessing import categorical_cardinalities
 
-    config = from_dict(fn_args.custom_config)
     training, hardware = config.training, config.hardware
-    run_dir = fn_args.model_run_dir
+    chief = workers.is_chief
     tf.io.gfile.makedirs(run_dir)
     keras.utils.set_random_seed(training.seed)
 
@@ -206,26 +287,20 @@ def run_fn(fn_args) -> dict:
     train_split = inputs.load(fn_args.train_files, feature_spec, None, cardinalities, training.max_bag_length,
                               training.memory_budget_gb, "train")
     spec = train_split.spec
-    eval_split = inputs.load(fn_args.eval_files, feature_spec, spec, cardinalities, training.max_bag_length,
-                             training.memory_budget_gb, "eval")
+    eval_split = (inputs.load(fn_args.eval_files, feature_spec, spec, cardinalities, training.max_bag_length,
+                              training.memory_budget_gb, "eval") if chief else None)  # the chief alone evaluates
     load_seconds = time.time() - started
 
-    state_path = os.path.join(run_dir, "state.json")
-    state = _read_json(state_path)
-    saved = _read_json(os.path.join(run_dir, "config.json"))
-    if state is not None and saved is not None:
-        _check_resumable(saved["trainer"], config, run_dir)
-        if saved["input_spec"] != spec.to_dict():
-            raise TrainingError(f"{run_dir} holds a run on different inputs; train into a new folder or pass --overwrite")
-    else:
-        state = {"epochs_done": 0, "best": None, "best_epoch": None, "wait": 0, "history": [], "stopped_early": False}
-    _write_json(os.path.join(run_dir, "config.json"),
-                {"trainer": config.to_dict(), "input_spec": spec.to_dict(), "packages": package_versions(),
-                 "train_files": list(inputs.expand(fn_args.train_files)),
-                 "eval_files": list(inputs.expand(fn_args.eval_files)),
-                 "transform_graph_path": fn_args.transform_graph_path})
+    # The chief's folder holds the run: every worker starts from its state (and, below, its weights).
+    start = _chief_says(workers, lambda: {"state": _start_state(run_dir, config, spec, fn_args),
+                                          "sync_weights": bool(fn_args.base_model)})
+    state = start["state"]
 
     batch_size = min(training.batch_size, train_split.rows or training.batch_size)
+    replicas = workers.strategy.num_replicas_in_sync
+    if workers.multi_worker and batch_size % replicas:
+        _LOG.warning("training.batch_size %d is not a multiple of the %d replicas: their batches differ in size",
+                     batch_size, replicas)
     epochs = training.epochs
     if fn_args.train_steps:
         per_epoch = training.steps_per_epoch or (train_split.rows // batch_size if train_split.in_memory else None)
@@ -233,7 +308,7 @@ def run_fn(fn_args) -> dict:
             epochs = min(epochs, math.ceil(fn_args.train_steps / per_epoch))
 
     policy = keras.config.dtype_policy()
-    strategy = _strategy(config)
+    strategy = workers.strategy
     try:
         if hardware.mixed_precision:
             keras.config.set_dtype_policy("mixed_float16")
@@ -241,21 +316,25 @@ def run_fn(fn_args) -> dict:
             network = models.build(spec.to_dict(), dataclasses.asdict(config.model))
             trainee = TrainingModel(network, spec, config)
             optimizer = keras.optimizers.Adam(training.learning_rate)
-            trainee.compile_for_training(optimizer, hardware.xla)
+            trainee.compile_for_training(optimizer, hardware.xla, multi_worker=workers.multi_worker)
             optimizer.build(trainee.trainable_variables)
     finally:
         keras.config.set_dtype_policy(policy)
+    if workers.multi_worker and hardware.xla:
+        _LOG.info("XLA compiles the forward and backward pass only: it cannot compile the workers' gradient "
+                  "all-reduce on CPU, which runs outside it with the optimizer's update")
 
     checkpoint = tf.train.Checkpoint(model=trainee, optimizer=optimizer)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=2)
     first_epoch = state["epochs_done"]
-    if first_epoch:
+    if chief and first_epoch:
         path = os.path.join(run_dir, "checkpoints", f"ckpt-{first_epoch}")
-        if not tf.io.gfile.exists(path + ".index"):
-            raise TrainingError(f"{run_dir}: state.json says {first_epoch} epochs are done but {path} is missing; "
-                                "pass --overwrite to start again")
         checkpoint.restore(path).assert_existing_objects_matched()
         _LOG.info("resuming %s after epoch %d", run_dir, first_epoch)
+    elif chief and fn_args.base_model:
+        state["warm_start"] = warm_start.warm_start(network, tft_output, fn_args.base_model)
+    if first_epoch or start["sync_weights"]:  # the others take the chief's restored or warm-started weights
+        workers.broadcast_variables(_state_variables(trainee, optimizer))
 
     train_seconds = 0.0
     throughput = _Throughput(batch_size)
@@ -266,20 +345,56 @@ def run_fn(fn_args) -> dict:
             steps = training.steps_per_epoch
         if fn_args.train_steps and steps:
             steps = min(steps, fn_args.train_steps)
+        if workers.multi_worker:
+            # Each global batch is split across the workers: every worker builds the same batches
+            # and keeps its share of each (sharding by file would need a file per worker).
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+            dataset = dataset.with_options(options)
         callbacks = [
             _EpochEnd(run_dir, state,
                       lambda: evaluate(network, eval_split, training.eval_batch_size, hardware.xla, fn_args.eval_steps),
-                      network, manager, training.patience),
-            keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False, profile_batch=0),
+                      network, manager, training.patience, workers),
             throughput,
         ]
-        _LOG.info("training %s for epochs %d to %d, %s steps of %d", config.model.name, first_epoch + 1, epochs,
-                  steps if steps else "all", batch_size)
+        if chief:
+            callbacks.insert(1, keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False,
+                                                            profile_batch=0))
+        _LOG.info("training %s for epochs %d to %d, %s steps of %d%s", config.model.name, first_epoch + 1, epochs,
+                  steps if steps else "all", batch_size,
+                  f" ({batch_size // workers.count} per worker)" if workers.multi_worker else "")
         started = time.time()
         trainee.fit(dataset, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
                     verbose=1 if sys.stderr.isatty() else 2)
         train_seconds = time.time() - started
 
+    # The final weights' digest on every worker: workers that trained one model agree.
+    digest = distribute.weights_digest(_state_variables(trainee, optimizer))
+    digests = workers.gather(digest)
+    distribution = {"strategy": workers.name, "workers": workers.count, "global_batch_size": batch_size,
+                    "optimizer_steps": int(optimizer.iterations.numpy()), "final_weights_digest": digest,
+                    "workers_agree": len(set(digests)) == 1}
+    if workers.multi_worker:
+        if distribution["workers_agree"]:
+            _LOG.info("final weights digest %s, the same on all %d workers", digest, workers.count)
+        else:
+            _LOG.error("the workers' final weights differ (digests %s): report this as a bug", digests)
+    if not chief:
+        _LOG.info("worker %d done; waiting for the chief to export", workers.role.index)
+    return _chief_says(workers, lambda: _finish(
+        run_dir, fn_args, config, network, trainee, tft_output, spec, eval_split, state,
+        {"train_rows": train_split.rows, "load_seconds": load_seconds, "train_seconds": train_seconds,
+         "throughput": throughput.examples_per_second, "distribute": distribution}, after_export))
+
+
+def _state_variables(trainee, optimizer) -> list:
+    """The model's and optimizer's variables: what a checkpoint restores (metrics aside)."""
+    return list(trainee.trainable_variables) + list(trainee.non_trainable_variables) + list(optimizer.variables)
+
+
+def _finish(run_dir, fn_args, config, network, trainee, tft_output, spec, eval_split, state, run, after_export):
+    """The chief's end of a run: the best weights, their eval metrics, the export, metrics.json."""
+    training, hardware = config.training, config.hardware
     best_weights = os.path.join(run_dir, "best.weights.h5")
     if tf.io.gfile.exists(best_weights):
         network.load_weights(best_weights)
@@ -291,22 +406,30 @@ def run_fn(fn_args) -> dict:
         "history": state["history"],
         "params": {"total": trainee.count_params(), "exported": exported["params"],
                    "regularizer_only": trainee.regularizer_params},
-        "rows": {"train": train_split.rows, "eval": eval_split.rows},
-        "seconds": {"load": load_seconds, "train": train_seconds},
-        "train_examples_per_second": throughput.examples_per_second,
+        "rows": {"train": run["train_rows"], "eval": eval_split.rows},
+        "seconds": {"load": run["load_seconds"], "train": run["train_seconds"]},
+        "train_examples_per_second": run["throughput"],
         "serving_model_dir": fn_args.serving_model_dir,
+        "distribute": run["distribute"],
     }
+    if state.get("warm_start"):
+        result["warm_start"] = state["warm_start"]
     if trainee.mtn is not None:
         result["mtn_alphas"] = np.asarray(trainee.mtn.alphas).tolist()
     _write_json(os.path.join(run_dir, "metrics.json"), result)
-    return result
+    return after_export(result) if after_export else result
 
 
-def train(transformed: str, output: str, config: dict | None = None, overwrite: bool = False) -> dict:
+def train(transformed: str, output: str, config: dict | None = None, overwrite: bool = False,
+          base_model: str | None = None) -> dict:
     """`mtrank train`: run_fn on `transformed`'s Transform output, into `output`/model; also scores the
-    best model on the test split when there is one."""
+    best model on the test split when there is one. `base_model`: a SavedModel to warm-start from."""
     run_dir = os.path.join(output, "model")
-    if overwrite and tf.io.gfile.exists(run_dir):
+    try:  # read without TensorFlow: the strategy must come first
+        role = distribute.role_of(from_dict(config or {}).hardware.distribute)
+    except distribute.ClusterError as e:
+        raise TrainingError(str(e)) from None
+    if overwrite and role.is_chief and tf.io.gfile.exists(run_dir):  # other workers write no run folder
         tf.io.gfile.rmtree(run_dir)
     splits = os.path.join(transformed, "transformed")
     fn_args = FnArgs(
@@ -314,11 +437,13 @@ def train(transformed: str, output: str, config: dict | None = None, overwrite: 
         eval_files=[os.path.join(splits, "eval", "*.tfrecord.gz")],
         transform_graph_path=os.path.join(transformed, "transform_graph"),
         serving_model_dir=os.path.join(run_dir, "serving"), model_run_dir=run_dir,
-        custom_config=config or {}, working_dir=output,
+        custom_config=config or {}, working_dir=output, base_model=base_model,
     )
-    result = run_fn(fn_args)
-    test_files = os.path.join(splits, "test", "*.tfrecord.gz")
-    if tf.io.gfile.glob(test_files):
-        result["test"] = export.evaluate_saved_model(fn_args.serving_model_dir, transformed, "test")
-        _write_json(os.path.join(run_dir, "metrics.json"), result)
-    return result
+
+    def score_test_split(result: dict) -> dict:
+        if tf.io.gfile.glob(os.path.join(splits, "test", "*.tfrecord.gz")):
+            result["test"] = export.evaluate_saved_model(fn_args.serving_model_dir, transformed, "test")
+            _write_json(os.path.join(run_dir, "metrics.json"), result)
+        return result
+
+    return _run(fn_args, after_export=score_test_split)

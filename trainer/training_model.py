@@ -31,8 +31,13 @@ def _bce_with_logits(labels, logits):
     return ops.maximum(logits, 0.0) - logits * labels + ops.log1p(ops.exp(-ops.abs(logits)))
 
 
-def _masked_mean(values, mask):
-    return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
+def _masked_mean(values, mask, mask_total=None, replicas: int = 1):
+    """Mean of `values` where `mask` is 1. `mask_total`: the mask's sum over the global batch when
+    this is one of `replicas` shares of it; then the replicas' results, averaged, make the global
+    batch's masked mean (each share's own mean would weigh its rows by its share's mask count)."""
+    if mask_total is None:
+        return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
+    return ops.sum(values * mask) * replicas / ops.maximum(mask_total, 1.0)
 
 
 def mtn_stacks(network: MultiTaskModel, target: str, depth: int | None) -> list:
@@ -45,6 +50,13 @@ def mtn_stacks(network: MultiTaskModel, target: str, depth: int | None) -> list:
     return stacks
 
 
+def _per_replica(value):
+    """A loss or gradient divided by the replicas in sync: the optimizer sums the replicas' gradients,
+    so their sum is the gradient of the global batch's mean loss (unchanged on one replica)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return value if replicas == 1 else value / replicas
+
+
 def _is_mtn_input(variable, trainee) -> bool:
     """Whether MTN's term depends on the variable: the regularised kernels and MTN's own alphas."""
     return id(variable) in trainee.mtn_variable_ids
@@ -55,7 +67,7 @@ class TrainingModel(keras.Model):
 
     def __init__(self, network: MultiTaskModel, spec: InputSpec, config: TrainerConfig, **kwargs):
         super().__init__(**kwargs)
-        self.network, self.config = network, config
+        self.network, self.config, self.spec = network, config, spec
         self.convention = config.loss_convention
         network(dummy_batch(spec))
         mtn, fdn = config.mtn, config.fdn
@@ -68,16 +80,26 @@ class TrainingModel(keras.Model):
                           if is_fdn and fdn.aux else None)
         self.orth = is_fdn and fdn.orth and config.model.shared_features
         self.mtn_variable_ids = set()
-        self._compiled_step = None
+        self._compiled_step = self._compiled_gradients = None
+        self.multi_worker = False
         names = ["ctr_loss", "cvr_loss" if self.convention == "clicked" else "ctcvr_loss"]
         names += ["mtn_loss"] * (self.mtn is not None) + ["aux_loss"] * (self.aux_heads is not None)
         names += ["orth_loss"] * self.orth
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         if self.mtn is not None:
-            with tf.GradientTape() as tape:
-                loss = self.mtn(mtn_stacks(network, mtn.target, mtn.depth))
+            self.mtn(mtn_stacks(network, mtn.target, mtn.depth))  # builds the alphas
             variables = network.trainable_variables + self.mtn.trainable_variables
-            self.mtn_variable_ids = {id(v) for v, g in zip(variables, tape.gradient(loss, variables)) if g is not None}
+
+            def depends():
+                with tf.GradientTape() as tape:
+                    loss = self.mtn(mtn_stacks(network, mtn.target, mtn.depth))
+                return tf.constant([g is not None for g in tape.gradient(loss, variables)])
+
+            # Under a strategy a tape watches distributed variables in a replica's context only.
+            strategy = tf.distribute.get_strategy()
+            found = (strategy.experimental_local_results(strategy.run(depends))[0] if tf.distribute.has_strategy()
+                     else depends())
+            self.mtn_variable_ids = {id(v) for v, used in zip(variables, found.numpy()) if used}
         self(dummy_batch(spec))  # builds the auxiliary heads, so checkpoints restore into built weights
         if self.aux_heads is not None:
             self.aux_heads(self(dummy_batch(spec))["specific"])
@@ -89,14 +111,17 @@ class TrainingModel(keras.Model):
         logits, extras = self.network.forward(features, training=training)
         return {"logits": logits, **{k: v for k, v in extras.items() if v is not None}}
 
-    def loss_terms(self, y, y_pred, include_mtn: bool = True) -> dict:
-        """{name: weighted scalar} of every term for a batch."""
+    def loss_terms(self, y, y_pred, include_mtn: bool = True, clicks=None) -> dict:
+        """{name: weighted scalar} of every term for a batch. `clicks`: the clicked rows of the
+        global batch when `y` is one replica's share of it (see `_masked_mean`)."""
         logits = ops.cast(y_pred["logits"], "float32")
         click, conversion = y[F.CLICK], y[F.CONVERSION]
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         weights = self.config.loss.weights
         terms = {"ctr_loss": weights["ctr"] * ops.mean(_bce_with_logits(click, logits[:, 0]))}
         if self.convention == "clicked":
-            terms["cvr_loss"] = weights["cvr"] * _masked_mean(_bce_with_logits(conversion, logits[:, 1]), click)
+            terms["cvr_loss"] = weights["cvr"] * _masked_mean(_bce_with_logits(conversion, logits[:, 1]), click,
+                                                               clicks, replicas)
         else:
             ctcvr = ops.clip(ops.sigmoid(logits[:, 0]) * ops.sigmoid(logits[:, 1]), 1e-7, 1 - 1e-7)
             label = click * conversion
@@ -106,7 +131,8 @@ class TrainingModel(keras.Model):
         if self.aux_heads is not None:
             aux = ops.cast(self.aux_heads(y_pred["specific"]), "float32")  # [B, k, M]
             ctr_aux = ops.mean(_bce_with_logits(click[:, None], aux[:, 0]))
-            cvr_aux = _masked_mean(ops.mean(_bce_with_logits(conversion[:, None], aux[:, 1]), axis=1), click)
+            cvr_aux = _masked_mean(ops.mean(_bce_with_logits(conversion[:, None], aux[:, 1]), axis=1), click,
+                                   clicks, replicas)
             terms["aux_loss"] = self.config.fdn.aux_weight * (ctr_aux + cvr_aux)
         if self.orth:
             terms["orth_loss"] = self.config.fdn.orth_weight * regularizers.orthogonality_loss(
@@ -117,40 +143,91 @@ class TrainingModel(keras.Model):
         terms = self.loss_terms(y, y_pred)
         for name, value in terms.items():
             self.trackers[name].update_state(value)
-        return sum(terms.values())
+        return _per_replica(sum(terms.values()))  # Keras unscales it for the loss it logs
 
-    def compile_for_training(self, optimizer, xla: bool) -> None:
+    def compile_for_training(self, optimizer, xla: bool, multi_worker: bool = False) -> None:
         """Compiles, keeping MTN's SVDs out of XLA: XLA's CPU SVD takes ~100 ms where the
         TensorFlow kernel takes ~3 ms, which made MTN cost 4x the step. With MTN, the step runs
-        outside XLA and jit-compiles everything but the MTN term (see `train_step`)."""
+        outside XLA and jit-compiles everything but the MTN term (see `train_step`).
+
+        `multi_worker` (MultiWorkerMirroredStrategy): XLA cannot compile the gradients' cross-worker
+        all-reduce on CPU ("Collectives are not yet implemented for CPU devices when compiling
+        with XLA"), so the step runs outside XLA, jit-compiles the forward and backward pass only,
+        and sums the gradients and updates the weights outside it (see `_multi_worker_step`)."""
+        self.multi_worker = multi_worker
+        if multi_worker:
+            self.compile(optimizer=optimizer, jit_compile=False)
+            self._compiled_step = None
+            self._compiled_gradients = tf.function(self._gradients, jit_compile=xla)
+            return
         self.compile(optimizer=optimizer, jit_compile=xla and self.mtn is None)
         self._compiled_step = tf.function(self._gradient_step, jit_compile=xla) if self.mtn is not None else None
 
-    def train_step(self, data):
-        if self._compiled_step is None:
-            return super().train_step(data)
-        x, y = data[0], data[1]
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 builds a model made under a strategy from a first batch that it averages over the
+        # replicas, which fails under MultiWorkerMirroredStrategy; everything is built already, so
+        # a dummy batch does (and no batch is taken from the iterator).
+        labels = {label: np.zeros([2], np.float32) for label in F.LABELS}
+        return super()._maybe_symbolic_build(data_batch=(dummy_batch(self.spec), labels))
+
+    def _mtn_gradients(self):
+        """(MTN's loss, its gradients for the variables it depends on, in `trainable_variables` order)."""
         stack_variables = [v for v in self.trainable_variables if _is_mtn_input(v, self)]
         with tf.GradientTape() as tape:
             mtn_loss = self.mtn(mtn_stacks(self.network, self.config.mtn.target, self.config.mtn.depth))
-        mtn_grads = tape.gradient(mtn_loss, stack_variables)
+        return mtn_loss, tape.gradient(mtn_loss, stack_variables)
+
+    def train_step(self, data):
+        if self.multi_worker:
+            return self._multi_worker_step(data)
+        if self._compiled_step is None:
+            return super().train_step(data)
+        x, y = data[0], data[1]
+        mtn_loss, mtn_grads = self._mtn_gradients()
         self.trackers["mtn_loss"].update_state(mtn_loss)
         loss = self._compiled_step(x, y, mtn_grads)
         self._loss_tracker.update_state(loss + mtn_loss)
         return self.get_metrics_result()
 
-    def _gradient_step(self, x, y, mtn_grads):
-        """Task and FDN terms, their gradients plus MTN's (computed outside), one optimizer step."""
+    def _multi_worker_step(self, data):
+        """One step under MultiWorkerMirroredStrategy: MTN's gradients (eager kernels), the other
+        terms' forward and backward pass (XLA when on), then the optimizer sums the gradients over
+        the workers and applies them, outside XLA."""
+        x, y = data[0], data[1]
+        mtn_loss, mtn_grads = self._mtn_gradients() if self.mtn is not None else (0.0, [])
+        if self.mtn is not None:
+            self.trackers["mtn_loss"].update_state(mtn_loss)
+        # The masked CVR means need the global batch's clicked rows: one scalar all-reduce, outside XLA.
+        clicks = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, ops.sum(y[F.CLICK]))
+        loss, terms, grads = self._compiled_gradients(x, y, mtn_grads, clicks)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        for name, value in terms.items():
+            self.trackers[name].update_state(value)
+        self._loss_tracker.update_state(loss + mtn_loss)
+        # Keras 3 averages each logged value over the workers along axis 0, which a scalar lacks.
+        return {name: tf.reshape(value, [1]) for name, value in self.get_metrics_result().items()}
+
+    def _gradients(self, x, y, mtn_grads, clicks=None):
+        """(loss, {term: value}, gradients): the task and FDN terms, and the gradients of their sum
+        plus MTN's (computed outside), divided by the replicas in sync, whose gradients the
+        optimizer sums. `clicks`: see `loss_terms`."""
         with tf.GradientTape() as tape:
-            terms = self.loss_terms(y, self(x, training=True), include_mtn=False)
+            terms = self.loss_terms(y, self(x, training=True), include_mtn=False, clicks=clicks)
             loss = sum(terms.values())
+            scaled = _per_replica(loss)
         variables = self.trainable_variables
-        grads = tape.gradient(loss, variables)
+        grads = tape.gradient(scaled, variables)
         extra = iter(mtn_grads)  # in the order of `variables`
         for i, variable in enumerate(variables):
             if _is_mtn_input(variable, self):
-                grads[i] = next(extra) if grads[i] is None else grads[i] + next(extra)
-        self.optimizer.apply_gradients(zip(grads, variables))
+                mtn_grad = _per_replica(next(extra))
+                grads[i] = mtn_grad if grads[i] is None else grads[i] + mtn_grad
+        return loss, terms, grads
+
+    def _gradient_step(self, x, y, mtn_grads):
+        """Task and FDN terms, their gradients plus MTN's (computed outside), one optimizer step."""
+        loss, terms, grads = self._gradients(x, y, mtn_grads)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         for name, value in terms.items():
             self.trackers[name].update_state(value)
         return loss

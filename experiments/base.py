@@ -1,0 +1,84 @@
+"""What an experiment is, and running one into its output folder.
+
+An experiment module builds an `Experiment`: its scales (`quick`, `full`: a frozen dataclass of
+settings each), the grid of cells for a scale and seeds, how one cell runs, and the report.
+`run` checks that OUT belongs to this experiment and scale, runs the grid (resuming), and
+writes the report. OUT/experiment.json names the experiment, scale, seeds and settings;
+OUT/timing.json holds the wall times (kept out of report.md so reruns give the same report): this
+invocation's, and each cell's as recorded when it ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+from experiments import grid
+
+SCALES = ("quick", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    summary: str  # one line, for --help
+    scales: dict  # scale -> settings (a frozen dataclass with a `seeds` field: the default count)
+    cells: Callable  # (settings, seeds: list[int]) -> list[grid.Cell]
+    run_cell: Callable  # (cell, settings) -> {metric: number}
+    cell_config: Callable  # (cell, settings) -> the JSON config the cell runs with
+    write_report: Callable  # (out, settings, scale, seeds, records) -> None
+
+
+def _settings_dict(settings) -> dict:
+    """Settings as JSON, without the seed count (a rerun with more seeds extends the same run)."""
+    payload = json.loads(json.dumps(dataclasses.asdict(settings)))
+    payload.pop("seeds", None)
+    return payload
+
+
+def _claim_folder(out: str, experiment: Experiment, scale: str, settings) -> None:
+    """Writes OUT/experiment.json, or checks that the one there is this experiment's."""
+    path = os.path.join(out, "experiment.json")
+    identity = {"experiment": experiment.name, "scale": scale, "settings": _settings_dict(settings)}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        held = f"{out} holds the {saved.get('experiment')} experiment at scale {saved.get('scale')}"
+        if (saved.get("experiment"), saved.get("scale")) != (experiment.name, scale):
+            raise grid.GridError(f"{held}; use another --out")
+        if saved.get("settings") != identity["settings"]:
+            raise grid.GridError(f"{held} with other settings (changed since it ran); use another --out")
+    os.makedirs(out, exist_ok=True)
+    grid.write_json(path, identity)
+
+
+def run(experiment: Experiment, scale: str, seeds: int | None, out: str, log=print, settings=None) -> dict:
+    """Runs `experiment` at `scale` (or with `settings` given directly, e.g. by tests) over seeds
+    0..seeds-1 (default: the scale's), writing into `out`. Returns {"cells", "seconds"}."""
+    if settings is None:
+        if scale not in experiment.scales:
+            raise ValueError(f"unknown scale {scale!r}; known: {', '.join(experiment.scales)}")
+        settings = experiment.scales[scale]
+    seed_count = settings.seeds if seeds is None else seeds
+    if seed_count < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seed_count}")
+    seed_list = list(range(seed_count))
+    _claim_folder(out, experiment, scale, settings)
+    began = time.perf_counter()
+    cells = experiment.cells(settings, seed_list)
+    records = grid.run_grid(cells, lambda cell: experiment.run_cell(cell, settings),
+                            lambda cell: {"experiment": experiment.name, "scale": scale,
+                                          **experiment.cell_config(cell, settings)},
+                            out, log, title=experiment.name)
+    experiment.write_report(out, settings, scale, seed_list, records)
+    seconds = time.perf_counter() - began
+    cell_seconds = {r.cell.key: r.seconds for r in records}
+    # This invocation's wall time (a resumed run's covers only what it ran) and every cell's own.
+    timing = {"wall_seconds_this_run": seconds, "cells": len(records),
+              "cell_seconds_total": sum(cell_seconds.values()), "cell_seconds": cell_seconds}
+    grid.write_json(os.path.join(out, "timing.json"), timing)
+    log(f"{experiment.name}: report in {os.path.join(out, 'report.md')} ({grid.format_duration(seconds)})")
+    return {"cells": len(records), "seconds": seconds}

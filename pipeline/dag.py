@@ -1,0 +1,276 @@
+"""The DAG: ExampleGen -> Transform -> Trainer -> Evaluator -> Pusher.
+
+Each stage is a function of folders and plain values that prints its summary. `run_local` runs
+them one after another in this process (`mtrank run`); the Kubeflow components of
+`pipeline.kubeflow` call the very same functions, each on its own artifact folder. The layout of
+a local run, all under OUTPUT:
+
+    examples/{train,eval,test}/, rejected/, stats.json   ExampleGen
+    transform_graph/, transformed/                        Transform
+    model/ (model/serving/: the SavedModel)               Trainer
+    evaluation/{metrics.json, BLESSED | NOT_BLESSED}      Evaluator
+    run.json                                              config, packages, data fingerprint, lineage
+and a blessed model goes to <serving base>/<model name>/<next version>/ (Pusher).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from pipeline import IN_PROCESS
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Our stages' progress at INFO; Beam's, TensorFlow's and tf.Transform's own INFO only if `verbose`."""
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    if not verbose:
+        logging.getLogger().setLevel(logging.WARNING)  # a KFP executor has set the root logger to INFO
+    for ours in ("mtrank", "pipeline", "transform", "trainer", "serving"):
+        logging.getLogger(ours).setLevel(logging.INFO)
+
+
+class StageError(Exception):
+    """Bad input or config for a stage: its message names what and why, on one line."""
+
+
+# --- configs ----------------------------------------------------------------------------------------
+
+def trainer_config(config: dict | None = None, *, model: str | None = None, epochs: int | None = None,
+                   batch_size: int | None = None, seed: int | None = None, mtn: float | None = None) -> dict:
+    """A trainer config (`trainer.config` sections) with the command-line overrides applied; checked."""
+    from trainer.config import from_dict
+
+    config = {k: v for k, v in (config or {}).items() if k != "evaluator"}  # `mtrank run`'s Evaluator section
+    overrides = {"model": {"name": model}, "training": {"epochs": epochs, "batch_size": batch_size, "seed": seed}}
+    for section, values in overrides.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            config[section] = {**(config.get(section) or {}), **values}
+    if mtn:
+        config["mtn"] = {**(config.get("mtn") or {}), "lam": mtn}
+    try:
+        from_dict(config)
+    except ValueError as e:
+        raise StageError(f"trainer config: {e}") from None
+    return config
+
+
+def eval_config(raw: dict | None):
+    from pipeline.evaluator import EvalConfig
+
+    try:
+        return EvalConfig.from_dict(raw or {})
+    except (ValueError, TypeError) as e:
+        raise StageError(str(e)) from None
+
+
+# --- the stages ------------------------------------------------------------------------------------
+
+def _beam_stage(run, config) -> dict:
+    from pipeline.beam_utils import InputError
+
+    try:
+        return run(config)
+    except InputError as e:
+        raise StageError(str(e)) from None
+
+
+def example_gen(data: str, data_format: str, output: str, runner: str = IN_PROCESS, beam_args=(),
+                eval_fraction: float = 0.1, overwrite: bool = True) -> dict:
+    from pipeline.example_gen import beam_pipeline
+
+    config = beam_pipeline.IngestConfig(format=data_format, input=data, output=output, eval_fraction=eval_fraction,
+                                        runner=runner, overwrite=overwrite, beam_args=list(beam_args))
+    stats = _beam_stage(beam_pipeline.run, config)
+    print_ingest_summary(stats, output)
+    return stats
+
+
+def print_ingest_summary(stats: dict, output: str) -> None:
+    s = stats["samples"]
+    print(f"ExampleGen: {stats['lines_read']:,} lines read in {stats['seconds']:.1f} s -> {output}")
+    print("  written   " + "  ".join(f"{k} {v:,}" for k, v in s["written"].items()))
+    for title, counts in (("rejected", s["rejected"]), ("dropped", s["dropped"])):
+        if counts:
+            print(f"  {title:<9} " + "  ".join(f"{k} {v:,}" for k, v in counts.items()))
+    if "common_features" in stats:
+        c = stats["common_features"]
+        print(f"  common    joined {c['joined']:,}  unreferenced {c['unreferenced']:,}  "
+              + "  ".join(f"rejected/{k} {v:,}" for k, v in c["rejected"].items()))
+    print(f"  stats: {os.path.join(output, 'stats.json')}", flush=True)
+
+
+def transform(examples: str, output: str, *, seed: int = 0, noise_proportion: float = 0.0,
+              noise_feature_prob: float = 0.2, preprocessing: dict | None = None, runner: str = IN_PROCESS,
+              beam_args=(), overwrite: bool = True) -> dict:
+    from transform import beam_pipeline
+
+    config = beam_pipeline.TransformConfig(
+        examples=examples, output=output, noise_proportion=noise_proportion, noise_feature_prob=noise_feature_prob,
+        seed=seed, preprocessing=dict(preprocessing or {}), runner=runner, overwrite=overwrite,
+        beam_args=list(beam_args))
+    stats = _beam_stage(beam_pipeline.run, config)
+    rows = "  ".join(f"{split} {n:,}" for split, n in stats["rows"].items())
+    print(f"Transform: {sum(stats['rows'].values()):,} rows in {stats['seconds']:.1f} s -> {output}")
+    print(f"  transformed  {rows}")
+    sizes = stats["vocabulary_size"]
+    if sizes:
+        print(f"  vocabularies {len(sizes)} fields, {min(sizes.values()):,} to {max(sizes.values()):,} ids")
+    if "noise" in stats:
+        n = stats["noise"]
+        replaced = sum(f["replaced"] for f in n["fields"].values())
+        print(f"  noise        {n['rows_selected']:,} of {n['rows']:,} training rows selected, {replaced:,} features replaced")
+    print(f"  stats: {os.path.join(output, 'transformed', 'stats.json')}", flush=True)
+    return stats
+
+
+def trainer(transformed: str, output: str, config: dict, *, warm_start_from: str | None = None,
+            overwrite: bool = True) -> dict:
+    """Trains into OUTPUT/model (a killed run resumes unless `overwrite`); `warm_start_from` is a
+    pushed SavedModel version whose weights initialise the network (`trainer.warm_start`)."""
+    for needed in ("transform_graph", os.path.join("transformed", "train"), os.path.join("transformed", "eval")):
+        if not os.path.isdir(os.path.join(transformed, needed)):
+            raise StageError(f"{transformed} has no {needed}/ (run mtrank transform first)")
+    from trainer import train
+
+    try:
+        result = train.train(transformed, output, config, overwrite=overwrite, base_model=warm_start_from)
+    except (train.TrainingError, ValueError) as e:
+        raise StageError(str(e)) from None
+    print_training_summary(result, os.path.join(output, "model"))
+    return result
+
+
+def print_training_summary(result: dict, run_dir: str) -> None:
+    def aucs(m):
+        return f"CTR {m['ctr_auc']:.4f}  CVR {m['cvr_auc']:.4f}  CTCVR {m['ctcvr_auc']:.4f}"
+
+    stop = " (stopped early)" if result["stopped_early"] else ""
+    print(f"Trainer: {result['model']}, {result['epochs_done']} epochs{stop}, best epoch {result['best_epoch']} "
+          f"in {result['seconds']['train']:.1f} s -> {run_dir}")
+    if result.get("warm_start"):
+        w = result["warm_start"]
+        print(f"  warm start {w['from']}: " + (f"{w['copied']} of {w['variables']} variables copied, "
+                                               f"{w['embedding_rows']:,} embedding rows carried over"
+                                               if "copied" in w else f"skipped ({w['skipped']})"))
+    print(f"  eval AUC   {aucs(result['eval'])}")
+    if "test" in result:
+        print(f"  test AUC   {aucs(result['test'])}  (the exported SavedModel on raw test examples)")
+    p = result["params"]
+    print(f"  parameters {p['total']:,} trained, {p['exported']:,} exported")
+    print(f"  SavedModel {result['serving_model_dir']}; metrics {os.path.join(run_dir, 'metrics.json')}", flush=True)
+
+
+def evaluator(saved_model: str, examples: str, output: str, config, baseline: str | None) -> dict:
+    from pipeline import evaluator as evaluation
+
+    try:
+        result = evaluation.evaluate(saved_model, examples, output, config, baseline)
+    except ValueError as e:
+        raise StageError(str(e)) from None
+    print(evaluation.table(result))
+    verdict = "BLESSED" if result["blessed"] else "NOT_BLESSED: " + "; ".join(result["reasons"])
+    print(f"  {verdict} ({os.path.join(output, 'evaluation')})", flush=True)
+    return result
+
+
+def pusher(saved_model: str, evaluated: str, serving_base: str, model_name: str) -> dict | None:
+    """Pushes a blessed model as the next version; None (and says so) when it is not blessed."""
+    from pipeline import evaluator as evaluation, pusher as push
+
+    if not evaluation.is_blessed(evaluated):
+        print(f"  not pushed: the model is not blessed; serving keeps "
+              f"{push.latest(os.path.join(serving_base, model_name)) or 'no version'}", flush=True)
+        return None
+    pushed = push.push(saved_model, evaluated, serving_base, model_name)
+    print(f"  pushed version {pushed['version']}: {pushed['path']}", flush=True)
+    return pushed
+
+
+def record(output: str, arguments: dict, trainer_config: dict, evaluation: dict, data: str, data_format: str,
+           lineage: dict, trained: dict, beam_args=()) -> str:
+    """OUTPUT/run.json (`pipeline.run_record`)."""
+    from pipeline import run_record
+
+    return run_record.write(output, {
+        "command": "run", "arguments": arguments, "trainer_config": trainer_config,
+        "evaluator_config": evaluation["config"], "beam_args": list(beam_args),
+        "data": {"path": os.path.abspath(data), "format": data_format, "fingerprint": run_record.fingerprint(data)},
+        "lineage": lineage, "warm_start": trained.get("warm_start"),
+        "metrics": {"eval": trained.get("eval"), "test": evaluation["overall"]}})
+
+
+# --- the local runner -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RunOptions:
+    """What `mtrank run` was given. Without `data`, `rows` synthetic raw Ali-CCP rows are made first."""
+
+    output: str
+    serving_base: str
+    trainer_config: dict
+    eval_config: dict = dataclasses.field(default_factory=dict)
+    data: str | None = None
+    data_format: str | None = None
+    rows: int = 200_000
+    seed: int = 0
+    noise_proportion: float = 0.0
+    warm_start: bool = False
+    model_name: str = "mtrank"
+    beam_runner: str = IN_PROCESS
+    beam_args: list = dataclasses.field(default_factory=list)
+
+
+def synthesize(options: RunOptions) -> tuple[str, str]:
+    """(data folder, format): the given data, or freshly generated synthetic raw Ali-CCP."""
+    if options.data is not None:
+        return options.data, options.data_format
+    from pipeline.synth import aliccp
+
+    data = os.path.join(options.output, "raw")
+    aliccp.generate(aliccp.AliccpSynthConfig(rows=options.rows, seed=options.seed, malformed_rate=0.001), data)
+    return data, "aliccp-raw"
+
+
+def warm_start_source(options: RunOptions) -> str | None:
+    from pipeline import pusher as push
+
+    return push.latest(os.path.join(options.serving_base, options.model_name)) if options.warm_start else None
+
+
+def run_local(options: RunOptions, stage) -> dict:
+    """Every stage in this process; `stage(text)` announces each. Returns {"pushed", "evaluation", ...}."""
+    from pipeline import pusher as push
+
+    config = eval_config(options.eval_config)
+    if options.data is None:
+        stage(f"synth: {options.rows:,} rows of raw Ali-CCP -> {os.path.join(options.output, 'raw')}")
+    data, data_format = synthesize(options)
+    out = options.output
+    stage(f"ExampleGen: {data_format} {data} -> {out}")
+    example_gen(data, data_format, out, options.beam_runner, options.beam_args)
+    stage(f"Transform: {out}/examples -> {out}/transform_graph, transformed/")
+    transform(out, out, seed=options.seed, noise_proportion=options.noise_proportion, runner=options.beam_runner,
+              beam_args=options.beam_args)
+    warm = warm_start_source(options)
+    stage(f"Trainer: {out}/transformed -> {out}/model" + (f", warm-started from {warm}" if warm else ""))
+    trained = trainer(out, out, options.trainer_config, warm_start_from=warm)
+    model_base = os.path.join(options.serving_base, options.model_name)
+    baseline = push.latest(model_base)
+    stage(f"Evaluator: {trained['serving_model_dir']} on the test split"
+          + (f", against the last pushed model {baseline}" if baseline else ""))
+    evaluation = evaluator(trained["serving_model_dir"], out, out, config, baseline)
+    stage(f"Pusher: -> {model_base}/<next version>/")
+    pushed = pusher(trained["serving_model_dir"], out, options.serving_base, options.model_name)
+    lineage = {"examples": os.path.join(out, "examples"), "transform_graph": os.path.join(out, "transform_graph"),
+               "model": trained["serving_model_dir"], "evaluation": os.path.join(out, "evaluation"),
+               "baseline": baseline, "blessed": evaluation["blessed"], "pushed": pushed}
+    path = record(out, dataclasses.asdict(options), options.trainer_config, evaluation, data, data_format, lineage,
+                  trained, options.beam_args)
+    print(f"  run record: {path}", flush=True)
+    return {"examples": out, "pushed": pushed, "evaluation": evaluation, "trained": trained, "record": path}

@@ -1,0 +1,223 @@
+"""The DAG on Kubeflow Pipelines (KFP v2): compiled for a cluster, or run by KFP's local runner.
+
+Each stage is a lightweight Python component whose body calls its function in `pipeline.dag`, so a
+cluster run, a `--runner kfp-local` run and a plain local run execute the same code. Components
+run the project's image (`Dockerfile`), which holds the project and its locked dependencies, so
+nothing is installed when a component starts (`install_kfp_package=False`).
+
+Artifacts passed between steps, as TFX names them:
+    examples (Dataset)          ExampleGen's folder: examples/{train,eval,test}/, rejected/, stats.json
+    transform_graph (Artifact)  Transform's folder: transform_graph/ and transformed/{split}/
+    model (Model)               the Trainer's run folder: model/ with model/serving/ (the SavedModel)
+    evaluation (Artifact)       evaluation/metrics.json and BLESSED or NOT_BLESSED
+    pushed (Artifact)           run.json: config, packages, data fingerprint, lineage, version pushed
+On a cluster the raw data and the serving base live on PersistentVolumeClaims (`k8s/`), mounted
+into the steps that read them; the serving base is the claim TF Serving reads.
+
+Caching is off for every step: a scheduled run on the same data path must read the new data.
+"""
+
+import os
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from pipeline import IMAGE
+
+DATA_CLAIM, DATA_MOUNT = "mtrank-data", "/data"
+MODELS_CLAIM, MODELS_MOUNT = "mtrank-models", "/models"
+PIPELINE_NAME = "mtrank"
+
+
+# --- component bodies: self-contained (KFP ships each function's source), calling pipeline.dag ----------
+
+def example_gen(data: str, data_format: str, beam_runner: str, beam_args: list, examples: Output[Dataset]):
+    from pipeline import dag
+
+    dag.configure_logging()
+    dag.example_gen(data, data_format, examples.path, beam_runner, beam_args)
+
+
+def transform(examples: Input[Dataset], seed: int, noise_proportion: float, beam_runner: str, beam_args: list,
+              transform_graph: Output[Artifact]):
+    from pipeline import dag
+
+    dag.configure_logging()
+    dag.transform(examples.path, transform_graph.path, seed=seed, noise_proportion=noise_proportion,
+                  runner=beam_runner, beam_args=beam_args)
+
+
+def trainer(transform_graph: Input[Artifact], trainer_config: str, model_choice: str, mtn_lambda: float, epochs: int,
+            warm_start: bool, serving_base: str, model_name: str, model: Output[Model]):
+    import os
+
+    import json
+
+    from pipeline import dag, pusher
+
+    dag.configure_logging()
+    config = dag.trainer_config(json.loads(trainer_config), model=model_choice or None, epochs=epochs or None,
+                                mtn=mtn_lambda or None)
+    warm = pusher.latest(os.path.join(serving_base, model_name)) if warm_start else None
+    dag.trainer(transform_graph.path, model.path, config, warm_start_from=warm)
+
+
+def evaluator(model: Input[Model], examples: Input[Dataset], eval_config: str, serving_base: str, model_name: str,
+              evaluation: Output[Artifact]) -> bool:
+    import os
+
+    import json
+
+    from pipeline import dag, pusher
+
+    dag.configure_logging()
+    baseline = pusher.latest(os.path.join(serving_base, model_name))
+    result = dag.evaluator(os.path.join(model.path, "model", "serving"), examples.path, evaluation.path,
+                           dag.eval_config(json.loads(eval_config)), baseline)
+    return result["blessed"]
+
+
+def pusher(model: Input[Model], evaluation: Input[Artifact], examples: Input[Dataset],
+           transform_graph: Input[Artifact], data: str, data_format: str, serving_base: str, model_name: str,
+           pushed: Output[Artifact]) -> int:
+    import json
+    import os
+
+    from pipeline import dag, pusher as push
+
+    dag.configure_logging()
+    saved_model = os.path.join(model.path, "model", "serving")
+    baseline_before = push.latest(os.path.join(serving_base, model_name))
+    result = dag.pusher(saved_model, evaluation.path, serving_base, model_name)
+    with open(os.path.join(evaluation.path, "evaluation", "metrics.json")) as f:
+        evaluated = json.load(f)
+    with open(os.path.join(model.path, "model", "metrics.json")) as f:
+        trained = json.load(f)
+    with open(os.path.join(model.path, "model", "config.json")) as f:
+        trainer_config = json.load(f)["trainer"]
+    lineage = {"examples": examples.path, "transform_graph": os.path.join(transform_graph.path, "transform_graph"),
+               "model": saved_model, "evaluation": os.path.join(evaluation.path, "evaluation"),
+               "baseline": evaluated.get("baseline", {}).get("model"), "blessed": evaluated["blessed"],
+               "pushed": result, "serving_base_latest_before": baseline_before}
+    os.makedirs(pushed.path, exist_ok=True)
+    arguments = {"data": data, "data_format": data_format, "serving_base": serving_base, "model_name": model_name}
+    dag.record(pushed.path, arguments, trainer_config, evaluated,
+               data, data_format, lineage, trained)
+    return result["version"] if result else 0
+
+
+# --- the pipeline ---------------------------------------------------------------------------------------
+
+def build(image: str = IMAGE, claims: bool = True):
+    """The pipeline function. `claims`: mount the data and models claims (a cluster; off locally)."""
+    def component(func):
+        return dsl.component(func, base_image=image, install_kfp_package=False)
+
+    steps = {f.__name__: component(f) for f in (example_gen, transform, trainer, evaluator, pusher)}
+
+    def mount(task, claim: str, path: str):
+        if claims:
+            from kfp import kubernetes
+
+            kubernetes.mount_pvc(task, pvc_name=claim, mount_path=path)
+        return task
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="ExampleGen -> Transform -> Trainer -> Evaluator -> Pusher "
+                                                  "for multi-task CTR/CVR ranking")
+    def mtrank(data: str = f"{DATA_MOUNT}/latest", data_format: str = "aliccp-raw",
+               serving_base: str = MODELS_MOUNT, model_name: str = "mtrank", model: str = "", mtn_lambda: float = 0.0,
+               noise_proportion: float = 0.0, epochs: int = 0, seed: int = 0, warm_start: bool = True,
+               trainer_config: str = "{}", eval_config: str = "{}", beam_runner: str = "in-process",
+               beam_args: list = []) -> Artifact:
+        gen = mount(steps["example_gen"](data=data, data_format=data_format, beam_runner=beam_runner,
+                                         beam_args=beam_args), DATA_CLAIM, DATA_MOUNT)
+        gen.set_display_name("ExampleGen").set_cpu_request("2").set_memory_request("8G")
+        transformed = steps["transform"](examples=gen.outputs["examples"], seed=seed, noise_proportion=noise_proportion,
+                                beam_runner=beam_runner, beam_args=beam_args)
+        transformed.set_display_name("Transform").set_cpu_request("2").set_memory_request("8G")
+        train = mount(steps["trainer"](transform_graph=transformed.outputs["transform_graph"], trainer_config=trainer_config,
+                                       model_choice=model, mtn_lambda=mtn_lambda, epochs=epochs,
+                                       warm_start=warm_start, serving_base=serving_base, model_name=model_name),
+                      MODELS_CLAIM, MODELS_MOUNT)
+        train.set_display_name("Trainer").set_cpu_request("4").set_memory_request("16G")
+        evaluate = mount(steps["evaluator"](model=train.outputs["model"], examples=gen.outputs["examples"],
+                                            eval_config=eval_config, serving_base=serving_base, model_name=model_name),
+                         MODELS_CLAIM, MODELS_MOUNT)
+        evaluate.set_display_name("Evaluator").set_cpu_request("2").set_memory_request("8G")
+        push = steps["pusher"](model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
+                               examples=gen.outputs["examples"], transform_graph=transformed.outputs["transform_graph"],
+                               data=data, data_format=data_format, serving_base=serving_base,
+                               model_name=model_name)
+        mount(mount(push, MODELS_CLAIM, MODELS_MOUNT), DATA_CLAIM, DATA_MOUNT).set_display_name("Pusher")
+        for task in (gen, transformed, train, evaluate, push):
+            task.set_caching_options(False)
+        return push.outputs["pushed"]
+
+    return mtrank
+
+
+def compile_pipeline(path: str, image: str = IMAGE) -> str:
+    from kfp import compiler
+
+    compiler.Compiler().compile(build(image), package_path=path)
+    return path
+
+
+def run_local(options, stage) -> dict:
+    """`mtrank run --runner kfp-local`: the pipeline through KFP's local subprocess runner, each
+    component in its own process of this environment; artifacts under OUTPUT/kfp/."""
+    import dataclasses
+    import json
+    import re
+    import warnings
+
+    from kfp import local
+
+    from pipeline import dag
+
+    if options.data is None:
+        stage(f"synth: {options.rows:,} rows of raw Ali-CCP -> {os.path.join(options.output, 'raw')}")
+    data, data_format = dag.synthesize(options)
+    dag.eval_config(options.eval_config)  # a bad section fails here, not in a component
+    root = os.path.join(options.output, "kfp")
+    stage(f"Kubeflow Pipelines local runner: ExampleGen -> Transform -> Trainer -> Evaluator -> Pusher, "
+          f"artifacts under {root}")
+    workspace = os.path.join(root, ".workspace")
+    os.makedirs(workspace, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, workspace_root=workspace)
+    # The image stands for this environment here; resources apply on a cluster only.
+    warnings.filterwarnings("ignore", message=".*(no effect in the current local runner|non-Python base image).*")
+    # The components import the project: make sure they find this checkout even when it is not installed.
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH")) if p)
+    arguments = dict(data=data, data_format=data_format, serving_base=options.serving_base,
+                     model_name=options.model_name, noise_proportion=options.noise_proportion, seed=options.seed,
+                     warm_start=options.warm_start, trainer_config=json.dumps(options.trainer_config),
+                     eval_config=json.dumps(options.eval_config), beam_runner=options.beam_runner,
+                     beam_args=list(options.beam_args))
+    try:
+        task = build(claims=False)(**arguments)
+    except RuntimeError as e:  # KFP has logged the failing component's output above
+        raise dag.StageError(re.sub(r"\x1b\[[0-9;]*m", "", str(e)) + " (its log is above)") from None
+    with open(os.path.join(task.output.path, "run.json")) as f:
+        record = json.load(f)
+    record["arguments"] = {**dataclasses.asdict(options), "runner": "kfp-local"}
+    record_path = os.path.join(options.output, "run.json")
+    with open(record_path, "w") as f:
+        json.dump(record, f, indent=2, default=str)
+    print(f"  run record: {record_path}", flush=True)
+    return {"examples": record["lineage"]["examples"], "pushed": record["lineage"]["pushed"], "record": record_path}
+
+
+def schedule(host: str, pipeline_file: str, cron: str, experiment: str, job_name: str, parameters: dict,
+             client=None) -> dict:
+    """A KFP recurring run of the compiled pipeline: at most one run at a time, no catch-up of
+    missed runs. `client` defaults to `kfp.Client(host)`."""
+    import kfp
+
+    client = client or kfp.Client(host=host)
+    experiment_id = client.create_experiment(name=experiment).experiment_id
+    job = client.create_recurring_run(
+        experiment_id=experiment_id, job_name=job_name, cron_expression=cron, max_concurrency=1, no_catchup=True,
+        pipeline_package_path=pipeline_file, params=parameters, enable_caching=False)
+    return {"experiment_id": experiment_id, "recurring_run_id": getattr(job, "recurring_run_id", None)}
+

@@ -1,0 +1,248 @@
+"""The experiments' framework: the t-test markers, the table layout, the claims, the grid runner
+(records, resume after a kill, the same report from the same seeds) and the command's arguments.
+
+The end-to-end grid trains the real zoo models on a few rows, with tf.functions run eagerly:
+each cell would otherwise spend about a second tracing its training step. One test trains in
+graph mode to check that the compiled step is deterministic too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import stats as scipy_stats
+
+from experiments import base, cli, fdn_synthetic, grid, negative_transfer, regression, report, stats
+
+TINY = dataclasses.replace(fdn_synthetic.SCALES["quick"], seeds=2, rows=60, dimension=3, epochs=1, batch_size=32,
+                           expert_units=(4,), tower_units=(2,), num_experts=2, specific_experts=1, shared_experts=1,
+                           levels=2, pairs=1)
+
+
+# --- statistics and tables ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("differences, expected", [
+    ([0.5, -0.4, 0.3, -0.2], ""),
+    ([0.1, 0.3, 0.2, 0.4], "*"),
+    ([1.0, 1.1, 0.9, 1.05], "**"),
+])
+def test_paired_t_test_and_its_markers_follow_scipy(differences, expected):
+    a = np.array([1.0, 2.0, 3.0, 4.0])
+    b = a + np.array(differences)
+    p = scipy_stats.ttest_rel(a, b).pvalue
+    assert stats.paired_p_value(a, b) == pytest.approx(p, rel=1e-12)
+    assert stats.marker(stats.paired_p_value(a, b)) == expected
+    assert stats.paired_p_value(b, a) == pytest.approx(p, rel=1e-12)  # two-sided
+
+
+def test_markers_at_the_thresholds_and_undefined_tests():
+    assert [stats.marker(p) for p in (0.05, 0.0499, 0.01, 0.0099, 0.0, math.nan)] == ["", "*", "*", "**", "**", ""]
+    assert math.isnan(stats.paired_p_value([1.0, 2.0], [1.0, 2.0]))  # no differences
+    assert math.isnan(stats.paired_p_value([1.0, 2.0], [1.5, 2.5]))  # constant difference: t divides by zero
+    assert math.isnan(stats.paired_p_value([1.0], [2.0]))  # one pair
+    a, b = stats.paired({0: 1.0, 1: 2.0, 3: 5.0}, {1: 2.5, 0: 1.5, 2: 9.0})  # seeds 0 and 1 only, in order
+    assert a.tolist() == [1.0, 2.0] and b.tolist() == [1.5, 2.5]
+
+
+def test_table_gives_mean_and_std_per_column_and_marks_rows_against_their_baseline():
+    baseline = {0: 0.70, 1: 0.71, 2: 0.72}
+    better = {0: 0.75, 1: 0.76, 2: 0.775}
+    gaps = {s: 100 * (better[s] - baseline[s]) / baseline[s] for s in better}
+    table = report.Table(
+        (report.Column("AUC"), report.Column("gap", digits=1, suffix="%", signed=True, tested=False)),
+        (report.Row("Base", {"AUC": baseline}), report.Row("Better", {"AUC": better, "gap": gaps}, baseline="Base")))
+    lines = report.render_table(table).splitlines()
+    p = scipy_stats.ttest_rel(list(better.values()), list(baseline.values())).pvalue
+    assert p < 0.01
+    values, gap_values = np.array(list(better.values())), np.array(list(gaps.values()))
+    assert lines == [
+        "| model | AUC | gap |",
+        "|---|---:|---:|",
+        "| Base | 0.7100 ± 0.0100 | – |",
+        f"| Better | {values.mean():.4f} ± {values.std(ddof=1):.4f}** | "
+        f"{gap_values.mean():+.1f}% ± {gap_values.std(ddof=1):.1f}% |",
+    ]
+    assert stats.format_mean_std([2.0]) == "2.0000"  # one seed: no spread to give
+
+
+def test_claim_verdicts_follow_the_numbers():
+    def claim(better, worse):
+        return report.Claim("paper", "A beats B", (report.Comparison("A", "B", better, worse),))
+
+    seeds = range(5)
+    clearly_lower = claim({s: 1.0 + 0.01 * s for s in seeds}, {s: 2.0 + 0.02 * s for s in seeds})
+    assert clearly_lower.verdict == report.REPRODUCED
+    assert claim({s: 2.0 + 0.01 * s for s in seeds}, {s: 1.0 for s in seeds}).verdict == report.NOT_REPRODUCED
+    noisy = claim({0: 1.0, 1: 3.0, 2: 1.0}, {0: 2.0, 1: 2.0, 2: 2.0})  # lower on average, not significantly
+    assert noisy.verdict == report.INCONCLUSIVE
+    assert claim({}, {}).verdict == report.NOT_REPRODUCED
+
+
+def _record(variant: str, seed: int, metrics: dict, setting=()) -> grid.Record:
+    regularizer = "aux_orth" if variant == "fdn" else "none"
+    return grid.Record(grid.Cell(variant, regularizer, seed=seed, setting=setting), {}, metrics, 1.0)
+
+
+def _claims_section(path) -> list[str]:
+    text = path.read_text()
+    return [line for line in text[text.index("## Claims"):].splitlines() if line[:1].isdigit()]
+
+
+def test_fdn_synthetic_report_says_did_not_reproduce_when_the_numbers_say_so(tmp_path):
+    seeds = [0, 1, 2]
+    mse = {"mmoe": 1.20, "cgc": 1.10, "ple": 1.15, "fdn": 1.50}  # FDN worst of the multi-task models
+    spread = {"oracle_a": 1, "oracle_b": 1, "mmoe": 2, "cgc": 3, "ple": 4, "fdn": 5}  # differences vary by seed
+    records = []
+    for seed in seeds:
+        records += [_record("oracle_a", seed, {"mse_1": 1.0 + 0.01 * seed}),
+                    _record("oracle_b", seed, {"mse_2": 1.0 + 0.01 * seed})]
+        records += [_record(v, seed, {"mse_1": m + 0.01 * seed * spread[v], "mse_2": m + 0.01 * seed * spread[v]})
+                    for v, m in mse.items()]
+    fdn_synthetic.write_report(str(tmp_path), TINY, "quick", seeds, records)
+    claims = _claims_section(tmp_path / "report.md")
+    assert claims[0].startswith(f"1. **{report.REPRODUCED}**: Trained on Dataset-I")  # every baseline above the oracle
+    assert claims[1].startswith(f"2. **{report.NOT_REPRODUCED}**: FDN has the lowest task-1")
+    assert claims[2].startswith(f"3. **{report.NOT_REPRODUCED}**: FDN has the lowest task-2")
+    text = (tmp_path / "report.md").read_text()
+    assert "   - FDN 1.5500 > MMoE 1.2200, +27.0%, p = 0.003 over 3 seeds" in text
+    assert "| FDN (Dataset-I) | 1.5500 ± 0.0500** | +53.4% ± 3.4% | 1.5500 ± 0.0500** |" in text
+    assert (tmp_path / "figures" / "gap_to_oracle.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_negative_transfer_report_says_did_not_reproduce_when_the_numbers_say_so(tmp_path):
+    settings = dataclasses.replace(negative_transfer.SCALES["quick"], correlations=(1.0, 0.0))
+    loss = {("shared_bottom", 1.0): 1.5, ("shared_bottom", 0.0): 1.0}  # shared-bottom better at low correlation
+    records = [_record(model, seed, {"mse_1": loss.get((model, p), 1.2) + 0.01 * seed * (i + 1),
+                                     "mse_2": loss.get((model, p), 1.2) - 0.02 * seed * (i + 1)},
+                       setting=(("correlation", p),))
+               for seed in (0, 1, 2) for p in (1.0, 0.0) for i, model in enumerate(negative_transfer.MODELS)]
+    negative_transfer.write_report(str(tmp_path), settings, "quick", [0, 1, 2], records)
+    claims = _claims_section(tmp_path / "report.md")
+    assert claims[0].startswith(f"1. **{report.NOT_REPRODUCED}**: Shared-bottom's loss")
+    text = (tmp_path / "report.md").read_text()
+    assert "| model | ρ = 1 | ρ = 0 |" in text
+    assert "- Shared-bottom: negative transfer at ρ = 1; positive transfer at ρ = 0." in text
+    assert (tmp_path / "figures" / "loss_vs_correlation.png").exists()
+
+
+# --- the grid runner ---------------------------------------------------------------------------
+
+def test_grid_records_each_cell_skips_finished_ones_and_refuses_another_config(tmp_path):
+    cells = grid.make_cells([("a", "none"), ("b", "mtn")], seeds=[0, 1], settings=[(("correlation", 0.5),)])
+    assert [c.key for c in cells[:2]] == ["a__none__noise0__correlation0.5__seed0", "b__mtn__noise0__correlation0.5__seed0"]
+    lines, ran = [], []
+
+    def run_cell(cell):
+        ran.append(cell.key)
+        return {"loss": float(cell.seed)}
+
+    records = grid.run_grid(cells, run_cell, lambda cell: {"lr": 0.1}, str(tmp_path), lines.append)
+    assert ran == [c.key for c in cells] and [r.metrics for r in records] == [{"loss": 0.0}] * 2 + [{"loss": 1.0}] * 2
+    folder = tmp_path / "runs" / cells[0].key
+    assert json.loads((folder / "config.json").read_text()) == {"cell": cells[0].as_dict(), "seed": 0, "lr": 0.1}
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "metrics.json", "timing.json"]
+    assert lines[1].startswith("[1/4] a correlation=0.5 seed=0: ") and "ETA" in lines[1]
+
+    ran.clear()
+    again = grid.run_grid(cells, run_cell, lambda cell: {"lr": 0.1}, str(tmp_path), lines.append)
+    assert ran == [] and [r.metrics for r in again] == [r.metrics for r in records]
+    with pytest.raises(grid.GridError, match="another configuration"):
+        grid.run_grid(cells, run_cell, lambda cell: {"lr": 0.2}, str(tmp_path), lines.append)
+
+
+@pytest.fixture
+def eager_functions():
+    tf.config.run_functions_eagerly(True)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(False)
+
+
+def test_tiny_grid_writes_the_report_resumes_after_a_kill_and_reruns_identically(tmp_path, eager_functions):
+    experiment = fdn_synthetic.EXPERIMENT
+    keys = [c.key for c in experiment.cells(TINY, [0, 1])]
+    ran = []
+
+    def killed_after_five(cell, settings):
+        if len(ran) == 5:
+            raise KeyboardInterrupt  # the kill, in the middle of the sixth cell
+        ran.append(cell.key)
+        return fdn_synthetic.run_cell(cell, settings)
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        base.run(dataclasses.replace(experiment, run_cell=killed_after_five), "tiny", None, str(resumed),
+                 log=lambda line: None, settings=TINY)
+    assert (resumed / "runs" / keys[5] / "config.json").exists()
+    assert not (resumed / "runs" / keys[5] / "metrics.json").exists()
+
+    ran.clear()
+    lines = []
+
+    def counted(cell, settings):
+        ran.append(cell.key)
+        return fdn_synthetic.run_cell(cell, settings)
+
+    base.run(dataclasses.replace(experiment, run_cell=counted), "tiny", None, str(resumed), log=lines.append,
+             settings=TINY)
+    assert ran == keys[5:]
+    assert sum("finished before, skipped" in line for line in lines) == 5
+
+    fresh = tmp_path / "fresh"
+    base.run(experiment, "tiny", None, str(fresh), log=lambda line: None, settings=TINY)
+    for name in ("report.md", "metrics.csv", "figures/gap_to_oracle.png"):
+        assert (resumed / name).read_bytes() == (fresh / name).read_bytes(), name
+    rows = (fresh / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("cell,variant,regularizer,noise,seed,") and len(rows) == 1 + len(keys)
+    report_text = (fresh / "report.md").read_text()
+    for heading in ("## Table 1", "## Claims", "![gap to the oracle per model and task](figures/gap_to_oracle.png)"):
+        assert heading in report_text
+    for label in ("Oracle", "MMoE (Dataset-I)", "CGC (Dataset-I)", "PLE (Dataset-I)", "FDN (Dataset-I)"):
+        assert f"| {label}" in report_text
+
+    def must_not_run(cell, settings):
+        raise AssertionError(f"{cell.key} ran again")
+
+    base.run(dataclasses.replace(experiment, run_cell=must_not_run), "tiny", None, str(fresh),
+             log=lambda line: None, settings=TINY)
+    assert (fresh / "report.md").read_text() == report_text
+    with pytest.raises(grid.GridError, match="other settings"):
+        base.run(experiment, "tiny", None, str(fresh), settings=dataclasses.replace(TINY, epochs=2))
+
+
+def test_compiled_training_is_deterministic_for_a_seed():
+    train, test = fdn_synthetic.datasets(TINY, 0, "dataset_i")
+
+    def metrics(seed):
+        config = regression.trainer_config("fdn", seed, TINY)
+        return regression.train(config, (0, 1), train, test)
+
+    first = metrics(0)
+    assert set(first) >= {"mse_1", "mse_2", "label_var_1", "train_aux", "train_orth", "params"}
+    assert metrics(0) == first
+
+
+# --- the command -------------------------------------------------------------------------------
+
+def test_command_arguments_and_bad_input(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["negative-transfer", "--scale", "full", "--seeds", "4", "--out", "o", "--data", "d"])
+    assert (args.name, args.scale, args.seeds, args.out, args.data) == ("negative-transfer", "full", 4, "o", "d")
+    assert args.func is cli._command
+    assert "ignore" in parser.format_help()
+    assert cli.main_experiment("no-such-experiment", "quick", 1, str(tmp_path)) == 2
+    assert "unknown experiment 'no-such-experiment'" in capsys.readouterr().err
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "experiment.json").write_text(json.dumps({"experiment": "negative-transfer", "scale": "quick"}))
+    assert cli.main_experiment("fdn-synthetic", "quick", 1, str(taken)) == 2
+    assert "holds the negative-transfer experiment" in capsys.readouterr().err
