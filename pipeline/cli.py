@@ -134,6 +134,15 @@ def _synth_mmoe(args, _) -> None:
           f"wrote {', '.join(manifest['files'])} to {args.out}")
 
 
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (KFP's components run in other folders); a URL (gs://...) as it is."""
+    return path if _is_url(path) else os.path.abspath(path)
+
+
 def _run(args, beam_args) -> None:
     """The main job: synthetic data (unless --data), ExampleGen, Transform, Trainer, Evaluator,
     Pusher, then (unless --no-serve) the pushed model served and queried through REST."""
@@ -141,14 +150,18 @@ def _run(args, beam_args) -> None:
 
     if args.data is not None and args.format is None:
         raise UsageError("mtrank run: --data needs --format")
-    if args.data is not None and not os.path.exists(args.data):
+    if _is_url(args.output):
+        raise UsageError(f"mtrank run: --output {args.output}: the run folder is local (the Evaluator, Pusher and "
+                         "run record write files); run the stages with mtrank ingest/transform/train on URLs, or "
+                         "the compiled Kubeflow pipeline")
+    if args.data is not None and not _is_url(args.data) and not os.path.exists(args.data):
         raise UsageError(f"mtrank run: --data {args.data} does not exist")
     config = _trainer_config(args, "run")
     raw = (_load_json_object(args.config, "run", "config sections") if args.config else {}).get("evaluator") or {}
     _stage("run", dag.eval_config, raw)
     options = dag.RunOptions(
         output=os.path.abspath(args.output), serving_base=os.path.abspath(args.serving_base), trainer_config=config,
-        eval_config=raw, data=args.data and os.path.abspath(args.data), data_format=args.format, rows=args.rows,
+        eval_config=raw, data=args.data and _absolute(args.data), data_format=args.format, rows=args.rows,
         seed=args.seed, noise_proportion=args.noise_proportion, warm_start=args.warm_start,
         model_name=args.model_name, beam_runner=args.beam_runner, beam_args=beam_args)
     steps = (args.data is None) + (1 if args.runner == "kfp-local" else 5) + (not args.no_serve)
@@ -294,8 +307,12 @@ def _schedule(args, _) -> None:
     if len(fields) != 6:
         raise UsageError(f"schedule: --cron {args.cron!r} has {len(fields)} fields; KFP's cron has 6 "
                          "(seconds first), e.g. \"0 0 2 * * *\" for 02:00 every day")
+    from pipeline.dag import StageError
+
     try:
         created = kubeflow.schedule(args.host, args.pipeline, args.cron, args.experiment, args.job_name, parameters)
+    except StageError as e:
+        raise UsageError(f"schedule: {e}") from None
     except Exception as e:  # the KFP client raises ApiException, connection and auth errors alike
         raise UsageError(f"schedule: the Kubeflow Pipelines API at {args.host} failed: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

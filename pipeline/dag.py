@@ -193,14 +193,15 @@ def pusher(saved_model: str, evaluated: str, serving_base: str, model_name: str)
 
 
 def record(output: str, arguments: dict, trainer_config: dict, evaluation: dict, data: str, data_format: str,
-           lineage: dict, trained: dict, beam_args=()) -> str:
-    """OUTPUT/run.json (`pipeline.run_record`)."""
+           data_fingerprint: dict, lineage: dict, trained: dict, beam_args=()) -> str:
+    """OUTPUT/run.json (`pipeline.run_record`); `data_fingerprint`: `run_record.fingerprint` of the
+    data as ExampleGen read it."""
     from pipeline import run_record
 
     return run_record.write(output, {
         "command": "run", "arguments": arguments, "trainer_config": trainer_config,
         "evaluator_config": evaluation["config"], "beam_args": list(beam_args),
-        "data": {"path": os.path.abspath(data), "format": data_format, "fingerprint": run_record.fingerprint(data)},
+        "data": {"path": data, "format": data_format, "fingerprint": data_fingerprint},
         "lineage": lineage, "warm_start": trained.get("warm_start"),
         "metrics": {"eval": trained.get("eval"), "test": evaluation["overall"]}})
 
@@ -245,7 +246,7 @@ def warm_start_source(options: RunOptions) -> str | None:
 
 def run_local(options: RunOptions, stage) -> dict:
     """Every stage in this process; `stage(text)` announces each. Returns {"pushed", "evaluation", ...}."""
-    from pipeline import pusher as push
+    from pipeline import pusher as push, run_record
 
     config = eval_config(options.eval_config)
     if options.data is None:
@@ -254,6 +255,7 @@ def run_local(options: RunOptions, stage) -> dict:
     out = options.output
     stage(f"ExampleGen: {data_format} {data} -> {out}")
     example_gen(data, data_format, out, options.beam_runner, options.beam_args)
+    data_fingerprint = run_record.fingerprint(data)
     stage(f"Transform: {out}/examples -> {out}/transform_graph, transformed/")
     transform(out, out, seed=options.seed, noise_proportion=options.noise_proportion, runner=options.beam_runner,
               beam_args=options.beam_args)
@@ -270,7 +272,7 @@ def run_local(options: RunOptions, stage) -> dict:
     lineage = {"examples": os.path.join(out, "examples"), "transform_graph": os.path.join(out, "transform_graph"),
                "model": trained["serving_model_dir"], "evaluation": os.path.join(out, "evaluation"),
                "baseline": baseline, "blessed": evaluation["blessed"], "pushed": pushed}
-    path = record(out, dataclasses.asdict(options), options.trainer_config, evaluation, data, data_format, lineage,
-                  trained, options.beam_args)
+    path = record(out, {**dataclasses.asdict(options), "runner": "local"}, options.trainer_config, evaluation, data,
+                  data_format, data_fingerprint, lineage, trained, options.beam_args)
     print(f"  run record: {path}", flush=True)
     return {"examples": out, "pushed": pushed, "evaluation": evaluation, "trained": trained, "record": path}

@@ -30,11 +30,14 @@ PIPELINE_NAME = "mtrank"
 
 # --- component bodies: self-contained (KFP ships each function's source), calling pipeline.dag ----------
 
-def example_gen(data: str, data_format: str, beam_runner: str, beam_args: list, examples: Output[Dataset]):
-    from pipeline import dag
+def example_gen(data: str, data_format: str, beam_runner: str, beam_args: list, examples: Output[Dataset]) -> dict:
+    from pipeline import dag, run_record
 
     dag.configure_logging()
-    dag.example_gen(data, data_format, examples.path, beam_runner, beam_args)
+    # Remote Beam workers cannot see this pod's files: they write to the artifact's URI (gs://...).
+    output = examples.path if beam_runner == "in-process" else examples.uri
+    dag.example_gen(data, data_format, output, beam_runner, beam_args)
+    return run_record.fingerprint(data)  # of the data as read now, for the run record
 
 
 def transform(examples: Input[Dataset], seed: int, noise_proportion: float, beam_runner: str, beam_args: list,
@@ -42,7 +45,9 @@ def transform(examples: Input[Dataset], seed: int, noise_proportion: float, beam
     from pipeline import dag
 
     dag.configure_logging()
-    dag.transform(examples.path, transform_graph.path, seed=seed, noise_proportion=noise_proportion,
+    remote = beam_runner != "in-process"  # remote Beam workers read and write the artifacts' URIs
+    dag.transform(examples.uri if remote else examples.path, transform_graph.uri if remote else transform_graph.path,
+                  seed=seed, noise_proportion=noise_proportion,
                   runner=beam_runner, beam_args=beam_args)
 
 
@@ -77,8 +82,9 @@ def evaluator(model: Input[Model], examples: Input[Dataset], eval_config: str, s
 
 
 def pusher(model: Input[Model], evaluation: Input[Artifact], examples: Input[Dataset],
-           transform_graph: Input[Artifact], data: str, data_format: str, serving_base: str, model_name: str,
-           pushed: Output[Artifact]) -> int:
+           transform_graph: Input[Artifact], data: str, data_format: str, data_fingerprint: dict,
+           serving_base: str, model_name: str, noise_proportion: float, seed: int, warm_start: bool,
+           beam_runner: str, beam_args: list, pushed: Output[Artifact]) -> int:
     import json
     import os
 
@@ -94,14 +100,17 @@ def pusher(model: Input[Model], evaluation: Input[Artifact], examples: Input[Dat
         trained = json.load(f)
     with open(os.path.join(model.path, "model", "config.json")) as f:
         trainer_config = json.load(f)["trainer"]
-    lineage = {"examples": examples.path, "transform_graph": os.path.join(transform_graph.path, "transform_graph"),
-               "model": saved_model, "evaluation": os.path.join(evaluation.path, "evaluation"),
+    lineage = {"examples": examples.uri, "transform_graph": os.path.join(transform_graph.uri, "transform_graph"),
+               "model": os.path.join(model.uri, "model", "serving"),
+               "evaluation": os.path.join(evaluation.uri, "evaluation"),
                "baseline": evaluated.get("baseline", {}).get("model"), "blessed": evaluated["blessed"],
                "pushed": result, "serving_base_latest_before": baseline_before}
     os.makedirs(pushed.path, exist_ok=True)
-    arguments = {"data": data, "data_format": data_format, "serving_base": serving_base, "model_name": model_name}
-    dag.record(pushed.path, arguments, trainer_config, evaluated,
-               data, data_format, lineage, trained)
+    arguments = {"data": data, "data_format": data_format, "serving_base": serving_base, "model_name": model_name,
+                 "noise_proportion": noise_proportion, "seed": seed, "warm_start": warm_start,
+                 "beam_runner": beam_runner}
+    dag.record(pushed.path, arguments, trainer_config, evaluated, data, data_format, data_fingerprint, lineage,
+               trained, beam_args)
     return result["version"] if result else 0
 
 
@@ -145,9 +154,10 @@ def build(image: str = IMAGE, claims: bool = True):
         evaluate.set_display_name("Evaluator").set_cpu_request("2").set_memory_request("8G")
         push = steps["pusher"](model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
                                examples=gen.outputs["examples"], transform_graph=transformed.outputs["transform_graph"],
-                               data=data, data_format=data_format, serving_base=serving_base,
-                               model_name=model_name)
-        mount(mount(push, MODELS_CLAIM, MODELS_MOUNT), DATA_CLAIM, DATA_MOUNT).set_display_name("Pusher")
+                               data=data, data_format=data_format, data_fingerprint=gen.outputs["Output"],
+                               serving_base=serving_base, model_name=model_name, noise_proportion=noise_proportion,
+                               seed=seed, warm_start=warm_start, beam_runner=beam_runner, beam_args=beam_args)
+        mount(push, MODELS_CLAIM, MODELS_MOUNT).set_display_name("Pusher")
         for task in (gen, transformed, train, evaluate, push):
             task.set_caching_options(False)
         return push.outputs["pushed"]
@@ -214,8 +224,17 @@ def schedule(host: str, pipeline_file: str, cron: str, experiment: str, job_name
     missed runs. `client` defaults to `kfp.Client(host)`."""
     import kfp
 
+    from pipeline import dag
+
     client = client or kfp.Client(host=host)
     experiment_id = client.create_experiment(name=experiment).experiment_id
+    # Two recurring runs of one pipeline would overlap each other despite max concurrency 1 each.
+    existing = client.list_recurring_runs(experiment_id=experiment_id, page_size=1000).recurring_runs or []
+    same = [r.recurring_run_id for r in existing if r.display_name == job_name]
+    if same:
+        raise dag.StageError(f"experiment {experiment!r} already has a recurring run {job_name!r} ({', '.join(same)}); "
+                             "delete it in the KFP UI (or with kfp.Client().delete_recurring_run) before scheduling "
+                             "another, or pick another --job-name")
     job = client.create_recurring_run(
         experiment_id=experiment_id, job_name=job_name, cron_expression=cron, max_concurrency=1, no_catchup=True,
         pipeline_package_path=pipeline_file, params=parameters, enable_caching=False)

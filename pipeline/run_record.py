@@ -25,7 +25,10 @@ def package_versions() -> dict:
 
 
 def fingerprint(path: str) -> dict:
-    """sha256 over the names and bytes of the files under `path` (one file or a folder)."""
+    """sha256 over the names and bytes of the files under `path` (one file or a folder); a URL
+    (gs://...) is not read again here: its record says so."""
+    if "://" in path:
+        return {"skipped": "remote data is not fingerprinted"}
     files = [path] if os.path.isfile(path) else sorted(
         os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
     digest = hashlib.sha256()

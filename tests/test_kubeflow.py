@@ -66,6 +66,8 @@ def test_artifacts_flow_between_the_steps_as_in_tfx(compiled):
     assert producer("evaluator", "examples") == ("example-gen", "examples")
     assert producer("pusher", "evaluation") == ("evaluator", "evaluation")
     assert producer("pusher", "model") == ("trainer", "model")
+    fingerprint = tasks["pusher"]["inputs"]["parameters"]["data_fingerprint"]["taskOutputParameter"]
+    assert fingerprint["producerTask"] == "example-gen"  # the data as ExampleGen read it, not as it is at push time
     parameters = tasks["trainer"]["inputs"]["parameters"]
     assert parameters["model_choice"]["componentInputParameter"] == "model"
     assert parameters["mtn_lambda"]["componentInputParameter"] == "mtn_lambda"
@@ -78,6 +80,7 @@ def test_the_steps_mount_the_claims_the_manifests_declare(compiled):
     mounts = {name.removeprefix("exec-"): {(m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"])
                                            for m in e["pvcMount"]} for name, e in executors.items()}
     assert mounts["example-gen"] == {(kubeflow.DATA_CLAIM, kubeflow.DATA_MOUNT)}
+    assert [s for s, m in mounts.items() if (kubeflow.DATA_CLAIM, kubeflow.DATA_MOUNT) in m] == ["example-gen"]
     for stage in ("trainer", "evaluator", "pusher"):  # warm start, baseline, push: the serving base
         assert (kubeflow.MODELS_CLAIM, kubeflow.MODELS_MOUNT) in mounts[stage]
     declared = {doc["metadata"]["name"] for file in (REPO / "k8s").rglob("*.yaml")
@@ -104,6 +107,10 @@ class _FakeKfpApi(http.server.BaseHTTPRequestHandler):
             self._reply({"multi_user": False})
         elif self.path.startswith("/apis/v2beta1/experiments"):
             self._reply({"experiments": [], "total_size": 0})
+        elif self.path.startswith("/apis/v2beta1/recurringruns"):
+            made = [body for method, path, body in self.requests if path == "/apis/v2beta1/recurringruns"]
+            self._reply({"recurringRuns": [{**body, "recurring_run_id": "rr-1"} for body in made],
+                         "total_size": len(made)})
         else:
             self.send_error(404)
 
@@ -126,12 +133,14 @@ def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(compiled,
     threading.Thread(target=server.serve_forever, daemon=True).start()
     parameters = tmp_path / "parameters.json"
     parameters.write_text(json.dumps({"data": "/data/latest", "model": "mmoe", "mtn_lambda": 1e-5}))
+    command = [MTRANK, "schedule", "--host", f"http://127.0.0.1:{server.server_port}", "--pipeline", str(compiled),
+               "--parameters", str(parameters)]
     try:
-        result = subprocess.run([MTRANK, "schedule", "--host", f"http://127.0.0.1:{server.server_port}",
-                                 "--pipeline", str(compiled), "--parameters", str(parameters)],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     finally:
         server.shutdown()
+    assert again.returncode == 2 and "already has a recurring run 'mtrank-retrain' (rr-1)" in again.stderr
     assert result.returncode == 0, result.stderr
     assert "rr-1" in result.stdout and "at most one run at a time" in result.stdout
     created = [body for method, path, body in _FakeKfpApi.requests if path == "/apis/v2beta1/recurringruns"]

@@ -2,9 +2,10 @@
 
 New data brings new vocabularies: an id's embedding row moves, new ids appear, old ones go. So
 embedding tables are carried over row by row through the two vocabularies (the exported model's
-assets and Transform's new ones), out-of-vocabulary buckets bucket by bucket, and every other
-variable is copied when its shape is unchanged. New ids keep their fresh initialisation. A model
-of another architecture or config is not warm-started: the run says why and trains from scratch.
+assets and Transform's new ones), out-of-vocabulary buckets bucket by bucket when their number is
+unchanged, and every other variable is copied when its shape is unchanged. New ids keep their fresh initialisation. A model
+of another architecture, config or set of input fields is not warm-started: the run says why and
+trains from scratch.
 """
 
 from __future__ import annotations
@@ -62,11 +63,19 @@ def _row_pairs(new_layer, old_layer, new_vocabulary, old_vocabulary) -> tuple[np
             if token in where:
                 dst.append(start + i)
                 src.append(old_start + where[token])
-        buckets = min(field.cardinality - len(new_tokens), old_field.cardinality - len(old_tokens))
-        for j in range(max(buckets, 0)):
+        buckets = field.cardinality - len(new_tokens)
+        if buckets != old_field.cardinality - len(old_tokens):
+            continue  # another number of OOV buckets hashes ids elsewhere: nothing to carry over
+        for j in range(buckets):
             dst.append(start + len(new_tokens) + j)
             src.append(old_start + len(old_tokens) + j)
     return np.asarray(dst, "int64"), np.asarray(src, "int64")
+
+
+def _layout(spec: dict) -> list:
+    """The input fields without what new data changes and no weight depends on: cardinalities
+    (new vocabularies) and bag lengths (the longest bags kept)."""
+    return [(f["key"], f["kind"], f["weighted"]) for f in spec["fields"]]
 
 
 def _embeddings(network) -> list[FieldEmbedding]:
@@ -78,6 +87,8 @@ def warm_start(network, tft_output, saved_model: str) -> dict:
     """Copies what carries over from `saved_model` (an export of `trainer.export`) into `network`
     (built); returns {"from", "variables", "copied", "embedding_rows", ...} or {"from", "skipped"}."""
     summary = {"from": saved_model}
+    if not tf.io.gfile.exists(os.path.join(saved_model, "saved_model.pb")):
+        raise ValueError(f"warm start: {saved_model} is not a SavedModel (no saved_model.pb)")
     described = os.path.join(saved_model, "assets.extra", NETWORK_FILE)
     if not tf.io.gfile.exists(described):
         return _skip(summary, f"it has no assets.extra/{NETWORK_FILE} (it was exported before warm starts)")
@@ -88,6 +99,8 @@ def warm_start(network, tft_output, saved_model: str) -> dict:
                      if new_config.get(k) != old_description["config"].get(k))
     if changed:
         return _skip(summary, f"its model config differs in {', '.join(changed)}")
+    if _layout(old_description["spec"]) != _layout(network.spec):
+        return _skip(summary, "its input fields differ (names, kinds or weights)")
 
     old = models.build(old_description["spec"], old_description["config"])
     old(dummy_batch(InputSpec.from_dict(old_description["spec"])))
@@ -96,7 +109,7 @@ def warm_start(network, tft_output, saved_model: str) -> dict:
 
     new_tables, old_tables = _embeddings(network), _embeddings(old)
     assets = os.path.join(saved_model, "assets")
-    rows = 0
+    rows, tables = 0, 0
     for new_layer, old_layer in zip(new_tables, old_tables):
         dst, src = _row_pairs(new_layer, old_layer,
                               lambda key: _read_vocabulary(tft_output.vocabulary_file_by_name(key)),
@@ -105,6 +118,7 @@ def warm_start(network, tft_output, saved_model: str) -> dict:
             table = new_layer.table.numpy()
             table[dst] = old_layer.table.numpy()[src]
             new_layer.table.assign(table)
+            tables += 1
         rows += len(dst)
 
     table_ids = {id(layer.table) for layer in new_tables + old_tables}
@@ -116,7 +130,7 @@ def warm_start(network, tft_output, saved_model: str) -> dict:
             if tuple(new.shape) == tuple(previous.shape):
                 new.assign(previous)
                 copied += 1
-    summary.update(variables=len(network.weights), copied=copied + len(new_tables), embedding_rows=rows,
+    summary.update(variables=len(network.weights), copied=copied + tables, embedding_rows=rows,
                    embedding_rows_total=sum(layer.rows for layer in new_tables))
     _LOG.info("warm start from %s: %d of %d variables copied, %d of %d embedding rows carried over", saved_model,
               summary["copied"], summary["variables"], rows, summary["embedding_rows_total"])
