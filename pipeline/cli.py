@@ -82,11 +82,14 @@ def _load_json_object(path: str, command: str, what: str) -> dict:
     return value
 
 
-def _trainer_config(args, command: str) -> dict:
-    """The trainer config of --config, with the flags that override it."""
+def _config_sections(args, command: str) -> dict:
+    return _load_json_object(args.config, command, "config sections") if args.config else {}
+
+
+def _trainer_config(args, command: str, config: dict) -> dict:
+    """The trainer sections of --config, with the flags that override them."""
     from pipeline import dag
 
-    config = _load_json_object(args.config, command, "config sections") if args.config else {}
     return _stage(command, dag.trainer_config, config, model=args.model, epochs=args.epochs,
                   batch_size=args.batch_size, seed=args.train_seed, mtn=args.mtn)
 
@@ -94,7 +97,7 @@ def _trainer_config(args, command: str) -> dict:
 def _train(args, _) -> None:
     from pipeline import dag
 
-    config = _trainer_config(args, "train")
+    config = _trainer_config(args, "train", _config_sections(args, "train"))
     _stage("train", dag.trainer, args.transformed, args.output or args.transformed, config,
            warm_start_from=args.warm_start_from, overwrite=args.overwrite)
 
@@ -156,8 +159,9 @@ def _run(args, beam_args) -> None:
                          "the compiled Kubeflow pipeline")
     if args.data is not None and not _is_url(args.data) and not os.path.exists(args.data):
         raise UsageError(f"mtrank run: --data {args.data} does not exist")
-    config = _trainer_config(args, "run")
-    raw = (_load_json_object(args.config, "run", "config sections") if args.config else {}).get("evaluator") or {}
+    sections = _config_sections(args, "run")
+    config = _trainer_config(args, "run", sections)
+    raw = sections.get("evaluator") or {}
     _stage("run", dag.eval_config, raw)
     options = dag.RunOptions(
         output=os.path.abspath(args.output), serving_base=os.path.abspath(args.serving_base), trainer_config=config,

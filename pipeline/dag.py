@@ -238,10 +238,11 @@ def synthesize(options: RunOptions) -> tuple[str, str]:
     return data, "aliccp-raw"
 
 
-def warm_start_source(options: RunOptions) -> str | None:
+def warm_start_source(serving_base: str, model_name: str, warm_start: bool) -> str | None:
+    """The last pushed version, when warm-starting."""
     from pipeline import pusher as push
 
-    return push.latest(os.path.join(options.serving_base, options.model_name)) if options.warm_start else None
+    return push.latest(os.path.join(serving_base, model_name)) if warm_start else None
 
 
 def run_local(options: RunOptions, stage) -> dict:
@@ -259,7 +260,7 @@ def run_local(options: RunOptions, stage) -> dict:
     stage(f"Transform: {out}/examples -> {out}/transform_graph, transformed/")
     transform(out, out, seed=options.seed, noise_proportion=options.noise_proportion, runner=options.beam_runner,
               beam_args=options.beam_args)
-    warm = warm_start_source(options)
+    warm = warm_start_source(options.serving_base, options.model_name, options.warm_start)
     stage(f"Trainer: {out}/transformed -> {out}/model" + (f", warm-started from {warm}" if warm else ""))
     trained = trainer(out, out, options.trainer_config, warm_start_from=warm)
     model_base = os.path.join(options.serving_base, options.model_name)

@@ -53,17 +53,15 @@ def transform(examples: Input[Dataset], seed: int, noise_proportion: float, beam
 
 def trainer(transform_graph: Input[Artifact], trainer_config: str, model_choice: str, mtn_lambda: float, epochs: int,
             warm_start: bool, serving_base: str, model_name: str, model: Output[Model]):
-    import os
-
     import json
 
-    from pipeline import dag, pusher
+    from pipeline import dag
 
     dag.configure_logging()
     config = dag.trainer_config(json.loads(trainer_config), model=model_choice or None, epochs=epochs or None,
                                 mtn=mtn_lambda or None)
-    warm = pusher.latest(os.path.join(serving_base, model_name)) if warm_start else None
-    dag.trainer(transform_graph.path, model.path, config, warm_start_from=warm)
+    dag.trainer(transform_graph.path, model.path, config,
+                warm_start_from=dag.warm_start_source(serving_base, model_name, warm_start))
 
 
 def evaluator(model: Input[Model], examples: Input[Dataset], eval_config: str, serving_base: str, model_name: str,
@@ -88,11 +86,10 @@ def pusher(model: Input[Model], evaluation: Input[Artifact], examples: Input[Dat
     import json
     import os
 
-    from pipeline import dag, pusher as push
+    from pipeline import dag
 
     dag.configure_logging()
     saved_model = os.path.join(model.path, "model", "serving")
-    baseline_before = push.latest(os.path.join(serving_base, model_name))
     result = dag.pusher(saved_model, evaluation.path, serving_base, model_name)
     with open(os.path.join(evaluation.path, "evaluation", "metrics.json")) as f:
         evaluated = json.load(f)
@@ -104,7 +101,7 @@ def pusher(model: Input[Model], evaluation: Input[Artifact], examples: Input[Dat
                "model": os.path.join(model.uri, "model", "serving"),
                "evaluation": os.path.join(evaluation.uri, "evaluation"),
                "baseline": evaluated.get("baseline", {}).get("model"), "blessed": evaluated["blessed"],
-               "pushed": result, "serving_base_latest_before": baseline_before}
+               "pushed": result}
     os.makedirs(pushed.path, exist_ok=True)
     arguments = {"data": data, "data_format": data_format, "serving_base": serving_base, "model_name": model_name,
                  "noise_proportion": noise_proportion, "seed": seed, "warm_start": warm_start,

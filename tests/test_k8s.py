@@ -296,7 +296,8 @@ def test_inference_service_predictor():
     assert not unknown, f"unknown predictor keys {unknown}"
     assert [k for k in predictor if k in KSERVE_FRAMEWORKS] == ["tensorflow"]
     assert isinstance(predictor["minReplicas"], int) and isinstance(predictor["maxReplicas"], int)
-    assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+    hpa = _one("HorizontalPodAutoscaler")["spec"]  # KServe scales like the plain Deployment's HPA
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (hpa["minReplicas"], hpa["maxReplicas"])
 
     tensorflow = predictor["tensorflow"]
     assert isinstance(tensorflow["storageUri"], str)
@@ -1037,7 +1038,7 @@ def _check_tfjob(tfjob: dict) -> dict:
                        for m in _mounts(container).values()), f"{rtype}: {path} is on no claim"
         parsed[rtype] = args
     assert replicas["Chief"]["replicas"] == 1, "one chief"
-    assert 1 <= replicas["Worker"]["replicas"] <= 2
+    assert replicas["Worker"]["replicas"] >= 1, "with no worker the chief trains alone, not multi-worker"
     return parsed
 
 
