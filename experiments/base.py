@@ -11,6 +11,7 @@ invocation's, and each cell's as recorded when it ran.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -27,9 +28,21 @@ class Experiment:
     summary: str  # one line, for --help
     scales: dict  # scale -> settings (a frozen dataclass with a `seeds` field: the default count)
     cells: Callable  # (settings, seeds: list[int]) -> list[grid.Cell]
-    run_cell: Callable  # (cell, settings) -> {metric: number}
+    run_cell: Callable  # (cell, settings[, prepared]) -> {metric: number}
     cell_config: Callable  # (cell, settings) -> the JSON config the cell runs with
     write_report: Callable  # (out, settings, scale, seeds, records) -> None
+    # Experiments on a data folder (--data): (settings, data folder or None) -> the settings with
+    # the data bound, checked without reading it (DataError if unusable), so experiment.json and
+    # every cell's config record which data they ran on. None: the experiment makes its own data.
+    bind_data: Callable | None = None
+    # (settings, out, log) -> what run_cell takes as its third argument: what every cell shares and
+    # is costly to make (the data pipelines), made into OUT so a resumed run reuses it.
+    # None: run_cell(cell, settings).
+    prepare: Callable | None = None
+
+
+class DataError(ValueError):
+    """A --data folder an experiment cannot use; the message names the folder and the problem."""
 
 
 def _settings_dict(settings) -> dict:
@@ -55,13 +68,17 @@ def _claim_folder(out: str, experiment: Experiment, scale: str, settings) -> Non
     grid.write_json(path, identity)
 
 
-def run(experiment: Experiment, scale: str, seeds: int | None, out: str, log=print, settings=None) -> dict:
+def run(experiment: Experiment, scale: str, seeds: int | None, out: str, log=print, settings=None,
+        data: str | None = None) -> dict:
     """Runs `experiment` at `scale` (or with `settings` given directly, e.g. by tests) over seeds
-    0..seeds-1 (default: the scale's), writing into `out`. Returns {"cells", "seconds"}."""
+    0..seeds-1 (default: the scale's), writing into `out`; `data`: the --data folder (ignored by
+    experiments that make their own). Returns {"cells", "seconds"}."""
     if settings is None:
         if scale not in experiment.scales:
             raise ValueError(f"unknown scale {scale!r}; known: {', '.join(experiment.scales)}")
         settings = experiment.scales[scale]
+    if experiment.bind_data is not None:
+        settings = experiment.bind_data(settings, data)
     seed_count = settings.seeds if seeds is None else seeds
     if seed_count < 1:
         raise ValueError(f"--seeds must be at least 1, got {seed_count}")
@@ -69,7 +86,12 @@ def run(experiment: Experiment, scale: str, seeds: int | None, out: str, log=pri
     _claim_folder(out, experiment, scale, settings)
     began = time.perf_counter()
     cells = experiment.cells(settings, seed_list)
-    records = grid.run_grid(cells, lambda cell: experiment.run_cell(cell, settings),
+    if experiment.prepare is None:
+        run_cell = functools.partial(experiment.run_cell, settings=settings)
+    else:
+        run_cell = functools.partial(experiment.run_cell, settings=settings,
+                                     prepared=experiment.prepare(settings, out, log))
+    records = grid.run_grid(cells, run_cell,
                             lambda cell: {"experiment": experiment.name, "scale": scale,
                                           **experiment.cell_config(cell, settings)},
                             out, log, title=experiment.name)

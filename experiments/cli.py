@@ -28,10 +28,20 @@ EXPERIMENTS = {
                       "FDN paper Table 1: single-task oracles vs MMoE, CGC, PLE and FDN on the FDN synthetic data"),
     "negative-transfer": ("experiments.negative_transfer",
                           "beyond the papers: each model's test loss against task correlation on the MMoE data"),
+    "fdn-tsne": ("experiments.fdn_tsne",
+                 "FDN paper Figure 3: t-SNE of FDN's task-specific and shared features, with and without L_orth"),
+    "mtn": ("experiments.mtn", "MTN paper Table 1: MMoE, ESMM and Shared-bottom with and without MTN (AUCs)"),
+    "mtn-noise": ("experiments.mtn_noise", "MTN paper Table 2 and Figure 1: the mtn grid at noise proportions 0-15%"),
+    "mtn-placement": ("experiments.mtn_placement",
+                      "MTN paper Analysis 3 and Figure 3: MTN on towers or experts, one depth or all (MMoE)"),
+    "fdn-ablation": ("experiments.fdn_ablation",
+                     "FDN paper Table 3 and Table 2's parameters: FDN without L_aux, L_orth or shared features"),
 }
 SCALES = ("quick", "full")
-# Experiments that generate their own data; --data is for the real-data ones (to come).
-SYNTHETIC = frozenset(EXPERIMENTS)
+# Experiments that train on Ali-CCP-like ranking data: synthetic by default, or the --data folder.
+RANKING = frozenset({"mtn", "mtn-noise", "mtn-placement", "fdn-ablation"})
+# Experiments that generate their own data and ignore --data.
+SYNTHETIC = frozenset(EXPERIMENTS) - RANKING
 
 
 class ExperimentError(Exception):
@@ -64,8 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR",
                         help="the report folder; a killed run resumes in it (default: runs/experiments/NAME-SCALE)")
     parser.add_argument("--data", metavar="DIR",
-                        help="real data folder for the real-data experiments; fdn-synthetic and negative-transfer "
-                             "generate their own data and ignore it")
+                        help="a folder of real data for the ranking experiments (" + ", ".join(sorted(RANKING))
+                             + "): full Ali-CCP raw files, Ali-CCP CSV samples or an AliExpress train.csv/test.csv "
+                               "folder, its format told from its files (default: synthetic Ali-CCP); the other "
+                               "experiments generate their own data and ignore it")
     parser.set_defaults(func=_command)
 
 
@@ -97,8 +109,8 @@ def run(name: str, scale: str = "quick", seeds: int | None = None, out: str | No
 
     experiment = importlib.import_module(EXPERIMENTS[name][0]).EXPERIMENT
     try:
-        return base.run(experiment, scale, seeds, out or default_out(name, scale), log=log)
-    except grid.GridError as e:
+        return base.run(experiment, scale, seeds, out or default_out(name, scale), log=log, data=data)
+    except (grid.GridError, base.DataError) as e:
         raise ExperimentError(str(e)) from None
 
 

@@ -72,7 +72,7 @@ def cells(settings: Settings, seeds: list) -> list[Cell]:
     return make_cells([(v, REGULARIZER.get(v, "none")) for v in VARIANTS], seeds)
 
 
-def _synth_config(settings: Settings, seed: int) -> fdn.FdnSynthConfig:
+def synth_config(settings: Settings, seed: int) -> fdn.FdnSynthConfig:
     return fdn.FdnSynthConfig(rows=settings.rows, dimension=settings.dimension, seed=seed)
 
 
@@ -84,7 +84,7 @@ def _generated(config: tuple) -> dict:
 def datasets(settings: Settings, seed: int, dataset: str) -> tuple[regression.Data, regression.Data]:
     """(train, test) of a dataset, split as `mtrank synth fdn` writes it (test: the first rows);
     a task the dataset has no label for is NaN."""
-    config = _synth_config(settings, seed)
+    config = synth_config(settings, seed)
     data = _generated(dataclasses.astuple(config))
     features, labels = fdn.DATASETS[dataset]
     y = np.stack([data[name] if name in labels else np.full(config.rows, np.nan) for name in ("y1", "y2")], 1)
@@ -101,7 +101,7 @@ def _trainer_config(cell: Cell, settings: Settings):
 def cell_config(cell: Cell, settings: Settings) -> dict:
     variant = VARIANTS[cell.variant]
     return {"trainer": _trainer_config(cell, settings).to_dict(),
-            "data": {"generator": "fdn", **dataclasses.asdict(_synth_config(settings, cell.seed))},
+            "data": {"generator": "fdn", **dataclasses.asdict(synth_config(settings, cell.seed))},
             "dataset": variant.dataset, "tasks": [t + 1 for t in variant.tasks]}
 
 

@@ -69,3 +69,46 @@ def lines_by_panel(out: str, name: str, x: list, panels: dict, xlabel: str, ylab
     figure.suptitle(title)
     figure.tight_layout(rect=(0, 0.07, 1, 1))
     return _save(figure, out, name)
+
+
+def scatter_panels(out: str, name: str, panels: dict, classes: list, title: str) -> str:
+    """One scatter panel per key of `panels` (title -> (points [n, 2], class index [n])), points
+    coloured by class (`classes`: the legend's names, by index). Unitless axes: for embeddings
+    such as t-SNE, whose coordinates mean nothing on their own."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
+    for axis, (panel, (points, labels)) in zip(axes[0], panels.items()):
+        for index, label in enumerate(classes):
+            chosen = np.asarray(labels) == index
+            axis.scatter(points[chosen, 0], points[chosen, 1], s=4, alpha=0.6, label=label, color=f"C{index}")
+        axis.set_title(panel)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, markerscale=3)
+    figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(figure, out, name)
+
+
+def heatmaps(out: str, name: str, panels: dict, axis_label: str, colour_label: str, title: str) -> str:
+    """One heatmap panel per key of `panels` (title -> square matrix), the value written in each
+    cell. One colour scale for every panel, so equal colours are equal values across panels."""
+    matrices = [np.asarray(m, float) for m in panels.values()]
+    low = min(float(m.min()) for m in matrices) if matrices else 0.0
+    high = max(float(m.max()) for m in matrices) if matrices else 1.0
+    figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.5 * max(len(panels), 1) + 1, 4.3), squeeze=False)
+    image = None
+    for axis, (panel, matrix) in zip(axes[0], zip(panels, matrices)):
+        image = axis.imshow(matrix, vmin=low, vmax=high, cmap="viridis")
+        for (i, j), value in np.ndenumerate(matrix):
+            axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                      color="white" if value < (low + high) / 2 else "black")
+        axis.set_title(panel, fontsize=10)
+        axis.set_xlabel(axis_label)
+        axis.set_ylabel(axis_label)
+        axis.set_xticks(range(len(matrix)))
+        axis.set_yticks(range(len(matrix)))
+    if image is not None:
+        figure.colorbar(image, ax=axes[0].tolist(), label=colour_label, shrink=0.85)
+    figure.suptitle(title)
+    return _save(figure, out, name)

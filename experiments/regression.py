@@ -117,17 +117,28 @@ def train(config: TrainerConfig, tasks: tuple, train_data: Data, test_data: Data
     Seeded by `config.training.seed` alone: initialisation and the batch order of each epoch
     (a permutation seeded with (seed, epoch)).
     """
+    network, last_epoch = fit(config, tasks, train_data)
+    return {**evaluate(network, config, tasks, test_data), **last_epoch}
+
+
+def fit(config: TrainerConfig, tasks: tuple, train_data: Data) -> tuple[keras.Model, dict]:
+    """`train` without the scoring, for experiments that inspect the trained network itself:
+    (the inference network, the last epoch's mean training terms)."""
     # No keras.backend.clear_session(): it would also reset global settings (the dtype policy)
     # of whatever else runs in the process; Keras' per-name counters are all it keeps per model.
     set_seeds(config.training.seed)
     spec = numeric_spec(train_data.x.shape[1])
     trainee = _build(config, spec)
-    last_epoch = _fit(trainee, config, tasks, train_data, spec)
-    predictions = predict(trainee.network, spec, test_data.x, config.hardware.xla)
+    return trainee.network, _fit(trainee, config, tasks, train_data, spec)
+
+
+def evaluate(network: keras.Model, config: TrainerConfig, tasks: tuple, test_data: Data) -> dict:
+    """`train`'s test metrics of a trained network (every key but the training terms)."""
+    predictions = predict(network, numeric_spec(test_data.x.shape[1]), test_data.x, config.hardware.xla)
     metrics = {f"mse_{t + 1}": float(np.mean((test_data.y[:, t] - predictions[:, t]) ** 2)) for t in tasks}
     # The MSE of predicting the test mean: what a network that learned nothing scores.
     variances = {f"label_var_{t + 1}": float(np.var(test_data.y[:, t])) for t in tasks}
-    return {**metrics, **variances, **last_epoch, "params": int(trainee.network.count_params())}
+    return {**metrics, **variances, "params": int(network.count_params())}
 
 
 def _trained_variables(trainee: _Trainee, config: TrainerConfig, tasks: tuple, data: Data, spec: InputSpec) -> list:

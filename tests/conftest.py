@@ -1,10 +1,13 @@
-"""Session fixtures: each Beam pipeline runs once per test session and is shared."""
+"""Session fixtures: each Beam pipeline runs once per test run and is shared, also across xdist workers."""
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import pathlib
+import pickle
 import shutil
 
 import pytest
@@ -14,6 +17,29 @@ from pipeline.synth import aliccp
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("MTRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def session_fixture(function):
+    """A session fixture that runs once per test run even when xdist spreads the tests over worker
+    processes (`make test` runs two), so no Beam pipeline is paid twice: the first worker to need
+    it computes it under a file lock in the run's shared folder, the others wait and read its
+    pickled value. Without xdist it is a plain session fixture."""
+
+    @functools.wraps(function)
+    def fixture(**kwargs):
+        if "PYTEST_XDIST_WORKER" not in os.environ:
+            return function(**kwargs)
+        root = kwargs["tmp_path_factory"].getbasetemp().parent  # this run's folder, one per run
+        value = root / f"{function.__name__}.pickle"
+        with open(root / f"{function.__name__}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not value.exists():
+                partial = value.with_suffix(".partial")
+                partial.write_bytes(pickle.dumps(function(**kwargs)))
+                partial.replace(value)
+            return pickle.loads(value.read_bytes())
+
+    return pytest.fixture(scope="session")(fixture)
 
 
 def read_records(folder: str | os.PathLike) -> list[bytes]:
@@ -61,7 +87,7 @@ def shared_data() -> pathlib.Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
+@session_fixture
 def synthetic_raw(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     """5,000 rows of raw Ali-CCP with 1% malformed lines of every kind."""
     out = tmp_path_factory.mktemp("synthetic_raw")
@@ -69,12 +95,12 @@ def synthetic_raw(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     return out, manifest
 
 
-@pytest.fixture(scope="session")
+@session_fixture
 def ingested_synthetic(tmp_path_factory, synthetic_raw):
     return ingest(tmp_path_factory.mktemp("ingest"), "synthetic", "aliccp-raw", synthetic_raw[0])
 
 
-@pytest.fixture(scope="session")
+@session_fixture
 def aliexpress_folders(tmp_path_factory, shared_data) -> dict[str, pathlib.Path]:
     """The AliExpress samples laid out as MTReclib's AliExpress_XX/{train,test}.csv folders."""
     root = tmp_path_factory.mktemp("aliexpress_folders")
@@ -93,7 +119,7 @@ def aliexpress_folders(tmp_path_factory, shared_data) -> dict[str, pathlib.Path]
     return folders
 
 
-@pytest.fixture(scope="session")
+@session_fixture
 def ingested_shared(tmp_path_factory, shared_data, aliexpress_folders) -> dict[str, tuple[pathlib.Path, dict]]:
     """Every file in ../shared/data, ingested once."""
     root = tmp_path_factory.mktemp("ingest_shared")
@@ -124,24 +150,24 @@ def transform(tmp_root: pathlib.Path, name: str, examples: pathlib.Path, **optio
 NOISE = {"noise_proportion": 0.15, "noise_feature_prob": 0.2, "seed": 11}
 
 
-@pytest.fixture(scope="session")
+@session_fixture
 def transformed_synthetic(tmp_path_factory, ingested_synthetic):
     return transform(tmp_path_factory.mktemp("transform"), "synthetic", ingested_synthetic[0])
 
 
-@pytest.fixture(scope="session")
+@session_fixture
 def transformed_synthetic_noisy(tmp_path_factory, ingested_synthetic):
     return transform(tmp_path_factory.mktemp("transform"), "synthetic_noisy", ingested_synthetic[0], **NOISE)
 
 
-@pytest.fixture(scope="session")
+@session_fixture
 def transformed_torchrechub(tmp_path_factory, ingested_shared):
     """torch-rechub's Ali-CCP CSV layout, with a frequency threshold and two OOV buckets."""
     return transform(tmp_path_factory.mktemp("transform"), "torchrechub", ingested_shared["torchrechub_aliccp"][0],
                      preprocessing={"frequency_threshold": 2, "num_oov_buckets": 2})
 
 
-@pytest.fixture(scope="session")
+@session_fixture
 def transformed_aliexpress(tmp_path_factory, ingested_shared):
     """AliExpress with two numeric fields normalised (the rest already scaled), and noise."""
     return transform(tmp_path_factory.mktemp("transform"), "aliexpress", ingested_shared["aliexpress_fuxictr"][0],
@@ -149,7 +175,7 @@ def transformed_aliexpress(tmp_path_factory, ingested_shared):
                      noise_proportion=0.3, noise_feature_prob=0.3, seed=5)
 
 
-@pytest.fixture(scope="session")
+@session_fixture
 def trainable_synthetic(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     """30,000 clean synthetic rows with high label rates (so 2,400 eval rows hold enough conversions
     for a CVR AUC), ingested and transformed: (Transform's output folder, the generator's manifest)."""
@@ -184,7 +210,7 @@ def export_untrained(transformed: pathlib.Path, seed: int, out: pathlib.Path) ->
     return out
 
 
-@pytest.fixture(scope="session")
+@session_fixture
 def serving_versions(tmp_path_factory, transformed_synthetic) -> tuple[pathlib.Path, dict]:
     """(Transform output, {1: SavedModel dir, 2: SavedModel dir}) of two differently initialised models."""
     root = tmp_path_factory.mktemp("saved_models")

@@ -232,8 +232,8 @@ def run_fn(fn_args) -> dict:
 
 
 def _run(fn_args, after_export=None) -> dict:
-    """run_fn; `after_export(result)` -> result runs on the chief after the export, before the other
-    workers are released (`train` scores the test split there)."""
+    """run_fn; `after_export(result, network)` -> result runs on the chief after the export, before the
+    other workers are released (`train` scores the test split there)."""
     config = from_dict(fn_args.custom_config)
     workers = _strategy(config)  # first: MultiWorkerMirroredStrategy must precede every other TensorFlow op
     if workers.is_chief:
@@ -399,7 +399,9 @@ def _finish(run_dir, fn_args, config, network, trainee, tft_output, spec, eval_s
     if tf.io.gfile.exists(best_weights):
         network.load_weights(best_weights)
     best_metrics = evaluate(network, eval_split, training.eval_batch_size, hardware.xla, fn_args.eval_steps)
-    exported = export.export(network, tft_output, spec, fn_args.serving_model_dir)
+    # No serving_model_dir: `train(export_model=False)`, for grids of small runs.
+    exported = (export.export(network, tft_output, spec, fn_args.serving_model_dir) if fn_args.serving_model_dir
+                else {"params": None})
     result = {
         "model": config.model.name, "seed": training.seed, "epochs_done": state["epochs_done"],
         "best_epoch": state["best_epoch"], "stopped_early": state["stopped_early"], "eval": best_metrics,
@@ -417,13 +419,32 @@ def _finish(run_dir, fn_args, config, network, trainee, tft_output, spec, eval_s
     if trainee.mtn is not None:
         result["mtn_alphas"] = np.asarray(trainee.mtn.alphas).tolist()
     _write_json(os.path.join(run_dir, "metrics.json"), result)
-    return after_export(result) if after_export else result
+    return after_export(result, network) if after_export else result
+
+
+def _evaluate_network(network, transform_graph_path: str, files: str, config: TrainerConfig) -> dict:
+    """The task metrics of the network on a split of Transform's output."""
+    import tensorflow_transform as tft
+
+    from transform.preprocessing import categorical_cardinalities
+
+    tft_output = tft.TFTransformOutput(transform_graph_path)
+    training = config.training
+    split = inputs.load([files], tft_output.transformed_feature_spec(), inputs.InputSpec.from_dict(network.spec),
+                        categorical_cardinalities(tft_output), training.max_bag_length, training.memory_budget_gb,
+                        "test")
+    return evaluate(network, split, training.eval_batch_size, config.hardware.xla)
 
 
 def train(transformed: str, output: str, config: dict | None = None, overwrite: bool = False,
-          base_model: str | None = None) -> dict:
+          base_model: str | None = None, export_model: bool = True) -> dict:
     """`mtrank train`: run_fn on `transformed`'s Transform output, into `output`/model; also scores the
-    best model on the test split when there is one. `base_model`: a SavedModel to warm-start from."""
+    best model on the test split when there is one. `base_model`: a SavedModel to warm-start from.
+
+    `export_model=False` is for grids of small runs (experiments/), where saving the SavedModel and
+    loading it back to score the test split take longer than training: no SavedModel is written,
+    and the network scores Transform's test split, the features the export computes from raw
+    examples with the same tf.Transform graph."""
     run_dir = os.path.join(output, "model")
     try:  # read without TensorFlow: the strategy must come first
         role = distribute.role_of(from_dict(config or {}).hardware.distribute)
@@ -436,13 +457,18 @@ def train(transformed: str, output: str, config: dict | None = None, overwrite: 
         train_files=[os.path.join(splits, "train", "*.tfrecord.gz")],
         eval_files=[os.path.join(splits, "eval", "*.tfrecord.gz")],
         transform_graph_path=os.path.join(transformed, "transform_graph"),
-        serving_model_dir=os.path.join(run_dir, "serving"), model_run_dir=run_dir,
+        serving_model_dir=os.path.join(run_dir, "serving") if export_model else None, model_run_dir=run_dir,
         custom_config=config or {}, working_dir=output, base_model=base_model,
     )
 
-    def score_test_split(result: dict) -> dict:
-        if tf.io.gfile.glob(os.path.join(splits, "test", "*.tfrecord.gz")):
-            result["test"] = export.evaluate_saved_model(fn_args.serving_model_dir, transformed, "test")
+    def score_test_split(result: dict, network) -> dict:
+        test_files = os.path.join(splits, "test", "*.tfrecord.gz")
+        if tf.io.gfile.glob(test_files):
+            if export_model:
+                result["test"] = export.evaluate_saved_model(fn_args.serving_model_dir, transformed, "test")
+            else:
+                result["test"] = _evaluate_network(network, fn_args.transform_graph_path, test_files,
+                                                   from_dict(config or {}))
             _write_json(os.path.join(run_dir, "metrics.json"), result)
         return result
 

@@ -444,14 +444,20 @@ def check_accounting(stats: dict) -> list[str]:
     return problems
 
 
+def discover(config: IngestConfig) -> tuple[dict, dict]:
+    """({path: split role}, {path: parser or kind}) of the input files for the format, from their
+    names and first lines only; InputError naming what is wrong. No pipeline starts."""
+    try:
+        return _discover(config)
+    except (BeamIOError, OSError) as e:
+        raise InputError(f"--input {config.input}: {e}") from None
+
+
 def run(config: IngestConfig) -> dict:
     """Runs ExampleGen; returns the stats also written to <output>/stats.json."""
     if not 0.0 <= config.eval_fraction < 1.0:
         raise InputError(f"--eval-fraction {config.eval_fraction} must be in [0, 1)")
-    try:
-        roles, kinds = _discover(config)
-    except (BeamIOError, OSError) as e:
-        raise InputError(f"--input {config.input}: {e}") from None
+    roles, kinds = discover(config)
     check_writable(config.output)
     layouts = {posixpath.basename(p): (k if isinstance(k, str) else k.schema.name) for p, k in kinds.items()}
     clear_outputs(config.output, ("examples", "rejected", "stats.json"), "ExampleGen", config.overwrite)

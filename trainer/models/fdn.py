@@ -26,8 +26,14 @@ class FDN(MultiTaskModel):
                                         config["shared_features"], config["dropout"], name="decomposition_pairs")
         self.prediction = TaskTowers(self.num_tasks, (), name="prediction")  # one linear logit per task
 
+    def expert_features(self, features, training=False):
+        """(specific, shared), [B, k, M, u] each: the outputs of each decomposition pair's f^p and
+        f^s (pair m of task k at [:, k, m]), as the fusion, L_orth and L_aux read them; shared is
+        None without shared features. Public for analyses of the decomposition (`fdn-tsne`)."""
+        return self.pairs(self.embed(features), training=training)
+
     def forward(self, features, training=False):
-        specific, shared = self.pairs(self.embed(features), training=training)  # [B, k, M, u] each
+        specific, shared = self.expert_features(features, training=training)
         batch = ops.shape(specific)[0]
         fused = ops.reshape(specific, (batch, self.num_tasks, -1))  # each task's own features
         if shared is not None:

@@ -1,0 +1,369 @@
+"""What the ranking experiments (`mtn`, `mtn-noise`, `mtn-placement`) share: their data, made once
+per run, one cell trained by the project's Trainer, and the AUC tables.
+
+Data. Without --data: synthetic raw Ali-CCP (`pipeline.synth.aliccp`), one draw per run. Its
+generator knows every row's true click and conversion probabilities, and their AUCs on the test
+split (the Bayes-optimal AUCs) are the ceiling the tables show. With --data: a folder of real
+data whose format is told from its file names and first lines (`bind_data`); no ceiling is known.
+ExampleGen runs once, and Transform once per noise proportion (noise on the training split only,
+seeded by `data.seed`), into OUT/data/. Each step is marked finished by a done.json holding its
+settings, so a resumed run reuses it. Every seed trains on the same data: a Beam pipeline costs
+40-120 s here, longer than a quick cell trains; the seed varies initialisation and batch order.
+
+A cell is `trainer.train.train` on the Transform output with a config made from the experiment's
+settings (`trainer_config`), into a scratch folder removed afterwards; OUT/runs/<cell>/trainer.json
+keeps the Trainer's own metrics.json (history, MTN alphas). The cell's metrics are the test-split
+AUCs of the Trainer's result (CTR on all rows, CVR on clicked rows, CTCVR on all rows): of the
+exported SavedModel on raw examples, as the Evaluator scores what is served, or at the quick
+scale (`export_model` false) of the trained network on Transform's test split.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import typing
+
+from experiments import grid, report
+from experiments.base import DataError
+
+TASKS = ("ctr", "cvr", "ctcvr")
+TASK_TITLES = {"ctr": "CTR AUC", "cvr": "CVR AUC", "ctcvr": "CTCVR AUC"}
+SYNTHETIC = "synthetic"
+CEILING_LABEL = "Bayes-optimal (true probabilities)"
+MODELS = {"mmoe": "MMoE", "esmm": "ESMM", "shared_bottom": "Shared-bottom"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """Where the data comes from. `rows`, `ctr`, `cvr`: the synthetic generator's (None for real
+    data); `seed`: the synthetic draw's and the noise injection's."""
+
+    source: str = SYNTHETIC  # or the absolute path of the --data folder
+    format: str = "aliccp-raw"
+    rows: typing.Optional[int] = 50_000
+    # Real Ali-CCP has about 4% clicks and 0.6% conversions per click. At those rates a
+    # quick-sized test split would hold a handful of conversions and no usable CVR AUC.
+    ctr: typing.Optional[float] = 0.1
+    cvr: typing.Optional[float] = 0.2
+    seed: int = 0
+    eval_fraction: float = 0.1  # of the training file, for early stopping (ExampleGen's split)
+    noise_feature_prob: float = 0.2  # the MTN paper's noise: each feature of a noisy row replaced with this chance
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What every ranking experiment sets; an experiment subclasses it to add its own axes."""
+
+    seeds: int = 3
+    data: DataSettings = DataSettings()
+    embedding_dim: int = 8
+    expert_units: tuple = (64, 32)  # each expert; the shared bottom; ESMM's networks before their towers
+    tower_units: tuple = (16,)
+    num_experts: int = 4  # MMoE
+    epochs: int = 2
+    batch_size: int = 512
+    # At 1e-3 (the Trainer's default) MMoE's test CTR AUC is 0.58 after 2 epochs of 70 steps; at
+    # 1e-2, 0.63 (one run without MTN, seed 0). Both arms of every comparison use the same rate.
+    learning_rate: float = 1e-2
+    patience: int = 2  # epochs without a better eval CVR AUC before the Trainer stops
+    lam: float = 1e-5  # the MTN paper's lambda
+    alpha_floor: float = 0.5  # trainer.config's default
+    xla: bool = False
+    # True: the test split is scored by the exported SavedModel on raw examples, as the Evaluator
+    # scores what is served. False: by the trained network on Transform's test split (the same
+    # features), which saves the export's save and reload, about 20 s a run here.
+    export_model: bool = False
+
+
+# The paper-sized setting every MTN experiment's `--scale full` starts from: the Trainer's
+# defaults (trainer/config.py) on a million synthetic rows, for a GPU.
+FULL = Settings(seeds=5, data=dataclasses.replace(DataSettings(), rows=1_000_000), embedding_dim=16,
+                expert_units=(128, 64), tower_units=(64,), num_experts=8, epochs=10, batch_size=2048,
+                learning_rate=1e-3, patience=3, xla=True, export_model=True)
+
+
+def full_scale(settings_class=Settings, **changes) -> Settings:
+    """FULL as an experiment's own Settings subclass (its added axes at their defaults), changed."""
+    return settings_class(**{**{f.name: getattr(FULL, f.name) for f in dataclasses.fields(Settings)}, **changes})
+
+# --- the data ----------------------------------------------------------------------------------
+
+def detect_format(folder: str) -> str:
+    """The ExampleGen format of a data folder, checked as ExampleGen checks it (file names and first
+    lines, nothing more); DataError naming the folder and what is wrong."""
+    from pipeline.example_gen import beam_pipeline, formats
+    from pipeline.beam_utils import InputError
+
+    if not os.path.exists(folder):
+        raise DataError(f"--data {folder} does not exist")
+    if not os.path.isdir(folder):
+        raise DataError(f"--data {folder} is not a folder (give the folder holding the data files)")
+    names = set(os.listdir(folder))
+    if names & set(beam_pipeline.ALICCP_RAW_FILES):
+        data_format = "aliccp-raw"
+    elif set(beam_pipeline.ALIEXPRESS_FILES) <= names and _first_line_parses(
+            os.path.join(folder, "train.csv"), formats.detect_aliexpress):
+        data_format = "aliexpress"
+    else:
+        data_format = "aliccp-csv"
+    try:
+        roles, _ = beam_pipeline.discover(beam_pipeline.IngestConfig(format=data_format, input=folder, output=""))
+    except InputError as e:
+        # ExampleGen names its input --input; here the user gave it as --data.
+        problem = str(e).replace("--input ", "--data ")
+        if data_format == "aliccp-csv":  # the fallback: say which layouts were looked for
+            raw_files = ", ".join(beam_pipeline.ALICCP_RAW_FILES)
+            problem = (f"--data {folder} holds neither Ali-CCP raw files ({raw_files}), "
+                       f"nor an AliExpress train.csv and test.csv, nor Ali-CCP CSV files: {problem}")
+        raise DataError(problem) from None
+    if "test" not in roles.values():
+        raise DataError(f"--data {folder} has no test file ({data_format}: a file with `test` in its name); "
+                        "the tables score the test split")
+    return data_format
+
+
+def _first_line_parses(path: str, detect) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        line = f.readline().removeprefix("\ufeff")
+    try:
+        detect(line)
+    except ValueError:
+        return False
+    return True
+
+
+def bind_data(settings: Settings, data: str | None) -> Settings:
+    """The settings with the --data folder and its format (synthetic, as the scale says, without)."""
+    if data is None:
+        return settings
+    folder = os.path.abspath(data)
+    return dataclasses.replace(settings, data=dataclasses.replace(
+        settings.data, source=folder, format=detect_format(folder), rows=None, ctr=None, cvr=None))
+
+
+def _finished(folder: str, identity: dict) -> bool:
+    marker = os.path.join(folder, "done.json")
+    if not os.path.exists(marker):
+        return False
+    with open(marker) as f:
+        return json.load(f) == json.loads(json.dumps(identity))
+
+
+def _done(folder: str, identity: dict, make) -> str:
+    """`make()` into `folder` unless a finished run of the same identity is there already."""
+    if not _finished(folder, identity):
+        make()
+        grid.write_json(os.path.join(folder, "done.json"), identity)
+    return folder
+
+
+def _transform(examples: str, folder: str, seed: int, noise: float, feature_prob: float) -> None:
+    from pipeline import dag
+
+    dag.transform(examples, folder, seed=seed, noise_proportion=noise, noise_feature_prob=feature_prob)
+
+
+class Prepared:
+    """The run's data, made on first use into OUT/data/: `transformed(noise)` is a Transform output
+    folder, `ceiling()` the test split's Bayes-optimal AUCs (None for real data).
+
+    `transformed` and `ceiling` given up front (tests: Transform outputs made elsewhere) are used as
+    they are."""
+
+    def __init__(self, settings: Settings, out: str, log=print, transformed: dict | None = None,
+                 ceiling: dict | None = None):
+        self.data, self.out, self.log = settings.data, os.path.abspath(out), log
+        self.root = os.path.join(self.out, "data")
+        self._transformed = {float(k): v for k, v in (transformed or {}).items()}
+        self._ceiling = ceiling
+
+    def _raw(self) -> str:
+        if self.data.source != SYNTHETIC:
+            return self.data.source
+        from pipeline.synth import aliccp
+
+        config = aliccp.AliccpSynthConfig(rows=self.data.rows, seed=self.data.seed, ctr=self.data.ctr,
+                                          cvr=self.data.cvr)
+        folder = os.path.join(self.root, "raw")
+
+        def make():
+            self.log(f"data: {self.data.rows:,} rows of synthetic Ali-CCP -> {folder}")
+            aliccp.generate(config, folder, progress=False)
+
+        return _done(folder, dataclasses.asdict(config), make)
+
+    def examples(self) -> str:
+        from pipeline import dag
+
+        raw = self._raw()
+        folder = os.path.join(self.root, "examples")
+        identity = {"source": raw, "format": self.data.format, "eval_fraction": self.data.eval_fraction}
+        return _done(folder, identity, lambda: dag.example_gen(raw, self.data.format, folder,
+                                                               eval_fraction=self.data.eval_fraction))
+
+    def _transform_job(self, noise: float) -> tuple[str, dict, tuple]:
+        """(folder, identity, `_transform`'s arguments) of the Transform at a noise proportion."""
+        examples = self.examples()
+        folder = os.path.join(self.root, f"transformed-noise{noise:g}")
+        identity = {"examples": examples, "noise_proportion": noise, "seed": self.data.seed,
+                    "noise_feature_prob": self.data.noise_feature_prob}
+        return folder, identity, (examples, folder, self.data.seed, noise, self.data.noise_feature_prob)
+
+    def transformed(self, noise: float) -> str:
+        noise = float(noise)
+        if noise not in self._transformed:
+            folder, identity, arguments = self._transform_job(noise)
+            self._transformed[noise] = _done(folder, identity, lambda: _transform(*arguments))
+        return self._transformed[noise]
+
+    def transform_all(self, noise_levels) -> None:
+        """Makes the Transforms not made yet, two at a time in processes of their own: most of a
+        Transform's 40-120 s here is one core's work (tf.Transform's analysis and tracing), so two
+        share this machine's two cores. The cells then find them made."""
+        jobs = [self._transform_job(float(p)) for p in noise_levels if float(p) not in self._transformed]
+        jobs = [job for job in jobs if not _finished(job[0], job[1])]
+        if len(jobs) < 2:
+            return
+        self.log(f"data: {len(jobs)} Transform runs, two at a time")
+        # spawn: a fork would copy this process's TensorFlow and Beam threads' state.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
+            running = [(folder, identity, pool.submit(_transform, *arguments)) for folder, identity, arguments in jobs]
+            for folder, identity, future in running:
+                future.result()
+                grid.write_json(os.path.join(folder, "done.json"), identity)
+
+    def ceiling(self) -> dict | None:
+        if self._ceiling is None and self.data.source == SYNTHETIC:
+            with open(os.path.join(self._raw(), "synth.json")) as f:
+                self._ceiling = json.load(f)["bayes_auc"]["test"]
+        return self._ceiling
+
+
+def prepare(settings: Settings, out: str, log=print) -> Prepared:
+    return Prepared(settings, out, log)
+
+
+# --- one cell ----------------------------------------------------------------------------------
+
+def trainer_config(model: str, seed: int, settings: Settings, mtn: dict | None = None,
+                   overrides: dict | None = None) -> dict:
+    """The Trainer config (`trainer.config`) of a cell; `mtn`: {target, depth} when MTN is on;
+    `overrides`: {section: {key: value}} merged over it (`TrainerConfig.replace`), for keys the
+    settings above do not cover (FDN's `fdn` section, CGC's and PLE's expert counts)."""
+    from trainer.config import from_dict
+
+    config = {
+        "model": {"name": model, "embedding_dim": settings.embedding_dim, "expert_units": list(settings.expert_units),
+                  "tower_units": list(settings.tower_units), "num_experts": settings.num_experts},
+        "mtn": None if mtn is None else {"lam": settings.lam, "alpha_floor": settings.alpha_floor, **mtn},
+        "training": {"epochs": settings.epochs, "batch_size": settings.batch_size,
+                     "learning_rate": settings.learning_rate, "patience": settings.patience, "seed": seed},
+        # One process, one device: the same arithmetic on every machine the seed is rerun on.
+        "hardware": {"xla": settings.xla, "distribute": "none"},
+    }
+    return from_dict(config).replace(**overrides).to_dict() if overrides else from_dict(config).to_dict()
+
+
+def cell_config(cell: grid.Cell, settings: Settings, mtn: dict | None, overrides: dict | None = None) -> dict:
+    return {"trainer": trainer_config(cell.variant, cell.seed, settings, mtn, overrides),
+            "data": {**dataclasses.asdict(settings.data), "noise_proportion": cell.noise}}
+
+
+def train_cell(cell: grid.Cell, settings: Settings, prepared: Prepared, mtn: dict | None, after=None,
+               overrides: dict | None = None) -> dict:
+    """Trains the cell and returns its metrics: the test AUCs and log losses, the ceiling's AUCs
+    (`bayes_*`, synthetic data only), the best epoch, and the last epoch's mean training loss terms
+    (`train_task_loss`, `train_mtn_loss`: lambda times MTN's norm). `after(run_dir, transformed)`
+    -> more metrics, read from the trained model before its folder goes."""
+    from trainer import train
+
+    transformed = prepared.transformed(cell.noise)
+    cell_dir = os.path.join(prepared.out, "runs", cell.key)
+    scratch = tempfile.mkdtemp(prefix="trainer-", dir=cell_dir)
+    try:
+        result = train.train(transformed, scratch, trainer_config(cell.variant, cell.seed, settings, mtn, overrides),
+                             overwrite=True, export_model=settings.export_model)
+        extra = after(os.path.join(scratch, "model"), transformed) if after else {}
+        shutil.copy(os.path.join(scratch, "model", "metrics.json"), os.path.join(cell_dir, "trainer.json"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    test, last = result["test"], result["history"][-1]
+    metrics = {f"{task}_{kind}": float(test[f"{task}_{kind}"]) for task in TASKS for kind in ("auc", "logloss")}
+    task_loss = sum(last[name] for name in ("ctr_loss", "cvr_loss", "ctcvr_loss") if name in last)
+    metrics.update(best_epoch=result["best_epoch"], epochs_done=result["epochs_done"], train_task_loss=task_loss,
+                   train_mtn_loss=last.get("mtn_loss", 0.0), test_rows=test["rows"], test_clicks=test["clicks"],
+                   test_conversions=test["conversions"])
+    ceiling = prepared.ceiling()
+    if ceiling is not None:
+        metrics.update({f"bayes_{task}_auc": float(ceiling[task]) for task in TASKS})
+    return {**metrics, **extra}
+
+
+# --- the report --------------------------------------------------------------------------------
+
+def values(records, key) -> dict:
+    """key(cell) -> {metric: {seed: value}} over the records."""
+    grouped = {}
+    for record in records:
+        entry = grouped.setdefault(key(record.cell), {})
+        for metric, value in record.metrics.items():
+            entry.setdefault(metric, {})[record.cell.seed] = value
+    return grouped
+
+
+def ceiling_values(records) -> dict | None:
+    """{task: {seed: Bayes-optimal AUC}} (the same for every seed: one data draw), None for real data."""
+    found = {}
+    for record in records:
+        for task in TASKS:
+            if f"bayes_{task}_auc" in record.metrics:
+                found.setdefault(task, {})[record.cell.seed] = record.metrics[f"bayes_{task}_auc"]
+    return found or None
+
+
+def ceiling_row(records, column_of) -> list:
+    """The ceiling as a table row (`column_of(task)` -> its columns' titles), or nothing for real data."""
+    ceiling = ceiling_values(records)
+    if ceiling is None:
+        return []
+    return [report.Row(CEILING_LABEL, {column: ceiling[task] for task in TASKS for column in column_of(task)})]
+
+
+def auc_columns() -> tuple:
+    return tuple(report.Column(TASK_TITLES[task]) for task in TASKS)
+
+
+def data_description(settings: Settings, records) -> str:
+    """One paragraph: which data the run used, and what the ceiling row is (or why there is none)."""
+    data = settings.data
+    test = next((r.metrics for r in records), {})
+    sizes = (f" The test split holds {test['test_rows']:,} rows, {test['test_clicks']:,} clicks and "
+             f"{test['test_conversions']:,} conversions." if "test_rows" in test else "")
+    if data.source == SYNTHETIC:
+        return (f"Data: synthetic Ali-CCP (`pipeline/synth/aliccp.py`), {data.rows:,} rows (80% train file, of which "
+                f"{data.eval_fraction:.0%} is held out for early stopping; 20% test), CTR {data.ctr:g} and CVR "
+                f"{data.cvr:g} per click, drawn once with seed {data.seed}; every seed trains on this draw.{sizes} "
+                f"The row *{CEILING_LABEL}* scores the test rows with the generator's true probabilities: no model "
+                "can beat it on average, and the gap to it is what there is to learn.")
+    return (f"Data: `{data.source}` ({data.format}), read by ExampleGen ({data.eval_fraction:.0%} of the training "
+            f"files held out for early stopping).{sizes} Real data has no known Bayes-optimal ceiling, so the "
+            "tables have no ceiling row.")
+
+
+def mtn_scale_note(records) -> str:
+    """How large the MTN term is against the task losses it is added to (last training epoch)."""
+    ratios = [r.metrics["train_mtn_loss"] / r.metrics["train_task_loss"] for r in records
+              if r.metrics.get("train_mtn_loss") and r.metrics.get("train_task_loss")]
+    if not ratios:
+        return "No run had an MTN term."
+    mean = sum(ratios) / len(ratios)
+    return (f"Scale of the regulariser: over the {len(ratios)} runs with MTN, lambda x mean_i R_i was "
+            f"{mean:.2e} of the task losses on average in the last epoch (from {min(ratios):.2e} to "
+            f"{max(ratios):.2e}).")
