@@ -16,7 +16,7 @@ run: $(STAMP)  ## the main job end to end on synthetic data
 	$(BIN)/mtrank run --output runs/default
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 bench: $(STAMP)  ## prints the performance table (several minutes)
 	$(BIN)/python bench/run.py

@@ -19,6 +19,17 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("MTRANK_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+# `make test` hands whole files to two xdist workers in this order (--no-loadscope-reorder): the
+# longest first, so the run does not end with one long file running alone on one worker.
+LONGEST_FIRST = ("test_transform.py", "test_training.py", "test_retraining.py", "test_distributed.py",
+                 "test_experiments_ranking.py", "test_serving.py", "test_evaluator_pusher.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: file order kept
+
+
 def session_fixture(function):
     """A session fixture that runs once per test run even when xdist spreads the tests over worker
     processes (`make test` runs two), so no Beam pipeline is paid twice: the first worker to need
@@ -216,3 +227,15 @@ def serving_versions(tmp_path_factory, transformed_synthetic) -> tuple[pathlib.P
     root = tmp_path_factory.mktemp("saved_models")
     transformed = transformed_synthetic[0]
     return transformed, {v: export_untrained(transformed, seed=v, out=root / f"v{v}") for v in (1, 2)}
+
+
+@pytest.fixture
+def eager_functions():
+    """tf.functions run eagerly for the test: tracing costs more than a few-row experiment trains."""
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(False)

@@ -15,7 +15,6 @@ import math
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from scipy import stats as scipy_stats
 
 from experiments import base, cli, fdn_synthetic, grid, negative_transfer, regression, report, stats
@@ -154,15 +153,6 @@ def test_grid_records_each_cell_skips_finished_ones_and_refuses_another_config(t
     assert ran == [] and [r.metrics for r in again] == [r.metrics for r in records]
     with pytest.raises(grid.GridError, match="another configuration"):
         grid.run_grid(cells, run_cell, lambda cell: {"lr": 0.2}, str(tmp_path), lines.append)
-
-
-@pytest.fixture
-def eager_functions():
-    tf.config.run_functions_eagerly(True)
-    try:
-        yield
-    finally:
-        tf.config.run_functions_eagerly(False)
 
 
 def test_tiny_grid_writes_the_report_resumes_after_a_kill_and_reruns_identically(tmp_path, eager_functions):

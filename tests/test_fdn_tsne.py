@@ -7,7 +7,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from experiments import base, fdn_tsne, regression, report
 from trainer import config as C, models
@@ -66,15 +65,6 @@ def test_points_kinds_cosine_and_zero_vectors():
     assert x.shape == (8, 3)
     assert kinds.tolist() == [0, 1, 0, 1, 2, 2, 2, 2] and experts.tolist() == [0, 1, 0, 1, 2, 3, 2, 3]
     np.testing.assert_array_equal(x[5], shared[0, 1, 0])
-
-
-@pytest.fixture
-def eager_functions():
-    tf.config.run_functions_eagerly(True)
-    try:
-        yield
-    finally:
-        tf.config.run_functions_eagerly(False)
 
 
 def test_tiny_run_writes_table_claims_and_figure_and_reruns_identically(tmp_path, eager_functions):
