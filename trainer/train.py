@@ -446,8 +446,9 @@ def train(transformed: str, output: str, config: dict | None = None, overwrite: 
     and the network scores Transform's test split, the features the export computes from raw
     examples with the same tf.Transform graph."""
     run_dir = os.path.join(output, "model")
+    checked = from_dict(config or {})
     try:  # read without TensorFlow: the strategy must come first
-        role = distribute.role_of(from_dict(config or {}).hardware.distribute)
+        role = distribute.role_of(checked.hardware.distribute)
     except distribute.ClusterError as e:
         raise TrainingError(str(e)) from None
     if overwrite and role.is_chief and tf.io.gfile.exists(run_dir):  # other workers write no run folder
@@ -467,8 +468,7 @@ def train(transformed: str, output: str, config: dict | None = None, overwrite: 
             if export_model:
                 result["test"] = export.evaluate_saved_model(fn_args.serving_model_dir, transformed, "test")
             else:
-                result["test"] = _evaluate_network(network, fn_args.transform_graph_path, test_files,
-                                                   from_dict(config or {}))
+                result["test"] = _evaluate_network(network, fn_args.transform_graph_path, test_files, checked)
             _write_json(os.path.join(run_dir, "metrics.json"), result)
         return result
 
