@@ -151,8 +151,8 @@ def print_training_summary(result: dict, run_dir: str) -> None:
         return f"CTR {m['ctr_auc']:.4f}  CVR {m['cvr_auc']:.4f}  CTCVR {m['ctcvr_auc']:.4f}"
 
     stop = " (stopped early)" if result["stopped_early"] else ""
-    print(f"Trainer: {result['model']}, {result['epochs_done']} epochs{stop}, best epoch {result['best_epoch']} "
-          f"in {result['seconds']['train']:.1f} s -> {run_dir}")
+    print(f"Trainer: {result['model']}, {result['epochs_done']:g} epochs{stop}, best at epoch {result['best_epoch']:g} "
+          f"(step {result['best_step']}, by eval {result['monitor']}) in {result['seconds']['train']:.1f} s -> {run_dir}")
     if result.get("warm_start"):
         w = result["warm_start"]
         print(f"  warm start {w['from']}: " + (f"{w['copied']} of {w['variables']} variables copied, "

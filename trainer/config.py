@@ -17,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-MODEL_NAMES = ("single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm", "aitm", "fdn")
+MODEL_NAMES = ("logistic", "single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm", "aitm", "fdn")
 # ESMM's: CTR and CTCVR losses over all impressions. Clicked: CTR over all rows, CVR on clicked rows only.
 LOSS_CONVENTIONS = ("esmm", "clicked")
 ORTH_VARIANTS = ("paper", "authors")
 MTN_TARGETS = ("towers", "experts")
+MONITORS = ("logloss", "cvr_auc")
+EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "ftrl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,8 @@ class ModelConfig:
     pairs: int = 2  # fdn: decomposition pairs per task
     shared_features: bool = True  # fdn: False is the paper's "without shared features" ablation
     dropout: float = 0.0
+    embedding_init: float = 0.05  # embedding rows start uniform in [-embedding_init, embedding_init]
+    wide: bool = False  # add a linear part's logits (one weight per id per task), as in Wide & Deep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +72,15 @@ class TrainingConfig:
     epochs: int = 10
     batch_size: int = 2048
     learning_rate: float = 1e-3
-    patience: int = 3  # epochs without a better eval CVR AUC before stopping (the MTN paper's rule)
+    # Early stopping and the weights kept: "logloss", the sum of the trained tasks' eval log losses
+    # (CTR and CVR on clicked rows; CTR and CTCVR under the esmm convention), or "cvr_auc", the
+    # eval CVR AUC on clicked rows (the MTN paper's rule).
+    monitor: str = "logloss"
+    evals_per_epoch: int = 4  # evaluations per pass over the training split (one when it streams)
+    patience: int = 4  # evaluations without a better monitor value before stopping
+    embedding_l2: float = 0.0  # L2 on the embedding rows each batch touches (trainer.regularizers)
+    embedding_optimizer: str = "adam"  # the embedding tables' optimizer (trainer.optimizers); dense layers: Adam
+    embedding_learning_rate: typing.Optional[float] = None  # None: learning_rate
     seed: int = 0
     max_bag_length: int = 32  # ids kept per multi-valued field (the first ones, in file order)
     memory_budget_gb: float = 8.0  # splits that fit are parsed once and kept in memory; larger ones stream
@@ -119,9 +131,10 @@ _SECTIONS = {"model": ModelConfig, "loss": LossConfig, "fdn": FdnConfig, "mtn": 
              "training": TrainingConfig, "hardware": HardwareConfig}
 _CHOICES = {("model", "name"): MODEL_NAMES, ("model", "pooling"): ("mean", "sum"),
             ("loss", "convention"): LOSS_CONVENTIONS + (None,), ("fdn", "orth_variant"): ORTH_VARIANTS,
-            ("mtn", "target"): MTN_TARGETS, ("hardware", "distribute"): ("auto", "none")}
+            ("mtn", "target"): MTN_TARGETS,
+            ("training", "monitor"): MONITORS, ("training", "embedding_optimizer"): EMBEDDING_OPTIMIZERS, ("hardware", "distribute"): ("auto", "none")}
 _POSITIVE = {"embedding_dim", "num_experts", "specific_experts", "shared_experts", "levels", "pairs", "epochs",
-             "batch_size", "patience", "max_bag_length", "eval_batch_size", "steps_per_epoch"}
+             "batch_size", "patience", "evals_per_epoch", "max_bag_length", "eval_batch_size", "steps_per_epoch"}
 
 
 def _check(section: str, key: str, value, default):
@@ -156,7 +169,8 @@ def _check(section: str, key: str, value, default):
         raise ValueError(f"{where} must be positive, got {value!r}")
     if key == "depth" and value < 0:
         raise ValueError(f"{where} must be a depth index >= 0 or null, got {value!r}")
-    if key in ("lam", "aux_weight", "orth_weight", "dropout", "learning_rate", "memory_budget_gb") and value < 0:
+    if key in ("lam", "aux_weight", "orth_weight", "dropout", "learning_rate", "memory_budget_gb",
+               "embedding_l2", "embedding_init", "embedding_learning_rate") and value < 0:
         raise ValueError(f"{where} must be >= 0, got {value!r}")
     if key in ("alpha_floor", "dropout") and not 0 <= value <= 1:
         raise ValueError(f"{where} must be in [0, 1], got {value!r}")

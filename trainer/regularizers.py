@@ -12,6 +12,9 @@
   paper's form (squared cross-covariance, batch-size free) or the authors' code's form
   (per-sample outer-product norm).
 - ``AuxiliaryHeads``: FDN's L_aux heads, one logit per task-specific expert. Training-only.
+- ``touched_rows_l2``: L2 on the embedding rows a batch reads, each row counted once however
+  often the batch reads it (DeepCTR's ``l2_reg_embedding`` applies to the whole table; this
+  keeps the gradient to the rows the step touches anyway).
 
 Nothing here is part of the exported model: attach these to the training model only.
 """
@@ -30,6 +33,7 @@ __all__ = [
     "orthogonality_loss",
     "ORTHOGONALITY_VARIANTS",
     "AuxiliaryHeads",
+    "touched_rows_l2",
 ]
 
 ORTHOGONALITY_VARIANTS = ("paper", "authors")
@@ -322,3 +326,17 @@ class AuxiliaryHeads(keras.layers.Layer):
         config = super().get_config()
         config.update(num_tasks=self.num_tasks, num_pairs=self.num_pairs)
         return config
+
+
+def touched_rows_l2(table, rows, present) -> tf.Tensor:
+    """sum over the distinct rows r in `rows` (where `present` is 1) of ||table[r]||^2: a scalar.
+
+    table [R, D]; rows [B, n] int; present [B, n] float (0 for reads that do not count, such as
+    padding). Each read is weighted by 1 / (reads of its row), so a row read five times counts
+    once, and the gradient reaches only the rows read, through the gather."""
+    rows = tf.reshape(tf.cast(rows, tf.int32), [-1])
+    present = tf.reshape(tf.cast(present, tf.float32), [-1])
+    reads = tf.math.unsorted_segment_sum(present, rows, tf.shape(table)[0])
+    share = present / tf.maximum(tf.gather(reads, rows), 1.0)
+    vectors = tf.cast(tf.gather(table, rows), tf.float32)
+    return tf.reduce_sum(share * tf.reduce_sum(tf.square(vectors), axis=-1))

@@ -2,11 +2,11 @@
 
 A run folder (`fn_args.model_run_dir`, `OUTPUT/model` for `mtrank train`) holds:
     config.json             the full trainer config, the input spec and package versions
-    checkpoints/            the model and optimizer after every epoch (tf.train.Checkpoint)
-    state.json              epochs done, per-epoch metrics, the best epoch so far, early-stopping count
-    best.weights.h5         the network's weights at the best eval CVR AUC
+    checkpoints/            the model and optimizer after every evaluation round (tf.train.Checkpoint)
+    state.json              rounds done, each round's metrics, the best round so far, early-stopping count
+    best.weights.h5         the network's weights at the best eval value of `training.monitor`
     logs/                   TensorBoard
-    metrics.json            the history, the best epoch's eval metrics, test metrics, parameter counts
+    metrics.json            the history, the best round's eval metrics, test metrics, parameter counts
 and the SavedModel goes to `fn_args.serving_model_dir` (`OUTPUT/model/serving`).
 
 Under MultiWorkerMirroredStrategy (TF_CONFIG naming a cluster: `trainer.distribute`) every worker
@@ -14,7 +14,9 @@ runs `run_fn`; only the chief writes the run folder. The others keep their check
 collective, so every worker saves) in a local temporary folder, deleted at the end, write nothing
 else, and return the chief's result.
 
-Running again on a folder whose run was killed resumes after the last finished epoch, with
+Training is evaluated `training.evals_per_epoch` times per pass over the training split (deep CTR
+models often peak within their first pass); each evaluation round is a Keras epoch of its own.
+Running again on a folder whose run was killed resumes after the last finished round, with
 the batches an uninterrupted run would have seen; on a finished run it only exports again.
 """
 
@@ -34,14 +36,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import distribute, export, inputs, models, warm_start
+from trainer import distribute, export, inputs, models, optimizers, warm_start
 from trainer.config import TrainerConfig, from_dict
 from trainer.metrics import task_metrics
 from trainer.training_model import TrainingModel
 from transform import features as F
 
 _LOG = logging.getLogger(__name__)
-MONITOR = "cvr_auc"  # early stopping and the best epoch: eval CVR AUC on clicked rows (the MTN paper's rule)
 _RESUMABLE_CHANGES = {("training", "epochs"), ("training", "patience")}
 
 
@@ -178,31 +179,52 @@ class _Throughput(keras.callbacks.Callback):
         return self.counted * self.batch_size / self.seconds if self.counted else None
 
 
-class _EpochEnd(keras.callbacks.Callback):
-    """Eval metrics, the best weights, a checkpoint and the run state after every epoch; stops early.
+def monitor_value(metrics: dict, monitor: str, convention: str) -> float:
+    """The eval value `training.monitor` ranks by, higher is better: minus the summed log losses of
+    the tasks the convention trains, or the CVR AUC. nan when the eval split cannot tell."""
+    if monitor == "cvr_auc":
+        return metrics["cvr_auc"]
+    second = "cvr_logloss" if convention == "clicked" else "ctcvr_logloss"
+    losses = [metrics["ctr_logloss"]] + ([metrics[second]] if math.isfinite(metrics[second]) else [])
+    return -sum(losses)
+
+
+class _Evaluation(keras.callbacks.Callback):
+    """Eval metrics, the best weights, a checkpoint and the run state after every evaluation round
+    (a Keras epoch of `steps_per_eval` steps: `training.evals_per_epoch` of them per pass over the
+    training split); stops after `patience` rounds without a better monitor value.
 
     With several workers the chief alone evaluates and decides, and hands every worker the new
-    state, so all stop at the same epoch; every worker saves a checkpoint (saving is collective)."""
+    state, so all stop at the same round; every worker saves a checkpoint (saving is collective)."""
 
-    def __init__(self, run_dir, state, evaluate_fn, network, manager, patience, workers: distribute.Workers):
+    def __init__(self, run_dir, state, evaluate_fn, network, manager, workers: distribute.Workers, config,
+                 steps_per_eval: int | None, evals_per_epoch: int):
         super().__init__()
         self.run_dir, self.state, self.evaluate_fn = run_dir, state, evaluate_fn
-        self.network, self.manager, self.patience, self.workers = network, manager, patience, workers
+        self.network, self.manager, self.workers = network, manager, workers
+        self.patience, self.monitor = config.training.patience, config.training.monitor
+        self.convention = config.loss_convention
+        self.steps_per_eval, self.evals_per_epoch = steps_per_eval, evals_per_epoch
 
-    def _decide(self, epoch, logs) -> dict:
+    def _decide(self, round_index, logs) -> dict:
         metrics = self.evaluate_fn()
         logs = {**logs, **{f"val_{k}": v for k, v in metrics.items() if k.endswith(("auc", "logloss"))}}
         state = self.state
-        value, best = metrics[MONITOR], state["best"]
-        # An eval split without clicked conversions has no CVR AUC; then the latest epoch counts as best.
+        value, best = monitor_value(metrics, self.monitor, self.convention), state["best"]
+        # An eval split without clicked conversions has no CVR AUC; then the latest round counts as best.
         improved = best is None or not math.isfinite(value) or not math.isfinite(best) or value > best
+        done = round_index + 1
+        epoch = done / self.evals_per_epoch
         if improved:
             self.network.save_weights(os.path.join(self.run_dir, "best.weights.h5"))
-            state.update(best=value, best_epoch=epoch + 1, wait=0)
+            state.update(best=value, best_eval=done, best_epoch=epoch, wait=0)
         else:
             state["wait"] += 1
-        state["history"].append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
-        state["epochs_done"] = epoch + 1
+        entry = {"eval": done, "epoch": epoch}
+        if self.steps_per_eval:
+            entry["step"] = done * self.steps_per_eval
+        state["history"].append({**entry, **{k: float(v) for k, v in logs.items()}})
+        state["evals_done"] = done
         if state["wait"] >= self.patience:
             state["stopped_early"] = True
         return {"state": state, "metrics": {k: float(v) for k, v in metrics.items()}, "improved": improved}
@@ -221,9 +243,10 @@ class _EpochEnd(keras.callbacks.Callback):
             self.model.stop_training = True
         if self.workers.is_chief:
             _write_json(os.path.join(self.run_dir, "state.json"), state)
-        _LOG.info("epoch %d: eval CTR AUC %.4f  CVR AUC %.4f  CTCVR AUC %.4f  (eval %.1f s)%s", epoch + 1,
-                  metrics["ctr_auc"], metrics["cvr_auc"], metrics["ctcvr_auc"], time.time() - started,
-                  "  best" if decided["improved"] else f"  no better for {state['wait']}")
+        _LOG.info("eval %d (epoch %.2f): CTR AUC %.4f  CVR AUC %.4f  CTCVR AUC %.4f  log loss CTR %.4f  CVR %.4f  "
+                  "(eval %.1f s)%s", epoch + 1, (epoch + 1) / self.evals_per_epoch, metrics["ctr_auc"],
+                  metrics["cvr_auc"], metrics["ctcvr_auc"], metrics["ctr_logloss"], metrics["cvr_logloss"],
+                  time.time() - started, "  best" if decided["improved"] else f"  no better for {state['wait']}")
 
 
 def run_fn(fn_args) -> dict:
@@ -255,13 +278,14 @@ def _start_state(run_dir: str, config: TrainerConfig, spec: inputs.InputSpec, fn
         _check_resumable(saved["trainer"], config, run_dir)
         if saved["input_spec"] != spec.to_dict():
             raise TrainingError(f"{run_dir} holds a run on different inputs; train into a new folder or pass --overwrite")
-        done = state["epochs_done"]
+        done = state["evals_done"]
         path = os.path.join(run_dir, "checkpoints", f"ckpt-{done}")
         if done and not tf.io.gfile.exists(path + ".index"):
-            raise TrainingError(f"{run_dir}: state.json says {done} epochs are done but {path} is missing; "
+            raise TrainingError(f"{run_dir}: state.json says {done} evaluation rounds are done but {path} is missing; "
                                 "pass --overwrite to start again")
     else:
-        state = {"epochs_done": 0, "best": None, "best_epoch": None, "wait": 0, "history": [], "stopped_early": False}
+        state = {"evals_done": 0, "best": None, "best_eval": None, "best_epoch": None, "wait": 0, "history": [],
+                 "stopped_early": False}
     _write_json(os.path.join(run_dir, "config.json"),
                 {"trainer": config.to_dict(), "input_spec": spec.to_dict(), "packages": package_versions(),
                  "train_files": list(inputs.expand(fn_args.train_files)),
@@ -301,11 +325,15 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
     if workers.multi_worker and batch_size % replicas:
         _LOG.warning("training.batch_size %d is not a multiple of the %d replicas: their batches differ in size",
                      batch_size, replicas)
-    epochs = training.epochs
-    if fn_args.train_steps:
-        per_epoch = training.steps_per_epoch or (train_split.rows // batch_size if train_split.in_memory else None)
-        if per_epoch:
-            epochs = min(epochs, math.ceil(fn_args.train_steps / per_epoch))
+    # Training runs in evaluation rounds: Keras epochs of `steps_per_eval` steps over one stream of
+    # shuffled passes. A streamed split (its length unknown) is evaluated once per pass.
+    full_pass = train_split.rows // batch_size if train_split.in_memory else None
+    per_epoch = training.steps_per_epoch or full_pass
+    evals_per_epoch = min(training.evals_per_epoch, per_epoch) if per_epoch else 1
+    steps_per_eval = max(1, per_epoch // evals_per_epoch) if per_epoch else None
+    rounds = training.epochs * evals_per_epoch
+    if fn_args.train_steps and steps_per_eval:
+        rounds = min(rounds, math.ceil(fn_args.train_steps / steps_per_eval))
 
     policy = keras.config.dtype_policy()
     strategy = workers.strategy
@@ -315,7 +343,7 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
         with strategy.scope():
             network = models.build(spec.to_dict(), dataclasses.asdict(config.model))
             trainee = TrainingModel(network, spec, config)
-            optimizer = keras.optimizers.Adam(training.learning_rate)
+            optimizer = optimizers.for_model(network, training)
             trainee.compile_for_training(optimizer, hardware.xla, multi_worker=workers.multi_worker)
             optimizer.build(trainee.trainable_variables)
     finally:
@@ -326,25 +354,32 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
 
     checkpoint = tf.train.Checkpoint(model=trainee, optimizer=optimizer)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=2)
-    first_epoch = state["epochs_done"]
-    if chief and first_epoch:
-        path = os.path.join(run_dir, "checkpoints", f"ckpt-{first_epoch}")
+    first_round = state["evals_done"]
+    if not first_round:
+        network.set_prior(_label_rates(train_split, batch_size))
+    if chief and first_round:
+        path = os.path.join(run_dir, "checkpoints", f"ckpt-{first_round}")
         checkpoint.restore(path).assert_existing_objects_matched()
-        _LOG.info("resuming %s after epoch %d", run_dir, first_epoch)
+        _LOG.info("resuming %s after evaluation round %d", run_dir, first_round)
     elif chief and fn_args.base_model:
         state["warm_start"] = warm_start.warm_start(network, tft_output, fn_args.base_model)
-    if first_epoch or start["sync_weights"]:  # the others take the chief's restored or warm-started weights
+    if first_round or start["sync_weights"]:  # the others take the chief's restored or warm-started weights
         workers.broadcast_variables(_state_variables(trainee, optimizer))
 
     train_seconds = 0.0
     throughput = _Throughput(batch_size)
-    finished = state["stopped_early"] or first_epoch >= epochs
+    finished = state["stopped_early"] or first_round >= rounds
     if not finished:
-        dataset, steps = train_split.dataset(batch_size, training.seed, range(first_epoch, epochs), drop_remainder=True)
-        if training.steps_per_epoch:
-            steps = training.steps_per_epoch
-        if fn_args.train_steps and steps:
-            steps = min(steps, fn_args.train_steps)
+        if full_pass:
+            # The stream a run from the start would read, from the batch after the rounds done.
+            position = first_round * steps_per_eval
+            needed = (rounds - first_round) * steps_per_eval
+            first_pass, offset = divmod(position, full_pass)
+            passes = range(first_pass, first_pass + math.ceil((offset + needed) / full_pass))
+            dataset, _ = train_split.dataset(batch_size, training.seed, passes, drop_remainder=True)
+            dataset = dataset.skip(offset)
+        else:
+            dataset, _ = train_split.dataset(batch_size, training.seed, range(first_round, rounds), drop_remainder=True)
         if workers.multi_worker:
             # Each global batch is split across the workers: every worker builds the same batches
             # and keeps its share of each (sharding by file would need a file per worker).
@@ -352,20 +387,21 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
             dataset = dataset.with_options(options)
         callbacks = [
-            _EpochEnd(run_dir, state,
-                      lambda: evaluate(network, eval_split, training.eval_batch_size, hardware.xla, fn_args.eval_steps),
-                      network, manager, training.patience, workers),
+            _Evaluation(run_dir, state,
+                        lambda: evaluate(network, eval_split, training.eval_batch_size, hardware.xla, fn_args.eval_steps),
+                        network, manager, workers, config, steps_per_eval, evals_per_epoch),
             throughput,
         ]
         if chief:
             callbacks.insert(1, keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False,
                                                             profile_batch=0))
-        _LOG.info("training %s for epochs %d to %d, %s steps of %d%s", config.model.name, first_epoch + 1, epochs,
-                  steps if steps else "all", batch_size,
+        _LOG.info("training %s for %d evaluation rounds (%d to %d) of %s steps of %d, %d rounds per epoch%s",
+                  config.model.name, rounds - first_round, first_round + 1, rounds,
+                  steps_per_eval or "all", batch_size, evals_per_epoch,
                   f" ({batch_size // workers.count} per worker)" if workers.multi_worker else "")
         started = time.time()
-        trainee.fit(dataset, epochs=epochs, initial_epoch=first_epoch, steps_per_epoch=steps, callbacks=callbacks, shuffle=False,
-                    verbose=1 if sys.stderr.isatty() else 2)
+        trainee.fit(dataset, epochs=rounds, initial_epoch=first_round, steps_per_epoch=steps_per_eval,
+                    callbacks=callbacks, shuffle=False, verbose=1 if sys.stderr.isatty() else 2)
         train_seconds = time.time() - started
 
     # The final weights' digest on every worker: workers that trained one model agree.
@@ -387,6 +423,24 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
          "throughput": throughput.examples_per_second, "distribute": distribution}, after_export))
 
 
+def _label_rates(split: inputs.Split, batch_size: int, stream_batches: int = 50) -> tuple[float, float]:
+    """(clicks per row, conversions per click) of the training labels (of its first batches when
+    the split streams)."""
+    if split.in_memory:
+        click, conversion = split.labels[F.CLICK], split.labels[F.CONVERSION]
+    else:
+        batches = [labels for _, labels in split.dataset(batch_size)[0].take(stream_batches)]
+        click = np.concatenate([b[F.CLICK].numpy() for b in batches])
+        conversion = np.concatenate([b[F.CONVERSION].numpy() for b in batches])
+    clicks = float(np.sum(click))
+    return clicks / max(len(click), 1), float(np.sum(conversion * click)) / max(clicks, 1.0)
+
+
+def _step_of(state: dict, evaluation: int | None) -> int | None:
+    """The training step of an evaluation round (None for a streamed split, whose rounds are passes)."""
+    return next((e.get("step") for e in state["history"] if e["eval"] == evaluation), None)
+
+
 def _state_variables(trainee, optimizer) -> list:
     """The model's and optimizer's variables: what a checkpoint restores (metrics aside)."""
     return list(trainee.trainable_variables) + list(trainee.non_trainable_variables) + list(optimizer.variables)
@@ -403,8 +457,10 @@ def _finish(run_dir, fn_args, config, network, trainee, tft_output, spec, eval_s
     exported = (export.export(network, tft_output, spec, fn_args.serving_model_dir) if fn_args.serving_model_dir
                 else {"params": None})
     result = {
-        "model": config.model.name, "seed": training.seed, "epochs_done": state["epochs_done"],
-        "best_epoch": state["best_epoch"], "stopped_early": state["stopped_early"], "eval": best_metrics,
+        "model": config.model.name, "seed": training.seed, "evals_done": state["evals_done"],
+        "epochs_done": state["history"][-1]["epoch"] if state["history"] else 0, "best_eval": state["best_eval"],
+        "best_epoch": state["best_epoch"], "best_step": _step_of(state, state["best_eval"]),
+        "stopped_early": state["stopped_early"], "monitor": training.monitor, "eval": best_metrics,
         "history": state["history"],
         "params": {"total": trainee.count_params(), "exported": exported["params"],
                    "regularizer_only": trainee.regularizer_params},

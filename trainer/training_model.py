@@ -85,6 +85,8 @@ class TrainingModel(keras.Model):
         names = ["ctr_loss", "cvr_loss" if self.convention == "clicked" else "ctcvr_loss"]
         names += ["mtn_loss"] * (self.mtn is not None) + ["aux_loss"] * (self.aux_heads is not None)
         names += ["orth_loss"] * self.orth
+        self.embedding_l2 = config.training.embedding_l2
+        names += ["embedding_l2_loss"] * (self.embedding_l2 > 0)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         if self.mtn is not None:
             self.mtn(mtn_stacks(network, mtn.target, mtn.depth))  # builds the alphas
@@ -109,6 +111,10 @@ class TrainingModel(keras.Model):
 
     def call(self, features, training=False):
         logits, extras = self.network.forward(features, training=training)
+        if self.embedding_l2 > 0 and training:
+            extras["embedding_l2"] = sum(
+                regularizers.touched_rows_l2(layer.table, *layer.row_ids(features))
+                for layer in self.network.embedding_layers())
         return {"logits": logits, **{k: v for k, v in extras.items() if v is not None}}
 
     def loss_terms(self, y, y_pred, include_mtn: bool = True, clicks=None) -> dict:
@@ -134,6 +140,8 @@ class TrainingModel(keras.Model):
             cvr_aux = _masked_mean(ops.mean(_bce_with_logits(conversion[:, None], aux[:, 1]), axis=1), click,
                                    clicks, replicas)
             terms["aux_loss"] = self.config.fdn.aux_weight * (ctr_aux + cvr_aux)
+        if "embedding_l2" in y_pred:
+            terms["embedding_l2_loss"] = self.embedding_l2 * y_pred["embedding_l2"]
         if self.orth:
             terms["orth_loss"] = self.config.fdn.orth_weight * regularizers.orthogonality_loss(
                 y_pred["specific"], y_pred["shared"], self.config.fdn.orth_variant)

@@ -7,13 +7,14 @@ from trainer.models.base import MultiTaskModel
 from trainer.models.cgc import CGC
 from trainer.models.esmm import ESMM
 from trainer.models.fdn import FDN
+from trainer.models.logistic import Logistic
 from trainer.models.mmoe import MMoE
 from trainer.models.omoe import OMoE
 from trainer.models.ple import PLE
 from trainer.models.shared_bottom import SharedBottom
 from trainer.models.single_task import SingleTask
 
-MODELS = {"single_task": SingleTask, "shared_bottom": SharedBottom, "omoe": OMoE, "mmoe": MMoE, "cgc": CGC,
+MODELS = {"logistic": Logistic, "single_task": SingleTask, "shared_bottom": SharedBottom, "omoe": OMoE, "mmoe": MMoE, "cgc": CGC,
           "ple": PLE, "esmm": ESMM, "aitm": AITM, "fdn": FDN}
 
 

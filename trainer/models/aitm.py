@@ -49,7 +49,7 @@ class AITM(MultiTaskModel):
         self.attention = AttentionTransfer(units[-1], name="attention_transfer")
         self.heads = [keras.layers.Dense(1, name=f"head_{t}") for t in range(self.num_tasks)]
 
-    def forward(self, features, training=False):
+    def task_logits(self, features, training=False):
         towers = self.towers(self.embed(features), training=training)  # [B, 2, u]
         click, conversion = towers[:, 0], towers[:, 1]
         conversion = self.attention(click, conversion)

@@ -9,9 +9,10 @@ parameters live in `trainer.regularizers`, outside the model, so the export hold
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
-from trainer.blocks import FieldEmbedding
+from trainer.blocks import FieldEmbedding, LinearLogits
 
 TASKS = ("ctr", "cvr")
 
@@ -24,7 +25,13 @@ def outputs_from_logits(logits) -> dict:
 
 
 class MultiTaskModel(keras.Model):
-    """Base class. Subclasses build their layers in __init__ and implement `task_logits`."""
+    """Base class. Subclasses build their layers in __init__ and implement `task_logits`.
+
+    With `config["wide"]` a linear part (`LinearLogits`, Wide & Deep's wide part) adds its logits
+    to the model's own. Every model's logits end with a bias per task, `logit_bias`, which the
+    Trainer starts at the training labels' log-odds (`set_prior`): at a 4% CTR, a zero bias costs
+    Adam thousands of steps to undo, and while it does the embeddings of frequent ids absorb the
+    shift, which ranks popular items last."""
 
     default_loss_convention = "clicked"
 
@@ -32,13 +39,34 @@ class MultiTaskModel(keras.Model):
         super().__init__(**kwargs)
         self.spec, self.config = spec, dict(config)
         self.num_tasks = len(TASKS)
+        self.wide = LinearLogits(spec, self.num_tasks, name="wide") if config.get("wide") else None
+        self.logit_bias = self.add_weight(shape=(self.num_tasks,), initializer="zeros", name="logit_bias")
+
+    def set_prior(self, rates) -> None:
+        """Starts the logit biases at the log-odds of each task's positive rate (CTR, CVR given click)."""
+        rates = np.clip(np.asarray(rates, np.float64), 1e-6, 1 - 1e-6)
+        self.logit_bias.assign(np.log(rates / (1 - rates)).astype("float32"))
 
     def embedding(self, name="embedding") -> FieldEmbedding:
-        return FieldEmbedding(self.spec, self.config["embedding_dim"], self.config["pooling"], name=name)
+        return FieldEmbedding(self.spec, self.config["embedding_dim"], self.config["pooling"],
+                              self.config.get("embedding_init", 0.05), name=name)
+
+    def embedding_layers(self) -> list[FieldEmbedding]:
+        """The model's embedding tables (regularisers read the rows a batch touches)."""
+        return [layer for layer in self._flatten_layers(include_self=False, recursive=True)
+                if isinstance(layer, FieldEmbedding)]
+
+    def task_logits(self, features, training=False) -> tuple:
+        """(logits [B, 2], extras: dict of tensors for loss terms) of the model itself."""
+        raise NotImplementedError
 
     def forward(self, features, training=False) -> tuple:
-        """(logits [B, 2], extras: dict of tensors for loss terms)."""
-        raise NotImplementedError
+        """(logits [B, 2], extras): the model's logits, plus the wide part's when it has one."""
+        logits, extras = self.task_logits(features, training)
+        logits = logits + ops.cast(self.logit_bias, logits.dtype)
+        if self.wide is not None:
+            logits = logits + ops.cast(self.wide(features), logits.dtype)
+        return logits, extras
 
     def call(self, features, training=False):
         logits, _ = self.forward(features, training)

@@ -22,7 +22,7 @@ class ESMM(MultiTaskModel):
         self.towers = TaskTowers(self.num_tasks, tuple(config["expert_units"]) + tuple(config["tower_units"]),
                                  config["dropout"], name="towers")
 
-    def forward(self, features, training=False):
+    def task_logits(self, features, training=False):
         return self.towers(self.embed(features), training=training), {}
 
     def tower_kernels(self):

@@ -32,7 +32,7 @@ class FDN(MultiTaskModel):
         None without shared features. Public for analyses of the decomposition (`fdn-tsne`)."""
         return self.pairs(self.embed(features), training=training)
 
-    def forward(self, features, training=False):
+    def task_logits(self, features, training=False):
         specific, shared = self.expert_features(features, training=training)
         batch = ops.shape(specific)[0]
         fused = ops.reshape(specific, (batch, self.num_tasks, -1))  # each task's own features

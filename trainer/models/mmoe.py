@@ -18,7 +18,7 @@ class MMoE(MultiTaskModel):
         self.gates = [Gate(config["num_experts"], name=f"gate_{t}") for t in range(self.num_tasks)]
         self.towers = TaskTowers(self.num_tasks, config["tower_units"], config["dropout"], name="towers")
 
-    def forward(self, features, training=False):
+    def task_logits(self, features, training=False):
         x = self.embed(features)
         experts = self.experts(x, training=training)
         mixed = ops.stack([gate(x, experts) for gate in self.gates], axis=1)  # [B, k, u]

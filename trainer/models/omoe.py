@@ -17,7 +17,7 @@ class OMoE(MultiTaskModel):
         self.gate = Gate(config["num_experts"], name="gate")
         self.towers = TaskTowers(self.num_tasks, config["tower_units"], config["dropout"], name="towers")
 
-    def forward(self, features, training=False):
+    def task_logits(self, features, training=False):
         x = self.embed(features)
         experts = self.experts(x, training=training)
         return self.towers(self.gate(x, experts), training=training), {"experts": experts}

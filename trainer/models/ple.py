@@ -25,7 +25,7 @@ class PLE(MultiTaskModel):
     def levels(self) -> int:
         return self.config["levels"]
 
-    def forward(self, features, training=False):
+    def task_logits(self, features, training=False):
         x = self.embed(features)
         inputs = [x] * (self.num_tasks + 1)
         for level in self.extraction:

@@ -16,7 +16,7 @@ class SharedBottom(MultiTaskModel):
         self.bottom = MLP(config["expert_units"], config["dropout"], name="bottom")
         self.towers = TaskTowers(self.num_tasks, config["tower_units"], config["dropout"], name="towers")
 
-    def forward(self, features, training=False):
+    def task_logits(self, features, training=False):
         shared = self.bottom(self.embed(features), training=training)
         return self.towers(shared, training=training), {}
 

@@ -17,7 +17,7 @@ class SingleTask(MultiTaskModel):
         self.towers = TaskTowers(self.num_tasks, tuple(config["expert_units"]) + tuple(config["tower_units"]),
                                  config["dropout"], name="towers")
 
-    def forward(self, features, training=False):
+    def task_logits(self, features, training=False):
         inputs = ops.stack([e(features) for e in self.embeddings], axis=1)  # [B, k, d]
         return self.towers(inputs, training=training), {}
 

@@ -1,0 +1,139 @@
+"""The peer rows of `bench/quality.py`: DeepCTR 0.9.4's MMOE and PLE on the same transformed ids
+the Trainer reads (the `bench` extra installs deepctr; it runs on tf-keras, hence
+TF_USE_LEGACY_KERAS=1 before TensorFlow is imported).
+
+Inputs: every single-valued field a SparseFeat, every bag a weighted VarLenSparseFeat with sum
+pooling (ids shifted by one, so DeepCTR's mask_zero padding never hides a real id), embedding 16,
+DeepCTR's default l2_reg_embedding 1e-5, Adam 1e-3, batch 2,048. The two tasks are DeepCTR's
+usual pair, click and conversion over all impressions, so its second output estimates CTCVR:
+it scores CTCVR as it is and CVR on clicked rows. Trained for up to `--epochs` epochs; the epoch
+kept is the one with the best summed eval log loss (CTR + CTCVR), and test is scored there.
+Usage: python bench/deepctr_peer.py TRANSFORMED {mmoe,ple} SEED [--epochs 3]
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+BATCH = 2048
+EMBEDDING = 16
+
+
+def load(transformed: str):
+    """({split: (features, labels)}, InputSpec) from Transform's output, as the Trainer reads it."""
+    import tensorflow_transform as tft
+
+    from trainer import inputs
+    from transform.preprocessing import categorical_cardinalities
+
+    tft_output = tft.TFTransformOutput(os.path.join(transformed, "transform_graph"))
+    feature_spec, cardinalities = tft_output.transformed_feature_spec(), categorical_cardinalities(tft_output)
+    splits, spec = {}, None
+    for name in ("train", "eval", "test"):
+        split = inputs.load([os.path.join(transformed, "transformed", name, "*.tfrecord.gz")], feature_spec, spec,
+                            cardinalities, 32, 16.0, name)
+        spec = split.spec
+        splits[name] = (split.features, split.labels)
+    return splits, spec
+
+
+def deepctr_inputs(features: dict, spec) -> dict:
+    from trainer.inputs import BAG
+
+    out = {}
+    for f in spec.fields:
+        if f.kind == BAG:
+            weights = features[f.weight_key]
+            out[f.key] = np.where(weights != 0, features[f.key] + 1, 0).astype(np.int32)
+            out[f.weight_key] = weights[..., None].astype(np.float32)
+        else:
+            out[f.key] = features[f.key]
+    return out
+
+
+def feature_columns(spec) -> list:
+    from deepctr.feature_column import DenseFeat, SparseFeat, VarLenSparseFeat
+
+    from trainer.inputs import BAG, CATEGORICAL
+
+    columns = []
+    for f in spec.fields:
+        if f.kind == CATEGORICAL:
+            columns.append(SparseFeat(f.key, f.cardinality, EMBEDDING))
+        elif f.kind == BAG:
+            columns.append(VarLenSparseFeat(SparseFeat(f.key, f.cardinality + 1, EMBEDDING), f.bag_length,
+                                            combiner="sum", weight_name=f.weight_key, weight_norm=False))
+        else:
+            columns.append(DenseFeat(f.key, 1))
+    return columns
+
+
+def build(name: str, columns: list, seed: int):
+    from deepctr.models import MMOE, PLE
+
+    common = dict(expert_dnn_hidden_units=(128, 64), tower_dnn_hidden_units=(64,), seed=seed,
+                  task_types=("binary", "binary"), task_names=("ctr", "ctcvr"))
+    if name == "mmoe":
+        return MMOE(columns, num_experts=8, **common)
+    return PLE(columns, shared_expert_num=4, specific_expert_num=2, num_levels=2, **common)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("transformed")
+    parser.add_argument("model", choices=("mmoe", "ple"))
+    parser.add_argument("seed", type=int)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    from trainer.metrics import task_metrics
+
+    tf.keras.utils.set_random_seed(args.seed)
+    splits, spec = load(args.transformed)
+    data = {name: (deepctr_inputs(features, spec), labels) for name, (features, labels) in splits.items()}
+    model = build(args.model, feature_columns(spec), args.seed)
+    model.compile(tf.keras.optimizers.Adam(1e-3), loss=["binary_crossentropy", "binary_crossentropy"])
+
+    def scores(name):
+        ctr, ctcvr = model.predict(data[name][0], batch_size=8192, verbose=0)
+        ctr, ctcvr = ctr.ravel(), ctcvr.ravel()
+        labels = data[name][1]
+        return task_metrics(labels["click"], labels["conversion"], ctr, ctcvr, ctcvr)
+
+    features, labels = data["train"]
+    rows = len(labels["click"])
+    steps = rows // BATCH
+    best, history, seconds, examples = None, [], 0.0, 0
+    for epoch in range(args.epochs):
+        order = np.random.default_rng([args.seed, epoch]).permutation(rows)[: steps * BATCH]
+        x = {k: v[order] for k, v in features.items()}
+        y = [labels["click"][order], labels["conversion"][order]]
+        started = time.perf_counter()
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        took = time.perf_counter() - started
+        if epoch:  # the first epoch pays for tracing
+            seconds, examples = seconds + took, examples + steps * BATCH
+        evaluated = scores("eval")
+        value = evaluated["ctr_logloss"] + evaluated["ctcvr_logloss"]
+        history.append({"epoch": epoch + 1, "monitor": value, **{k: evaluated[k] for k in ("ctr_auc", "cvr_auc", "ctcvr_auc")}})
+        if best is None or value < best[0]:
+            best = (value, epoch + 1, scores("test"), evaluated)
+    print(json.dumps({"model": f"deepctr_{args.model}", "seed": args.seed, "best_epoch": best[1], "test": best[2],
+                      "eval": best[3], "history": history, "train_rows": rows,
+                      "train_examples_per_second": examples / seconds if seconds else None,
+                      "params": int(model.count_params())}, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The Trainer's optimisers: Adam for the dense layers, and optionally another optimiser with its
+own learning rate for the embedding tables, as production CTR systems train them.
+
+An embedding row of a rare id gets a gradient in few steps. Adam's step is about its learning
+rate whatever the gradient's size, so at 1e-3 a row seen a handful of times barely leaves its
+initial values; Adagrad's (or FTRL's) per-coordinate rates at a larger learning rate move such
+rows quickly and then settle as their squared gradients add up.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras.src.utils import tracking
+
+from trainer.config import EMBEDDING_OPTIMIZERS
+
+
+def make(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "adagrad":
+        return keras.optimizers.Adagrad(learning_rate, initial_accumulator_value=0.1)
+    if name == "ftrl":
+        return keras.optimizers.Ftrl(learning_rate)
+    raise ValueError(f"unknown optimizer {name!r}; known: {list(EMBEDDING_OPTIMIZERS)}")
+
+
+class PerGroupOptimizer(keras.optimizers.Optimizer):
+    """Applies `embedding_optimizer` to the variables in `embedding_paths` (Keras variable paths)
+    and `dense_optimizer` to every other variable. Its `iterations` are the dense optimizer's;
+    its `variables` are both optimizers' (so a checkpoint holds their slots)."""
+
+    def __init__(self, embedding_optimizer, dense_optimizer, embedding_paths, name: str = "per_group"):
+        super().__init__(learning_rate=0.0, name=name)
+        self.embedding_optimizer, self.dense_optimizer = embedding_optimizer, dense_optimizer
+        self.embedding_paths = frozenset(embedding_paths)
+
+    def _split(self, values, variables):
+        embedding, dense = ([], []), ([], [])
+        for value, variable in zip(values, variables):
+            group = embedding if variable.path in self.embedding_paths else dense
+            group[0].append(value)
+            group[1].append(variable)
+        return embedding, dense
+
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        (_, embedding), (_, dense) = self._split(var_list, var_list)
+        self.embedding_optimizer.build(embedding)
+        self.dense_optimizer.build(dense)
+        super().build(var_list)
+
+    @property
+    def variables(self):
+        return self._variables + self.embedding_optimizer.variables + self.dense_optimizer.variables
+
+    def apply(self, grads, trainable_variables=None):
+        grads = list(grads)
+        variables = list(trainable_variables) if trainable_variables is not None else self._trainable_variables
+        (embedding_grads, embedding), (dense_grads, dense) = self._split(grads, variables)
+        if embedding:
+            self.embedding_optimizer.apply(embedding_grads, embedding)
+        if dense:
+            self.dense_optimizer.apply(dense_grads, dense)
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        raise NotImplementedError("PerGroupOptimizer runs on the TensorFlow backend's stateful path only")
+
+    @property
+    def iterations(self):
+        return self.dense_optimizer.iterations
+
+    @property
+    def learning_rate(self):
+        return self.dense_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.dense_optimizer.learning_rate = learning_rate
+
+    def get_config(self):
+        return {"name": self.name,
+                "embedding_optimizer": keras.optimizers.serialize(self.embedding_optimizer),
+                "dense_optimizer": keras.optimizers.serialize(self.dense_optimizer),
+                "embedding_paths": sorted(self.embedding_paths)}
+
+
+def for_model(network, training) -> keras.optimizers.Optimizer:
+    """The optimizer of a TrainingConfig: Adam at `learning_rate` for every variable, or a
+    PerGroupOptimizer with `embedding_optimizer` at `embedding_learning_rate` on the tables."""
+    learning_rate = training.learning_rate
+    embedding_learning_rate = training.embedding_learning_rate
+    if embedding_learning_rate is None:
+        embedding_learning_rate = learning_rate
+    dense = keras.optimizers.Adam(learning_rate)
+    if training.embedding_optimizer == "adam" and embedding_learning_rate == learning_rate:
+        return dense
+    tables = [layer.table.path for layer in network.embedding_layers()]
+    return PerGroupOptimizer(make(training.embedding_optimizer, embedding_learning_rate), dense, tables)
