@@ -264,7 +264,9 @@ def trainer_config(model: str, seed: int, settings: Settings, mtn: dict | None =
                   "tower_units": list(settings.tower_units), "num_experts": settings.num_experts},
         "mtn": None if mtn is None else {"lam": settings.lam, "alpha_floor": settings.alpha_floor, **mtn},
         "training": {"epochs": settings.epochs, "batch_size": settings.batch_size,
-                     "learning_rate": settings.learning_rate, "patience": settings.patience, "seed": seed},
+                     "learning_rate": settings.learning_rate, "patience": settings.patience, "seed": seed,
+                     # The MTN paper's selection: eval CVR AUC once per epoch.
+                     "monitor": "cvr_auc", "evals_per_epoch": 1},
         # One process, one device: the same arithmetic on every machine the seed is rerun on.
         "hardware": {"xla": settings.xla, "distribute": "none"},
     }

@@ -64,10 +64,14 @@ def test_every_model_beats_a_constant_predictor(tmp_path, trainable_synthetic, n
 
 @pytest.fixture(scope="session")
 def trained_mmoe(tmp_path_factory, trainable_synthetic):
-    """MMoE with MTN, XLA on, 4 epochs, seed 5: (output folder, result)."""
+    """MMoE with MTN, XLA on, 2 epochs of 2 evaluation rounds each, seed 5: (output folder, result)."""
     out = tmp_path_factory.mktemp("trained_mmoe")
-    config = _config("mmoe", xla=True, training={"epochs": 4, "seed": 5}, mtn={"lam": 1e-4})
+    config = _config("mmoe", xla=True, training={"epochs": 2, "evals_per_epoch": 2, "seed": 5}, mtn={"lam": 1e-4})
     return out, train.train(str(trainable_synthetic[0]), str(out), config), config
+
+
+def _monitored(entry: dict) -> float:
+    return -(entry["val_ctr_logloss"] + entry["val_ctcvr_logloss"])
 
 
 def test_a_run_writes_its_config_metrics_checkpoints_and_tensorboard_logs(trained_mmoe):
@@ -80,13 +84,19 @@ def test_a_run_writes_its_config_metrics_checkpoints_and_tensorboard_logs(traine
     assert saved["trainer"]["training"]["seed"] == 5 and saved["trainer"]["mtn"]["lam"] == 1e-4
     assert {"tensorflow", "keras", "tensorflow_transform"} <= set(saved["packages"])
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["epochs_done"] == 4 and len(metrics["history"]) == 4
-    for epoch in metrics["history"]:
+    assert metrics["evals_done"] == 4 and metrics["epochs_done"] == 2.0 and len(metrics["history"]) == 4
+    steps = metrics["rows"]["train"] // FAST["batch_size"] // 2
+    assert [(e["eval"], e["epoch"], e["step"]) for e in metrics["history"]] == [
+        (i, i / 2, i * steps) for i in range(1, 5)]
+    for entry in metrics["history"]:
         assert {"loss", "ctr_loss", "cvr_loss", "mtn_loss", "val_ctr_auc", "val_cvr_auc", "val_ctcvr_auc",
-                "val_ctr_logloss", "val_cvr_logloss", "val_ctcvr_logloss"} <= set(epoch)
-    best = max(metrics["history"], key=lambda e: e["val_cvr_auc"])
-    assert metrics["best_epoch"] == best["epoch"]
-    assert metrics["eval"]["cvr_auc"] == pytest.approx(best["val_cvr_auc"], abs=1e-9)  # best weights restored
+                "val_ctr_logloss", "val_cvr_logloss", "val_ctcvr_logloss"} <= set(entry)
+    # The default monitor: the eval CTR + CTCVR log loss; its best round's weights are restored.
+    best = max(metrics["history"], key=_monitored)
+    assert metrics["monitor"] == "logloss" and metrics["best_eval"] == best["eval"]
+    assert metrics["best_epoch"] == best["epoch"] and metrics["best_step"] == best["step"]
+    assert metrics["eval"]["ctr_logloss"] == pytest.approx(best["val_ctr_logloss"], abs=1e-9)
+    assert metrics["eval"]["cvr_auc"] == pytest.approx(best["val_cvr_auc"], abs=1e-9)
     assert metrics["params"]["total"] == metrics["params"]["exported"] + metrics["params"]["regularizer_only"]
     assert metrics["params"]["regularizer_only"] == 2 * 3  # MTN's alphas: 2 tower depths x 3 modes
     assert sorted(p.name for p in (run / "checkpoints").glob("*.index")) == ["ckpt-3.index", "ckpt-4.index"]
@@ -94,8 +104,10 @@ def test_a_run_writes_its_config_metrics_checkpoints_and_tensorboard_logs(traine
 
 
 def test_early_stopping_on_eval_cvr_auc_with_patience(tmp_path, trainable_synthetic):
+    """The MTN paper's rule, as a named option: eval CVR AUC once per epoch, patience 2."""
     # A learning rate this high overfits the tiny data within an epoch or two.
-    config = _config("mmoe", training={"epochs": 12, "patience": 2, "learning_rate": 0.05})
+    config = _config("mmoe", training={"epochs": 12, "patience": 2, "learning_rate": 0.05, "monitor": "cvr_auc",
+                                       "evals_per_epoch": 1})
     result = train.train(str(trainable_synthetic[0]), str(tmp_path), config)
     history = [e["val_cvr_auc"] for e in result["history"]]
     assert result["stopped_early"] and len(history) < 12
@@ -104,12 +116,24 @@ def test_early_stopping_on_eval_cvr_auc_with_patience(tmp_path, trainable_synthe
     assert result["best_epoch"] == best + 1
 
 
+def test_early_stopping_within_an_epoch_on_the_eval_log_loss(tmp_path, trainable_synthetic):
+    config = _config("mmoe", training={"epochs": 12, "patience": 3, "learning_rate": 0.05, "evals_per_epoch": 3})
+    result = train.train(str(trainable_synthetic[0]), str(tmp_path), config)
+    history = result["history"]
+    assert result["stopped_early"] and len(history) < 36
+    best = int(np.argmax([_monitored(e) for e in history]))
+    assert len(history) == best + 1 + 3  # stopped after 3 rounds without a lower log loss
+    assert result["best_eval"] == best + 1 and result["best_epoch"] == pytest.approx((best + 1) / 3)
+    assert result["eval"]["ctcvr_logloss"] == pytest.approx(history[best]["val_ctcvr_logloss"], abs=1e-9)
+
+
 def _mtrank(*args) -> list[str]:
     return [sys.executable, "-m", "pipeline.cli", *args]
 
 
 def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, trained_mmoe, trainable_synthetic):
-    """Same seed and config as `trained_mmoe`: killed after its first epoch and resumed, the run
+    """Same seed and config as `trained_mmoe`: killed after an evaluation round (mid-epoch or at an
+    epoch's end) and resumed, the run
     ends with the very metrics of the uninterrupted run (so runs also repeat with a seed)."""
     _, uninterrupted, config = trained_mmoe
     config_file = tmp_path / "config.json"
@@ -121,19 +145,19 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, trained
     state = out / "model" / "state.json"
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if state.exists() and json.loads(state.read_text())["epochs_done"] >= 1:
+        if state.exists() and json.loads(state.read_text())["evals_done"] >= 1:
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
     process.wait()
-    done = json.loads(state.read_text())["epochs_done"]
+    done = json.loads(state.read_text())["evals_done"]
     assert process.returncode == -signal.SIGKILL and 1 <= done < 4, process.stdout.read().decode()[-2000:]
 
     resumed = subprocess.run(command, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming {out / 'model'} after epoch {done}" in resumed.stderr
+    assert f"resuming {out / 'model'} after evaluation round {done}" in resumed.stderr
     metrics = json.loads((out / "model" / "metrics.json").read_text())
-    assert [e["epoch"] for e in metrics["history"]] == [1, 2, 3, 4]
+    assert [e["eval"] for e in metrics["history"]] == [1, 2, 3, 4]
     for key in ("val_ctr_auc", "val_cvr_auc", "val_ctcvr_auc", "loss"):
         assert [e[key] for e in metrics["history"]] == [e[key] for e in uninterrupted["history"]], key
     assert metrics["eval"] == uninterrupted["eval"]

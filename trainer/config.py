@@ -19,7 +19,8 @@ import typing
 
 MODEL_NAMES = ("logistic", "single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm", "aitm", "fdn")
 # ESMM's: CTR and CTCVR losses over all impressions. Clicked: CTR over all rows, CVR on clicked rows only.
-LOSS_CONVENTIONS = ("esmm", "clicked")
+# Both: ESMM's two terms plus CVR on clicked rows.
+LOSS_CONVENTIONS = ("esmm", "clicked", "both")
 ORTH_VARIANTS = ("paper", "authors")
 MTN_TARGETS = ("towers", "experts")
 MONITORS = ("logloss", "cvr_auc")
@@ -72,9 +73,8 @@ class TrainingConfig:
     epochs: int = 10
     batch_size: int = 2048
     learning_rate: float = 1e-3
-    # Early stopping and the weights kept: "logloss", the sum of the trained tasks' eval log losses
-    # (CTR and CVR on clicked rows; CTR and CTCVR under the esmm convention), or "cvr_auc", the
-    # eval CVR AUC on clicked rows (the MTN paper's rule).
+    # Early stopping and the weights kept: "logloss", the eval CTR plus CTCVR log loss (both over
+    # every row), or "cvr_auc", the eval CVR AUC on clicked rows (the MTN paper's rule).
     monitor: str = "logloss"
     evals_per_epoch: int = 4  # evaluations per pass over the training split (one when it streams)
     patience: int = 4  # evaluations without a better monitor value before stopping

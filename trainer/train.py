@@ -179,14 +179,13 @@ class _Throughput(keras.callbacks.Callback):
         return self.counted * self.batch_size / self.seconds if self.counted else None
 
 
-def monitor_value(metrics: dict, monitor: str, convention: str) -> float:
-    """The eval value `training.monitor` ranks by, higher is better: minus the summed log losses of
-    the tasks the convention trains, or the CVR AUC. nan when the eval split cannot tell."""
+def monitor_value(metrics: dict, monitor: str) -> float:
+    """The eval value `training.monitor` ranks by, higher is better: minus the summed CTR and CTCVR
+    log losses (both over every row, so thousands of events rather than the conversions of a few
+    clicked rows), or the CVR AUC. nan when the eval split cannot tell."""
     if monitor == "cvr_auc":
         return metrics["cvr_auc"]
-    second = "cvr_logloss" if convention == "clicked" else "ctcvr_logloss"
-    losses = [metrics["ctr_logloss"]] + ([metrics[second]] if math.isfinite(metrics[second]) else [])
-    return -sum(losses)
+    return -(metrics["ctr_logloss"] + metrics["ctcvr_logloss"])
 
 
 class _Evaluation(keras.callbacks.Callback):
@@ -203,14 +202,13 @@ class _Evaluation(keras.callbacks.Callback):
         self.run_dir, self.state, self.evaluate_fn = run_dir, state, evaluate_fn
         self.network, self.manager, self.workers = network, manager, workers
         self.patience, self.monitor = config.training.patience, config.training.monitor
-        self.convention = config.loss_convention
         self.steps_per_eval, self.evals_per_epoch = steps_per_eval, evals_per_epoch
 
     def _decide(self, round_index, logs) -> dict:
         metrics = self.evaluate_fn()
         logs = {**logs, **{f"val_{k}": v for k, v in metrics.items() if k.endswith(("auc", "logloss"))}}
         state = self.state
-        value, best = monitor_value(metrics, self.monitor, self.convention), state["best"]
+        value, best = monitor_value(metrics, self.monitor), state["best"]
         # An eval split without clicked conversions has no CVR AUC; then the latest round counts as best.
         improved = best is None or not math.isfinite(value) or not math.isfinite(best) or value > best
         done = round_index + 1

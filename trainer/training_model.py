@@ -82,7 +82,8 @@ class TrainingModel(keras.Model):
         self.mtn_variable_ids = set()
         self._compiled_step = self._compiled_gradients = None
         self.multi_worker = False
-        names = ["ctr_loss", "cvr_loss" if self.convention == "clicked" else "ctcvr_loss"]
+        names = ["ctr_loss"] + ["cvr_loss"] * (self.convention in ("clicked", "both"))
+        names += ["ctcvr_loss"] * (self.convention in ("esmm", "both"))
         names += ["mtn_loss"] * (self.mtn is not None) + ["aux_loss"] * (self.aux_heads is not None)
         names += ["orth_loss"] * self.orth
         self.embedding_l2 = config.training.embedding_l2
@@ -125,10 +126,10 @@ class TrainingModel(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         weights = self.config.loss.weights
         terms = {"ctr_loss": weights["ctr"] * ops.mean(_bce_with_logits(click, logits[:, 0]))}
-        if self.convention == "clicked":
+        if self.convention in ("clicked", "both"):
             terms["cvr_loss"] = weights["cvr"] * _masked_mean(_bce_with_logits(conversion, logits[:, 1]), click,
                                                                clicks, replicas)
-        else:
+        if self.convention in ("esmm", "both"):
             ctcvr = ops.clip(ops.sigmoid(logits[:, 0]) * ops.sigmoid(logits[:, 1]), 1e-7, 1 - 1e-7)
             label = click * conversion
             terms["ctcvr_loss"] = weights["cvr"] * -ops.mean(label * ops.log(ctcvr) + (1 - label) * ops.log(1 - ctcvr))

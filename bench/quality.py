@@ -1,0 +1,205 @@
+"""The quality benchmark: how well each model ranks, against a ceiling, a linear baseline and a peer.
+
+For each data size (synthetic raw Ali-CCP; 200,000 rows is the main job's data, `make run`) it runs
+ExampleGen and Transform once, then prints test AUC mean ± std over the training seeds of CTR,
+CVR (clicked rows) and CTCVR for:
+- the generator's Bayes-optimal ceiling (true probabilities as scores, `synth.json`);
+- scikit-learn's logistic regression on the same ExampleGen output (bench/sklearn_logistic.py;
+  deterministic, so one fit);
+- every model of `--models` at the Trainer's defaults (`trainer.config`), with the step and epoch
+  early stopping kept, training seconds and examples/s;
+- DeepCTR 0.9.4's MMOE and PLE on the same transformed ids (bench/deepctr_peer.py), in the same run.
+Each cell runs in a process of its own; results are cached in DATA_DIR/quality/*.json, so a
+rerun only runs what is missing (delete the folder to measure again).
+`--plot PNG` draws eval AUC against training steps for MMoE on the largest size, at this code's
+defaults and, with `--before REV`, at a git revision's (its code checked out into a worktree).
+Usage: python bench/quality.py [--sizes 200000,1000000] [--seeds 3] [--models mmoe,ple,...]
+                               [--peers mmoe,ple] [--data-dir bench/.data] [--plot PNG] [--before REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+from trainer.config import MODEL_NAMES
+
+AUCS = ("ctr_auc", "cvr_auc", "ctcvr_auc")
+ZOO = tuple(MODEL_NAMES) + ("mmoe+mtn",)
+_TRAIN = """
+import json, sys
+from trainer import train
+transformed, out, config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+r = train.train(transformed, out, config, overwrite=True, export_model=False)
+print(json.dumps({k: r.get(k) for k in ("model", "seed", "test", "eval", "best_epoch", "best_step", "epochs_done",
+                                        "history", "seconds", "train_examples_per_second", "params", "rows")},
+                 default=float))
+"""
+
+
+def _run(command: list, env: dict | None = None, cwd: str | None = None) -> dict:
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
+    if result.returncode:
+        sys.exit(f"quality benchmark child failed: {' '.join(command[:4])}...\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _cached(path: pathlib.Path, measure) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    result = measure()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, default=float))
+    return result
+
+
+def prepare(rows: int, data_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """(folder with ExampleGen's and Transform's outputs, synth.json) for `rows` synthetic rows,
+    made as `mtrank run` makes its data (seed 0, 0.1% malformed lines)."""
+    from pipeline.synth import aliccp
+
+    folder = data_dir / f"quality_{rows}"
+    raw = folder / "raw"
+    if not (raw / "synth.json").exists():
+        aliccp.generate(aliccp.AliccpSynthConfig(rows=rows, seed=0, malformed_rate=0.001), str(raw), progress=False)
+    mtrank = str(pathlib.Path(sys.executable).with_name("mtrank"))
+    if not (folder / "stats.json").exists():
+        subprocess.run([mtrank, "ingest", "--format", "aliccp-raw", "--input", str(raw), "--output", str(folder),
+                        "--overwrite"], check=True, capture_output=True)
+    if not (folder / "transformed" / "stats.json").exists():
+        subprocess.run([mtrank, "transform", "--examples", str(folder), "--output", str(folder), "--overwrite"],
+                       check=True, capture_output=True)
+    return folder, json.loads((raw / "synth.json").read_text())
+
+
+def zoo_config(name: str, seed: int) -> dict:
+    model = "mmoe" if name == "mmoe+mtn" else name
+    config = {"model": {"name": model}, "training": {"seed": seed}}
+    if name == "mmoe+mtn":
+        config["mtn"] = {}
+    return config
+
+
+def train_zoo(folder: pathlib.Path, cache: pathlib.Path, name: str, seed: int, code_dir: str | None = None) -> dict:
+    """One Trainer run at the defaults (`code_dir`: another checkout's code, for --before)."""
+    out = cache / "runs" / f"{name}_{seed}{'_before' if code_dir else ''}"
+    env = {**os.environ, "PYTHONPATH": code_dir} if code_dir else None
+    return _run([sys.executable, "-c", _TRAIN, str(folder), str(out), json.dumps(zoo_config(name, seed))],
+                env=env, cwd=code_dir)
+
+
+def _mean_std(runs: list, key: str) -> str:
+    values = np.array([r["test"][key] for r in runs], np.float64)
+    return f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}"
+
+
+def table(rows: int, synth: dict, logistic: dict, results: dict) -> list[str]:
+    bayes = synth["bayes_auc"]["test"]
+    lines = [f"\n### {rows:,} synthetic rows\n",
+             "| model | test AUC CTR | CVR (clicked) | CTCVR | seeds | stopped at epoch (step) | train s | train ex/s |",
+             "|---|---|---|---|---:|---|---:|---:|",
+             f"| Bayes-optimal ceiling | {bayes['ctr']:.4f} | {bayes['cvr']:.4f} | {bayes['ctcvr']:.4f} | | | | |",
+             f"| scikit-learn logistic regression (C {logistic['C']['ctr']:g} / {logistic['C']['cvr']:g}) "
+             f"| {logistic['test']['ctr_auc']:.4f} | {logistic['test']['cvr_auc']:.4f} "
+             f"| {logistic['test']['ctcvr_auc']:.4f} | 1 | | | |"]
+    for name, runs in results.items():
+        if not runs:
+            continue
+        epochs = ", ".join(f"{r['best_epoch']:g}" + (f" ({r['best_step']})" if r.get("best_step") else "") for r in runs)
+        seconds = np.mean([r["seconds"]["train"] if "seconds" in r else np.nan for r in runs])
+        rate = np.mean([r["train_examples_per_second"] or np.nan for r in runs])
+        lines.append(f"| {name} | {_mean_std(runs, 'ctr_auc')} | {_mean_std(runs, 'cvr_auc')} | "
+                     f"{_mean_std(runs, 'ctcvr_auc')} | {len(runs)} | {epochs} | "
+                     f"{'' if np.isnan(seconds) else f'{seconds:.0f}'} | {'' if np.isnan(rate) else f'{rate:,.0f}'} |")
+    lines.append("")
+    for name, runs in results.items():
+        if runs and not name.startswith("DeepCTR"):
+            gaps = [np.mean([r["test"][key] for r in runs]) - logistic["test"][key] for key in AUCS]
+            lines.append(f"- {name} over the logistic regression: CTR {gaps[0]:+.4f}, CVR {gaps[1]:+.4f}, "
+                         f"CTCVR {gaps[2]:+.4f}")
+    return lines
+
+
+def plot(path: str, runs: dict, rows: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for label, run in runs.items():
+        history = run["history"]
+        steps = [e.get("step") or e["epoch"] * (run["rows"]["train"] // 2048) for e in history]
+        for axis, key in zip(axes, AUCS):
+            axis.plot(steps, [e[f"val_{key}"] for e in history], marker="o", label=label)
+            axis.set_title(f"eval {key.replace('_', ' ').upper()}")
+            axis.set_xlabel("training steps (batch 2,048)")
+    axes[0].legend()
+    figure.suptitle(f"MMoE, {rows:,} synthetic rows: eval AUC during training")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    print(f"\nwrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="200000,1000000", help="synthetic rows per data set (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per model (default: %(default)s)")
+    parser.add_argument("--models", default=",".join(ZOO), help="zoo models (default: all, and mmoe+mtn)")
+    parser.add_argument("--peers", default="mmoe,ple", help="DeepCTR models, or '' for none (default: %(default)s)")
+    parser.add_argument("--data-dir", default="bench/.data", help="where data and results are cached")
+    parser.add_argument("--plot", help="PNG of MMoE's eval AUC against steps on the largest size")
+    parser.add_argument("--before", help="a git revision whose defaults the plot also shows")
+    args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    peers = [p for p in args.peers.split(",") if p]
+    if set(models) - set(ZOO):
+        sys.exit(f"--models: unknown {sorted(set(models) - set(ZOO))}; known: {', '.join(ZOO)}")
+    if set(peers) - {"mmoe", "ple"}:
+        sys.exit("--peers: DeepCTR's mmoe and ple only")
+    data_dir = pathlib.Path(args.data_dir)
+    sizes = [int(n) for n in args.sizes.split(",")]
+    here = pathlib.Path(__file__).parent
+    lines = ["## Ranking quality: test AUC, mean ± std over training seeds"]
+    for rows in sizes:
+        folder, synth = prepare(rows, data_dir)
+        cache = data_dir / "quality" / str(rows)
+        print(f"  {rows:,} rows: data ready in {folder}", file=sys.stderr, flush=True)
+        logistic = _cached(cache / "sklearn_logistic.json",
+                           lambda: _run([sys.executable, str(here / "sklearn_logistic.py"), str(folder)]))
+        results = {}
+        for name in models:
+            results[name] = [_cached(cache / f"{name}_{seed}.json", lambda: train_zoo(folder, cache, name, seed))
+                             for seed in range(args.seeds)]
+            print(f"  {rows:,} rows: {name} done", file=sys.stderr, flush=True)
+        for peer in peers:
+            results[f"DeepCTR {peer.upper()}"] = [
+                _cached(cache / f"deepctr_{peer}_{seed}.json",
+                        lambda: _run([sys.executable, str(here / "deepctr_peer.py"), str(folder), peer, str(seed)]))
+                for seed in range(args.seeds)]
+            print(f"  {rows:,} rows: DeepCTR {peer} done", file=sys.stderr, flush=True)
+        lines += table(rows, synth, logistic, results)
+    print("\n".join(lines))
+    if args.plot:
+        rows = max(sizes)
+        folder, _ = prepare(rows, data_dir)
+        cache = data_dir / "quality" / str(rows)
+        runs = {"this code's defaults": _cached(cache / "mmoe_0.json", lambda: train_zoo(folder, cache, "mmoe", 0))}
+        if args.before:
+            worktree = data_dir / f"worktree_{args.before}"
+            if not worktree.exists():
+                subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], check=True)
+            runs[f"defaults at {args.before}"] = _cached(
+                cache / f"mmoe_0_before_{args.before}.json",
+                lambda: train_zoo(folder, cache, "mmoe", 0, code_dir=str(worktree.resolve())))
+        plot(args.plot, runs, rows)
+
+
+if __name__ == "__main__":
+    main()
