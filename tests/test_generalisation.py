@@ -61,7 +61,7 @@ def test_the_embedding_l2_term_joins_the_loss_only_when_asked():
         network = models.build(SPEC.to_dict(), dataclasses.asdict(config.model))
         return TrainingModel(network, SPEC, config)
 
-    assert "embedding_l2_loss" not in trainee().trackers
+    assert "embedding_l2_loss" not in trainee(embedding_l2=0.0).trackers
     regularised = trainee(embedding_l2=0.5)
     batch = _batch()
     terms = regularised.loss_terms(_labels(), regularised(batch, training=True))

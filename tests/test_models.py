@@ -163,12 +163,12 @@ def test_esmm_convention_is_ctr_and_ctcvr_over_all_impressions():
 
 
 def test_fdn_loss_terms_follow_the_ablation_switches():
-    assert set(_trainee("fdn").trackers) == {"ctr_loss", "cvr_loss", "aux_loss", "orth_loss"}
-    assert set(_trainee("fdn", fdn={"aux": False}).trackers) == {"ctr_loss", "cvr_loss", "orth_loss"}
-    assert set(_trainee("fdn", fdn={"orth": False}).trackers) == {"ctr_loss", "cvr_loss", "aux_loss"}
+    assert set(_trainee("fdn").trackers) == {"ctr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss", "orth_loss"}
+    assert set(_trainee("fdn", fdn={"aux": False}).trackers) == {"ctr_loss", "ctcvr_loss", "embedding_l2_loss", "orth_loss"}
+    assert set(_trainee("fdn", fdn={"orth": False}).trackers) == {"ctr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss"}
     no_shared = _trainee("fdn", model={**{k: list(v) if isinstance(v, tuple) else v
                                           for k, v in _model_config("fdn").items()}, "shared_features": False})
-    assert set(no_shared.trackers) == {"ctr_loss", "cvr_loss", "aux_loss"}
+    assert set(no_shared.trackers) == {"ctr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss"}
     terms = _trainee("fdn").loss_terms(_labels(), _trainee("fdn")(_batch()))
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in terms.values())
 
@@ -207,7 +207,9 @@ def test_config_errors_name_the_key(bad, message):
 def test_config_defaults_and_loss_convention():
     config = C.from_dict({"model": {"name": "esmm"}, "mtn": {}})
     assert config.loss_convention == "esmm" and config.mtn.lam == 1e-5
-    assert C.from_dict({}).loss_convention == "clicked" and C.from_dict({}).mtn is None
+    assert C.from_dict({}).loss_convention == "esmm" and C.from_dict({}).mtn is None
+    for apart in ("logistic", "single_task"):  # tasks trained apart: CVR on clicked rows
+        assert C.from_dict({"model": {"name": apart}}).loss_convention == "clicked"
     assert C.from_dict({"model": {"name": "esmm"}, "loss": {"convention": "clicked"}}).loss_convention == "clicked"
 
 

@@ -89,7 +89,7 @@ def test_a_run_writes_its_config_metrics_checkpoints_and_tensorboard_logs(traine
     assert [(e["eval"], e["epoch"], e["step"]) for e in metrics["history"]] == [
         (i, i / 2, i * steps) for i in range(1, 5)]
     for entry in metrics["history"]:
-        assert {"loss", "ctr_loss", "cvr_loss", "mtn_loss", "val_ctr_auc", "val_cvr_auc", "val_ctcvr_auc",
+        assert {"loss", "ctr_loss", "ctcvr_loss", "mtn_loss", "val_ctr_auc", "val_cvr_auc", "val_ctcvr_auc",
                 "val_ctr_logloss", "val_cvr_logloss", "val_ctcvr_logloss"} <= set(entry)
     # The default monitor: the eval CTR + CTCVR log loss; its best round's weights are restored.
     best = max(metrics["history"], key=_monitored)

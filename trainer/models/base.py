@@ -33,8 +33,6 @@ class MultiTaskModel(keras.Model):
     Adam thousands of steps to undo, and while it does the embeddings of frequent ids absorb the
     shift, which ranks popular items last."""
 
-    default_loss_convention = "clicked"
-
     def __init__(self, spec: dict, config: dict, **kwargs):
         super().__init__(**kwargs)
         self.spec, self.config = spec, dict(config)

@@ -14,7 +14,6 @@ from trainer.models.base import MultiTaskModel
 
 @keras.saving.register_keras_serializable("mtrank")
 class ESMM(MultiTaskModel):
-    default_loss_convention = "esmm"
 
     def __init__(self, spec, config, **kwargs):
         super().__init__(spec, config, **kwargs)
