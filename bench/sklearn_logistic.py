@@ -125,4 +125,4 @@ def fit_predict(examples_dir: str, min_count: int = 2) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(fit_predict(sys.argv[1]), indent=1))
+    print(json.dumps(fit_predict(sys.argv[1])))

@@ -41,7 +41,6 @@ class ModelConfig:
     pairs: int = 2  # fdn: decomposition pairs per task
     shared_features: bool = True  # fdn: False is the paper's "without shared features" ablation
     dropout: float = 0.0
-    embedding_init: float = 0.05  # embedding rows start uniform in [-embedding_init, embedding_init]
     wide: bool = False  # add a linear part's logits (one weight per id per task), as in Wide & Deep
 
 
@@ -172,7 +171,7 @@ def _check(section: str, key: str, value, default):
     if key == "depth" and value < 0:
         raise ValueError(f"{where} must be a depth index >= 0 or null, got {value!r}")
     if key in ("lam", "aux_weight", "orth_weight", "dropout", "learning_rate", "memory_budget_gb",
-               "embedding_l2", "embedding_init", "embedding_learning_rate") and value < 0:
+               "embedding_l2", "embedding_learning_rate") and value < 0:
         raise ValueError(f"{where} must be >= 0, got {value!r}")
     if key in ("alpha_floor", "dropout") and not 0 <= value <= 1:
         raise ValueError(f"{where} must be in [0, 1], got {value!r}")

@@ -46,8 +46,7 @@ class MultiTaskModel(keras.Model):
         self.logit_bias.assign(np.log(rates / (1 - rates)).astype("float32"))
 
     def embedding(self, name="embedding") -> FieldEmbedding:
-        return FieldEmbedding(self.spec, self.config["embedding_dim"], self.config["pooling"],
-                              self.config.get("embedding_init", 0.05), name=name)
+        return FieldEmbedding(self.spec, self.config["embedding_dim"], self.config["pooling"], name=name)
 
     def embedding_layers(self) -> list[FieldEmbedding]:
         """The model's embedding tables (regularisers read the rows a batch touches)."""
