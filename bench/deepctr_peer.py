@@ -95,15 +95,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
 
-    import tensorflow as tf
+    import tf_keras  # DeepCTR's Keras 2, which TF_USE_LEGACY_KERAS=1 makes tf.keras inside deepctr
 
     from trainer.metrics import task_metrics
 
-    tf.keras.utils.set_random_seed(args.seed)
+    tf_keras.utils.set_random_seed(args.seed)
     splits, spec = load(args.transformed)
     data = {name: (deepctr_inputs(features, spec), labels) for name, (features, labels) in splits.items()}
     model = build(args.model, feature_columns(spec), args.seed)
-    model.compile(tf.keras.optimizers.Adam(1e-3), loss=["binary_crossentropy", "binary_crossentropy"])
+    model.compile(tf_keras.optimizers.Adam(1e-3), loss=["binary_crossentropy", "binary_crossentropy"])
 
     def scores(name):
         ctr, ctcvr = model.predict(data[name][0], batch_size=8192, verbose=0)

@@ -78,11 +78,6 @@ def _layout(spec: dict) -> list:
     return [(f["key"], f["kind"], f["weighted"]) for f in spec["fields"]]
 
 
-def _embeddings(network) -> list[FieldEmbedding]:
-    return [layer for layer in network._flatten_layers(include_self=False, recursive=True)
-            if isinstance(layer, FieldEmbedding)]
-
-
 def warm_start(network, tft_output, saved_model: str) -> dict:
     """Copies what carries over from `saved_model` (an export of `trainer.export`) into `network`
     (built); returns {"from", "variables", "copied", "embedding_rows", ...} or {"from", "skipped"}."""
@@ -107,7 +102,7 @@ def warm_start(network, tft_output, saved_model: str) -> dict:
     tf.train.Checkpoint(network=old).read(os.path.join(saved_model, "variables", "variables")) \
         .assert_existing_objects_matched().expect_partial()
 
-    new_tables, old_tables = _embeddings(network), _embeddings(old)
+    new_tables, old_tables = network.embedding_layers(), old.embedding_layers()
     assets = os.path.join(saved_model, "assets")
     rows, tables = 0, 0
     for new_layer, old_layer in zip(new_tables, old_tables):
