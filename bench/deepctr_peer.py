@@ -125,7 +125,7 @@ def main() -> None:
         if epoch:  # the first epoch pays for tracing
             seconds, examples = seconds + took, examples + steps * BATCH
         evaluated = scores("eval")
-        value = evaluated["ctr_logloss"] + evaluated["ctcvr_logloss"]
+        value = evaluated["ctr_logloss"] + evaluated["cvr_logloss"] + evaluated["ctcvr_logloss"]
         history.append({"epoch": epoch + 1, "monitor": value, **{k: evaluated[k] for k in ("ctr_auc", "cvr_auc", "ctcvr_auc")}})
         if best is None or value < best[0]:
             best = (value, epoch + 1, scores("test"), evaluated)

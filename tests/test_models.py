@@ -153,7 +153,7 @@ def test_clicked_convention_is_ctr_on_all_rows_and_cvr_on_clicked_rows():
 
 
 def test_esmm_convention_is_ctr_and_ctcvr_over_all_impressions():
-    trainee = _trainee("esmm")
+    trainee = _trainee("esmm", loss={"convention": "esmm"})
     assert trainee.convention == "esmm"
     batch, y = _batch(), _labels()
     terms = {k: float(v) for k, v in trainee.loss_terms(y, trainee(batch)).items()}
@@ -162,13 +162,25 @@ def test_esmm_convention_is_ctr_and_ctcvr_over_all_impressions():
     assert terms["ctcvr_loss"] == pytest.approx(_bce(y["click"] * y["conversion"], out["ctcvr"]).mean(), rel=1e-4)
 
 
+def test_both_convention_weighs_clicked_cvr_and_ctcvr_apart():
+    batch, y = _batch(), _labels()
+    equal = _trainee("mmoe", loss={"convention": "both", "weights": {"ctr": 1, "cvr": 1, "ctcvr": 1}})
+    apart = _trainee("mmoe", loss={"convention": "both", "weights": {"cvr": 0.3, "ctcvr": 2.0}})
+    apart.set_weights(equal.get_weights())
+    same = {k: float(v) for k, v in equal.loss_terms(y, equal(batch)).items()}
+    weighed = {k: float(v) for k, v in apart.loss_terms(y, apart(batch)).items()}
+    assert weighed["ctr_loss"] == pytest.approx(same["ctr_loss"], rel=1e-6)
+    assert weighed["cvr_loss"] == pytest.approx(0.3 * same["cvr_loss"], rel=1e-5)
+    assert weighed["ctcvr_loss"] == pytest.approx(2.0 * same["ctcvr_loss"], rel=1e-5)
+
+
 def test_fdn_loss_terms_follow_the_ablation_switches():
-    assert set(_trainee("fdn").trackers) == {"ctr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss", "orth_loss"}
-    assert set(_trainee("fdn", fdn={"aux": False}).trackers) == {"ctr_loss", "ctcvr_loss", "embedding_l2_loss", "orth_loss"}
-    assert set(_trainee("fdn", fdn={"orth": False}).trackers) == {"ctr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss"}
+    assert set(_trainee("fdn").trackers) == {"ctr_loss", "cvr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss", "orth_loss"}
+    assert set(_trainee("fdn", fdn={"aux": False}).trackers) == {"ctr_loss", "cvr_loss", "ctcvr_loss", "embedding_l2_loss", "orth_loss"}
+    assert set(_trainee("fdn", fdn={"orth": False}).trackers) == {"ctr_loss", "cvr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss"}
     no_shared = _trainee("fdn", model={**{k: list(v) if isinstance(v, tuple) else v
                                           for k, v in _model_config("fdn").items()}, "shared_features": False})
-    assert set(no_shared.trackers) == {"ctr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss"}
+    assert set(no_shared.trackers) == {"ctr_loss", "cvr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss"}
     terms = _trainee("fdn").loss_terms(_labels(), _trainee("fdn")(_batch()))
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in terms.values())
 
@@ -194,7 +206,7 @@ def test_mtn_attaches_to_towers_or_experts_without_changing_the_network():
     ({"training": {"epochs": 0}}, "training.epochs must be positive"),
     ({"training": {"batch_size": 1.5}}, "training.batch_size must be an integer"),
     ({"mtn": {"alpha_floor": 2}}, r"mtn.alpha_floor must be in \[0, 1\]"),
-    ({"loss": {"weights": {"ctcvr": 1}}}, "loss.weights must map ctr and cvr"),
+    ({"loss": {"weights": {"click": 1}}}, "loss.weights must map some of ctr, cvr and ctcvr"),
     ({"fdn": {"orth_variant": "mine"}}, "fdn.orth_variant must be one of"),
     ({"hardware": {"xla": "yes"}}, "hardware.xla must be true or false"),
     ({"optimizer": {}}, r"unknown sections \['optimizer'\]"),
@@ -206,8 +218,11 @@ def test_config_errors_name_the_key(bad, message):
 
 def test_config_defaults_and_loss_convention():
     config = C.from_dict({"model": {"name": "esmm"}, "mtn": {}})
-    assert config.loss_convention == "esmm" and config.mtn.lam == 1e-5
-    assert C.from_dict({}).loss_convention == "esmm" and C.from_dict({}).mtn is None
+    assert config.loss_convention == "both" and config.mtn.lam == 1e-5
+    assert C.from_dict({}).loss_convention == "both" and C.from_dict({}).mtn is None
+    assert C.from_dict({}).loss_weights == C.BOTH_WEIGHTS
+    assert C.from_dict({"loss": {"weights": {"cvr": 1}}}).loss_weights == {"ctr": 1.0, "cvr": 1.0, "ctcvr": 1.0}
+    assert C.from_dict({"model": {"name": "single_task"}}).loss_weights == {"ctr": 1.0, "cvr": 1.0, "ctcvr": 1.0}
     for apart in ("logistic", "single_task"):  # tasks trained apart: CVR on clicked rows
         assert C.from_dict({"model": {"name": apart}}).loss_convention == "clicked"
     assert C.from_dict({"model": {"name": "esmm"}, "loss": {"convention": "clicked"}}).loss_convention == "clicked"

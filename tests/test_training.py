@@ -74,7 +74,7 @@ def trained_mmoe(tmp_path_factory, trainable_synthetic):
 
 
 def _monitored(entry: dict) -> float:
-    return -(entry["val_ctr_logloss"] + entry["val_ctcvr_logloss"])
+    return -(entry["val_ctr_logloss"] + entry["val_cvr_logloss"] + entry["val_ctcvr_logloss"])
 
 
 def test_a_run_writes_its_config_metrics_checkpoints_and_tensorboard_logs(trained_mmoe):

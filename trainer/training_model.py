@@ -124,7 +124,7 @@ class TrainingModel(keras.Model):
         logits = ops.cast(y_pred["logits"], "float32")
         click, conversion = y[F.CLICK], y[F.CONVERSION]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        weights = self.config.loss.weights
+        weights = self.config.loss_weights
         terms = {"ctr_loss": weights["ctr"] * ops.mean(_bce_with_logits(click, logits[:, 0]))}
         if self.convention in ("clicked", "both"):
             terms["cvr_loss"] = weights["cvr"] * _masked_mean(_bce_with_logits(conversion, logits[:, 1]), click,
@@ -132,7 +132,7 @@ class TrainingModel(keras.Model):
         if self.convention in ("esmm", "both"):
             ctcvr = ops.clip(ops.sigmoid(logits[:, 0]) * ops.sigmoid(logits[:, 1]), 1e-7, 1 - 1e-7)
             label = click * conversion
-            terms["ctcvr_loss"] = weights["cvr"] * -ops.mean(label * ops.log(ctcvr) + (1 - label) * ops.log(1 - ctcvr))
+            terms["ctcvr_loss"] = weights["ctcvr"] * -ops.mean(label * ops.log(ctcvr) + (1 - label) * ops.log(1 - ctcvr))
         if self.mtn is not None and include_mtn:
             terms["mtn_loss"] = self.mtn(mtn_stacks(self.network, self.config.mtn.target, self.config.mtn.depth))
         if self.aux_heads is not None:
