@@ -14,8 +14,7 @@ A cell is `trainer.train.train` on the Transform output with a config made from 
 settings (`trainer_config`), into a scratch folder removed afterwards; OUT/runs/<cell>/trainer.json
 keeps the Trainer's own metrics.json (history, MTN alphas). The cell's metrics are the test-split
 AUCs of the Trainer's result (CTR on all rows, CVR on clicked rows, CTCVR on all rows): of the
-exported SavedModel on raw examples, as the Evaluator scores what is served, or at the quick
-scale (`export_model` false) of the trained network on Transform's test split.
+trained network on Transform's test split. The full scale also exports the SavedModel.
 """
 
 from __future__ import annotations
@@ -75,9 +74,8 @@ class Settings:
     lam: float = 1e-5  # the MTN paper's lambda
     alpha_floor: float = 0.5  # trainer.config's default
     xla: bool = False
-    # True: the test split is scored by the exported SavedModel on raw examples, as the Evaluator
-    # scores what is served. False: by the trained network on Transform's test split (the same
-    # features), which saves the export's save and reload, about 20 s a run here.
+    # True: the cell also writes the SavedModel (about 20 s a run here). Either way the test split
+    # is scored by the trained network on Transform's test split.
     export_model: bool = False
 
 

@@ -163,10 +163,15 @@ def _run(args, beam_args) -> None:
     config = _trainer_config(args, "run", sections)
     raw = sections.get("evaluator") or {}
     _stage("run", dag.eval_config, raw)
+    transform_section = sections.get("transform") or {}
+    noise_proportion = _stage("run", dag.transform_config, transform_section)["noise_proportion"]
+    if args.noise_proportion is not None:  # the flag wins over the config's
+        noise_proportion = args.noise_proportion
     options = dag.RunOptions(
         output=os.path.abspath(args.output), serving_base=os.path.abspath(args.serving_base), trainer_config=config,
         eval_config=raw, data=args.data and _absolute(args.data), data_format=args.format, rows=args.rows,
-        seed=args.seed, noise_proportion=args.noise_proportion, warm_start=args.warm_start,
+        seed=args.seed, noise_proportion=noise_proportion, transform_config=transform_section,
+        warm_start=args.warm_start,
         model_name=args.model_name, beam_runner=args.beam_runner, beam_args=beam_args)
     steps = (args.data is None) + (1 if args.runner == "kfp-local" else 5) + (not args.no_serve)
     step = 0
@@ -324,10 +329,10 @@ def _schedule(args, _) -> None:
           f"cron {args.cron!r}, at most one run at a time, missed runs not caught up")
 
 
-def _add_trainer_flags(p) -> None:
+def _add_trainer_flags(p, config_help: str = "JSON file of trainer config sections (README: Trainer)") -> None:
     from trainer.config import MODEL_NAMES
 
-    p.add_argument("--config", help="JSON file of trainer config sections (README: Trainer)")
+    p.add_argument("--config", help=config_help)
     p.add_argument("--model", choices=MODEL_NAMES, help="the model (default: mmoe, or the config's)")
     p.add_argument("--epochs", type=_positive, help="most epochs; early stopping may end sooner (default: 10)")
     p.add_argument("--batch-size", type=_positive, help="examples per step (default: 2048)")
@@ -355,15 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: every stage in this process; kfp-local: Kubeflow Pipelines' local runner, "
                         "each stage a component in its own process (default: %(default)s)")
     p.add_argument("--beam-runner", default=IN_PROCESS, help="Beam runner of ExampleGen and Transform (default: %(default)s)")
-    p.add_argument("--noise-proportion", type=_probability, default=0.0, metavar="P",
-                   help="share of training rows that get feature noise (see transform; default: %(default)s)")
+    p.add_argument("--noise-proportion", type=_probability, metavar="P",
+                   help="share of training rows that get feature noise (see transform; default: the config's "
+                        "transform.noise_proportion, else 0)")
     p.add_argument("--warm-start", action="store_true",
                    help="initialise the network from the last pushed version under --serving-base")
     p.add_argument("--serving-base", default="runs/serving",
                    help="blessed models are pushed to SERVING_BASE/MODEL_NAME/<version>/ (default: %(default)s)")
     p.add_argument("--model-name", default="mtrank", help="the served model's name (default: %(default)s)")
     p.add_argument("--no-serve", action="store_true", help="stop after the Pusher")
-    _add_trainer_flags(p)
+    _add_trainer_flags(p, "JSON file of config sections: the trainer's (README: Trainer), `transform` and `evaluator`")
     p.set_defaults(func=_run)
 
     p = commands.add_parser("train", help="Trainer: a multi-task model on Transform's output, exported for serving")

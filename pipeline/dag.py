@@ -45,7 +45,7 @@ def trainer_config(config: dict | None = None, *, model: str | None = None, epoc
     """A trainer config (`trainer.config` sections) with the command-line overrides applied; checked."""
     from trainer.config import from_dict
 
-    config = {k: v for k, v in (config or {}).items() if k != "evaluator"}  # `mtrank run`'s Evaluator section
+    config = {k: v for k, v in (config or {}).items() if k not in ("evaluator", "transform")}  # `mtrank run`'s
     overrides = {"model": {"name": model}, "training": {"epochs": epochs, "batch_size": batch_size, "seed": seed}}
     for section, values in overrides.items():
         values = {k: v for k, v in values.items() if v is not None}
@@ -58,6 +58,34 @@ def trainer_config(config: dict | None = None, *, model: str | None = None, epoc
     except ValueError as e:
         raise StageError(f"trainer config: {e}") from None
     return config
+
+
+TRANSFORM_NOISE = {"noise_proportion": 0.0, "noise_feature_prob": 0.2}
+
+
+def transform_config(raw: dict | None) -> dict:
+    """`mtrank run`'s `transform` section, checked: preprocessing_fn's options (`transform.options`:
+    frequency_threshold, num_oov_buckets, numeric, numeric_default) and the noise
+    (noise_proportion, noise_feature_prob), as {"preprocessing": {...}, "noise_proportion": P,
+    "noise_feature_prob": Q}."""
+    from transform.options import Options
+
+    if raw is not None and not isinstance(raw, dict):
+        raise StageError(f"transform config must be an object of options, got {raw!r}")
+    raw = dict(raw or {})
+    known = sorted({f.name for f in dataclasses.fields(Options)} | set(TRANSFORM_NOISE))
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise StageError(f"transform config: unknown keys {unknown}; known: {known}")
+    noise = {key: raw.pop(key, default) for key, default in TRANSFORM_NOISE.items()}
+    for key, value in noise.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise StageError(f"transform.{key} must be a number in [0, 1], got {value!r}")
+    try:
+        Options.from_config(raw)
+    except ValueError as e:
+        raise StageError(f"transform config: {str(e).replace('custom_config', 'transform')}") from None
+    return {"preprocessing": raw, **{k: float(v) for k, v in noise.items()}}
 
 
 def eval_config(raw: dict | None):
@@ -160,7 +188,7 @@ def print_training_summary(result: dict, run_dir: str) -> None:
                                                if "copied" in w else f"skipped ({w['skipped']})"))
     print(f"  eval AUC   {aucs(result['eval'])}")
     if "test" in result:
-        print(f"  test AUC   {aucs(result['test'])}  (the exported SavedModel on raw test examples)")
+        print(f"  test AUC   {aucs(result['test'])}  (the network on Transform's test split)")
     p = result["params"]
     print(f"  parameters {p['total']:,} trained, {p['exported']:,} exported")
     print(f"  SavedModel {result['serving_model_dir']}; metrics {os.path.join(run_dir, 'metrics.json')}", flush=True)
@@ -192,18 +220,38 @@ def pusher(saved_model: str, evaluated: str, serving_base: str, model_name: str)
     return pushed
 
 
-def record(output: str, arguments: dict, trainer_config: dict, evaluation: dict, data: str, data_format: str,
-           data_fingerprint: dict, lineage: dict, trained: dict, beam_args=()) -> str:
-    """OUTPUT/run.json (`pipeline.run_record`); `data_fingerprint`: `run_record.fingerprint` of the
-    data as ExampleGen read it."""
+def record(output: str, arguments: dict, *, data: str, data_format: str, data_fingerprint: dict, artifacts: dict,
+           pushed: dict | None, readable: dict | None = None, beam_args=()) -> str:
+    """OUTPUT/run.json (`pipeline.run_record`), the one builder both runners call.
+
+    `artifacts`: {"examples", "transform_graph", "model", "evaluation"}: each stage's output
+    folder as the lineage names it (a URI on a cluster); `readable`: the same folders as this
+    process reads them (default: `artifacts`). The trainer config, the Trainer's eval metrics, the
+    warm start, the Evaluator's config, verdict and test metrics are read from those folders.
+    `data_fingerprint`: `run_record.fingerprint` of the data as ExampleGen read it."""
+    import json
+
     from pipeline import run_record
 
+    readable = readable or artifacts
+    with open(os.path.join(readable["model"], "model", "metrics.json")) as f:
+        trained = json.load(f)
+    with open(os.path.join(readable["model"], "model", "config.json")) as f:
+        trainer_config = json.load(f)["trainer"]
+    with open(os.path.join(readable["evaluation"], "evaluation", "metrics.json")) as f:
+        evaluated = json.load(f)
+    lineage = {"examples": artifacts["examples"],
+               "transform_graph": os.path.join(artifacts["transform_graph"], "transform_graph"),
+               "model": os.path.join(artifacts["model"], "model", "serving"),
+               "evaluation": os.path.join(artifacts["evaluation"], "evaluation"),
+               "baseline": (evaluated.get("baseline") or {}).get("model"), "blessed": evaluated["blessed"],
+               "pushed": pushed}
     return run_record.write(output, {
         "command": "run", "arguments": arguments, "trainer_config": trainer_config,
-        "evaluator_config": evaluation["config"], "beam_args": list(beam_args),
+        "evaluator_config": evaluated["config"], "beam_args": list(beam_args),
         "data": {"path": data, "format": data_format, "fingerprint": data_fingerprint},
         "lineage": lineage, "warm_start": trained.get("warm_start"),
-        "metrics": {"eval": trained.get("eval"), "test": evaluation["overall"]}})
+        "metrics": {"eval": trained.get("eval"), "test": evaluated["overall"]}})
 
 
 # --- the local runner -------------------------------------------------------------------------------
@@ -216,6 +264,7 @@ class RunOptions:
     serving_base: str
     trainer_config: dict
     eval_config: dict = dataclasses.field(default_factory=dict)
+    transform_config: dict = dataclasses.field(default_factory=dict)  # the `transform` section (transform_config)
     data: str | None = None
     data_format: str | None = None
     rows: int = 200_000
@@ -250,6 +299,7 @@ def run_local(options: RunOptions, stage) -> dict:
     from pipeline import pusher as push, run_record
 
     config = eval_config(options.eval_config)
+    preprocessing = transform_config({**options.transform_config, "noise_proportion": options.noise_proportion})
     if options.data is None:
         stage(f"synth: {options.rows:,} rows of raw Ali-CCP -> {os.path.join(options.output, 'raw')}")
     data, data_format = synthesize(options)
@@ -258,8 +308,9 @@ def run_local(options: RunOptions, stage) -> dict:
     example_gen(data, data_format, out, options.beam_runner, options.beam_args)
     data_fingerprint = run_record.fingerprint(data)
     stage(f"Transform: {out}/examples -> {out}/transform_graph, transformed/")
-    transform(out, out, seed=options.seed, noise_proportion=options.noise_proportion, runner=options.beam_runner,
-              beam_args=options.beam_args)
+    transform(out, out, seed=options.seed, noise_proportion=preprocessing["noise_proportion"],
+              noise_feature_prob=preprocessing["noise_feature_prob"], preprocessing=preprocessing["preprocessing"],
+              runner=options.beam_runner, beam_args=options.beam_args)
     warm = warm_start_source(options.serving_base, options.model_name, options.warm_start)
     stage(f"Trainer: {out}/transformed -> {out}/model" + (f", warm-started from {warm}" if warm else ""))
     trained = trainer(out, out, options.trainer_config, warm_start_from=warm)
@@ -270,10 +321,8 @@ def run_local(options: RunOptions, stage) -> dict:
     evaluation = evaluator(trained["serving_model_dir"], out, out, config, baseline)
     stage(f"Pusher: -> {model_base}/<next version>/")
     pushed = pusher(trained["serving_model_dir"], out, options.serving_base, options.model_name)
-    lineage = {"examples": os.path.join(out, "examples"), "transform_graph": os.path.join(out, "transform_graph"),
-               "model": trained["serving_model_dir"], "evaluation": os.path.join(out, "evaluation"),
-               "baseline": baseline, "blessed": evaluation["blessed"], "pushed": pushed}
-    path = record(out, {**dataclasses.asdict(options), "runner": "local"}, options.trainer_config, evaluation, data,
-                  data_format, data_fingerprint, lineage, trained, options.beam_args)
+    path = record(out, {**dataclasses.asdict(options), "runner": "local"}, data=data, data_format=data_format,
+                  data_fingerprint=data_fingerprint, pushed=pushed, beam_args=options.beam_args,
+                  artifacts={"examples": out, "transform_graph": out, "model": out, "evaluation": out})
     print(f"  run record: {path}", flush=True)
     return {"examples": out, "pushed": pushed, "evaluation": evaluation, "trained": trained, "record": path}

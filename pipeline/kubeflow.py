@@ -40,14 +40,21 @@ def example_gen(data: str, data_format: str, beam_runner: str, beam_args: list, 
     return run_record.fingerprint(data)  # of the data as read now, for the run record
 
 
-def transform(examples: Input[Dataset], seed: int, noise_proportion: float, beam_runner: str, beam_args: list,
-              transform_graph: Output[Artifact]):
+def transform(examples: Input[Dataset], seed: int, noise_proportion: float, transform_config: str, beam_runner: str,
+              beam_args: list, transform_graph: Output[Artifact]):
+    import json
+
     from pipeline import dag
 
     dag.configure_logging()
+    section = json.loads(transform_config)
+    if noise_proportion:  # the pipeline parameter wins over the section's
+        section["noise_proportion"] = noise_proportion
+    options = dag.transform_config(section)
     remote = beam_runner != "in-process"  # remote Beam workers read and write the artifacts' URIs
     dag.transform(examples.uri if remote else examples.path, transform_graph.uri if remote else transform_graph.path,
-                  seed=seed, noise_proportion=noise_proportion,
+                  seed=seed, noise_proportion=options["noise_proportion"],
+                  noise_feature_prob=options["noise_feature_prob"], preprocessing=options["preprocessing"],
                   runner=beam_runner, beam_args=beam_args)
 
 
@@ -82,8 +89,7 @@ def evaluator(model: Input[Model], examples: Input[Dataset], eval_config: str, s
 def pusher(model: Input[Model], evaluation: Input[Artifact], examples: Input[Dataset],
            transform_graph: Input[Artifact], data: str, data_format: str, data_fingerprint: dict,
            serving_base: str, model_name: str, noise_proportion: float, seed: int, warm_start: bool,
-           beam_runner: str, beam_args: list, pushed: Output[Artifact]) -> int:
-    import json
+           beam_runner: str, beam_args: list, runner: str, pushed: Output[Artifact]) -> int:
     import os
 
     from pipeline import dag
@@ -91,23 +97,14 @@ def pusher(model: Input[Model], evaluation: Input[Artifact], examples: Input[Dat
     dag.configure_logging()
     saved_model = os.path.join(model.path, "model", "serving")
     result = dag.pusher(saved_model, evaluation.path, serving_base, model_name)
-    with open(os.path.join(evaluation.path, "evaluation", "metrics.json")) as f:
-        evaluated = json.load(f)
-    with open(os.path.join(model.path, "model", "metrics.json")) as f:
-        trained = json.load(f)
-    with open(os.path.join(model.path, "model", "config.json")) as f:
-        trainer_config = json.load(f)["trainer"]
-    lineage = {"examples": examples.uri, "transform_graph": os.path.join(transform_graph.uri, "transform_graph"),
-               "model": os.path.join(model.uri, "model", "serving"),
-               "evaluation": os.path.join(evaluation.uri, "evaluation"),
-               "baseline": evaluated.get("baseline", {}).get("model"), "blessed": evaluated["blessed"],
-               "pushed": result}
     os.makedirs(pushed.path, exist_ok=True)
     arguments = {"data": data, "data_format": data_format, "serving_base": serving_base, "model_name": model_name,
                  "noise_proportion": noise_proportion, "seed": seed, "warm_start": warm_start,
-                 "beam_runner": beam_runner}
-    dag.record(pushed.path, arguments, trainer_config, evaluated, data, data_format, data_fingerprint, lineage,
-               trained, beam_args)
+                 "beam_runner": beam_runner, "runner": runner}
+    artifacts = {"examples": examples, "transform_graph": transform_graph, "model": model, "evaluation": evaluation}
+    dag.record(pushed.path, arguments, data=data, data_format=data_format, data_fingerprint=data_fingerprint,
+               pushed=result, beam_args=beam_args, artifacts={k: a.uri for k, a in artifacts.items()},
+               readable={k: a.path for k, a in artifacts.items()})
     return result["version"] if result else 0
 
 
@@ -132,13 +129,15 @@ def build(image: str = IMAGE, claims: bool = True):
     def mtrank(data: str = f"{DATA_MOUNT}/latest", data_format: str = "aliccp-raw",
                serving_base: str = MODELS_MOUNT, model_name: str = "mtrank", model: str = "", mtn_lambda: float = 0.0,
                noise_proportion: float = 0.0, epochs: int = 0, seed: int = 0, warm_start: bool = True,
-               trainer_config: str = "{}", eval_config: str = "{}", beam_runner: str = "in-process",
-               beam_args: list = []) -> Artifact:
+               trainer_config: str = "{}", eval_config: str = "{}", transform_config: str = "{}",
+               beam_runner: str = "in-process",
+               beam_args: list = [], runner: str = "kubeflow") -> Artifact:
         gen = mount(steps["example_gen"](data=data, data_format=data_format, beam_runner=beam_runner,
                                          beam_args=beam_args), DATA_CLAIM, DATA_MOUNT)
         gen.set_display_name("ExampleGen").set_cpu_request("2").set_memory_request("8G")
         transformed = steps["transform"](examples=gen.outputs["examples"], seed=seed, noise_proportion=noise_proportion,
-                                beam_runner=beam_runner, beam_args=beam_args)
+                                         transform_config=transform_config, beam_runner=beam_runner,
+                                         beam_args=beam_args)
         transformed.set_display_name("Transform").set_cpu_request("2").set_memory_request("8G")
         train = mount(steps["trainer"](transform_graph=transformed.outputs["transform_graph"], trainer_config=trainer_config,
                                        model_choice=model, mtn_lambda=mtn_lambda, epochs=epochs,
@@ -153,7 +152,8 @@ def build(image: str = IMAGE, claims: bool = True):
                                examples=gen.outputs["examples"], transform_graph=transformed.outputs["transform_graph"],
                                data=data, data_format=data_format, data_fingerprint=gen.outputs["Output"],
                                serving_base=serving_base, model_name=model_name, noise_proportion=noise_proportion,
-                               seed=seed, warm_start=warm_start, beam_runner=beam_runner, beam_args=beam_args)
+                               seed=seed, warm_start=warm_start, beam_runner=beam_runner, beam_args=beam_args,
+                               runner=runner)
         mount(push, MODELS_CLAIM, MODELS_MOUNT).set_display_name("Pusher")
         for task in (gen, transformed, train, evaluate, push):
             task.set_caching_options(False)
@@ -172,9 +172,9 @@ def compile_pipeline(path: str, image: str = IMAGE) -> str:
 def run_local(options, stage) -> dict:
     """`mtrank run --runner kfp-local`: the pipeline through KFP's local subprocess runner, each
     component in its own process of this environment; artifacts under OUTPUT/kfp/."""
-    import dataclasses
     import json
     import re
+    import shutil
     import warnings
 
     from kfp import local
@@ -185,6 +185,7 @@ def run_local(options, stage) -> dict:
         stage(f"synth: {options.rows:,} rows of raw Ali-CCP -> {os.path.join(options.output, 'raw')}")
     data, data_format = dag.synthesize(options)
     dag.eval_config(options.eval_config)  # a bad section fails here, not in a component
+    dag.transform_config(options.transform_config)
     root = os.path.join(options.output, "kfp")
     stage(f"Kubeflow Pipelines local runner: ExampleGen -> Transform -> Trainer -> Evaluator -> Pusher, "
           f"artifacts under {root}")
@@ -199,18 +200,17 @@ def run_local(options, stage) -> dict:
     arguments = dict(data=data, data_format=data_format, serving_base=options.serving_base,
                      model_name=options.model_name, noise_proportion=options.noise_proportion, seed=options.seed,
                      warm_start=options.warm_start, trainer_config=json.dumps(options.trainer_config),
-                     eval_config=json.dumps(options.eval_config), beam_runner=options.beam_runner,
-                     beam_args=list(options.beam_args))
+                     eval_config=json.dumps(options.eval_config),
+                     transform_config=json.dumps(options.transform_config), beam_runner=options.beam_runner,
+                     beam_args=list(options.beam_args), runner="kfp-local")
     try:
         task = build(claims=False)(**arguments)
     except RuntimeError as e:  # KFP has logged the failing component's output above
         raise dag.StageError(re.sub(r"\x1b\[[0-9;]*m", "", str(e)) + " (its log is above)") from None
-    with open(os.path.join(task.output.path, "run.json")) as f:
-        record = json.load(f)
-    record["arguments"] = {**dataclasses.asdict(options), "runner": "kfp-local"}
     record_path = os.path.join(options.output, "run.json")
-    with open(record_path, "w") as f:
-        json.dump(record, f, indent=2, default=str)
+    shutil.copyfile(os.path.join(task.output.path, "run.json"), record_path)
+    with open(record_path) as f:
+        record = json.load(f)
     print(f"  run record: {record_path}", flush=True)
     return {"examples": record["lineage"]["examples"], "pushed": record["lineage"]["pushed"], "record": record_path}
 

@@ -95,6 +95,19 @@ def test_a_bad_trainer_config_names_the_key(tmp_path):
     assert "model.num_experts must be a number" in result.stderr
 
 
+@pytest.mark.parametrize("section, message", [
+    ({"frequency_threshold": 0}, "transform.frequency_threshold must be an integer >= 1"),
+    ({"noise_feature_prob": 1.5}, "transform.noise_feature_prob must be a number in [0, 1]"),
+    ({"oov": 2}, "unknown keys ['oov']"),
+])
+def test_a_bad_transform_section_of_run_names_the_key_before_anything_runs(tmp_path, section, message):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"transform": section}))
+    result = run("run", "--output", str(tmp_path / "out"), "--config", str(config), "--no-serve")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_config_that_is_not_an_object_is_one_line(tmp_path):
     config = tmp_path / "list.json"
     config.write_text("[1, 2]")

@@ -495,12 +495,12 @@ def _evaluate_network(network, transform_graph_path: str, files: str, config: Tr
 def train(transformed: str, output: str, config: dict | None = None, overwrite: bool = False,
           base_model: str | None = None, export_model: bool = True) -> dict:
     """`mtrank train`: run_fn on `transformed`'s Transform output, into `output`/model; also scores the
-    best model on the test split when there is one. `base_model`: a SavedModel to warm-start from.
+    best network on Transform's test split when there is one. `base_model`: a SavedModel to
+    warm-start from.
 
-    `export_model=False` is for grids of small runs (experiments/), where saving the SavedModel and
-    loading it back to score the test split take longer than training: no SavedModel is written,
-    and the network scores Transform's test split, the features the export computes from raw
-    examples with the same tf.Transform graph."""
+    The Trainer reads Transform's folder only (on Kubeflow it is the one artifact its pod gets);
+    scoring the exported SavedModel on ExampleGen's raw examples is the Evaluator's. With
+    `export_model=False` (grids of small runs, experiments/) no SavedModel is written."""
     run_dir = os.path.join(output, "model")
     checked = from_dict(config or {})
     try:  # read without TensorFlow: the strategy must come first
@@ -521,10 +521,7 @@ def train(transformed: str, output: str, config: dict | None = None, overwrite: 
     def score_test_split(result: dict, network) -> dict:
         test_files = os.path.join(splits, "test", "*.tfrecord.gz")
         if tf.io.gfile.glob(test_files):
-            if export_model:
-                result["test"] = export.evaluate_saved_model(fn_args.serving_model_dir, transformed, "test")
-            else:
-                result["test"] = _evaluate_network(network, fn_args.transform_graph_path, test_files, checked)
+            result["test"] = _evaluate_network(network, fn_args.transform_graph_path, test_files, checked)
             _write_json(os.path.join(run_dir, "metrics.json"), result)
         return result
 
