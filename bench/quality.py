@@ -90,8 +90,8 @@ def train_zoo(folder: pathlib.Path, cache: pathlib.Path, name: str, seed: int, c
     """One Trainer run at the defaults (`code_dir`: another checkout's code, for --before)."""
     out = cache / "runs" / f"{name}_{seed}{'_before' if code_dir else ''}"
     env = {**os.environ, "PYTHONPATH": code_dir} if code_dir else None
-    return _run([sys.executable, "-c", _TRAIN, str(folder), str(out), json.dumps(zoo_config(name, seed))],
-                env=env, cwd=code_dir)
+    return _run([sys.executable, "-c", _TRAIN, str(folder.resolve()), str(out.resolve()),
+                 json.dumps(zoo_config(name, seed))], env=env, cwd=code_dir)
 
 
 def _mean_std(runs: list, key: str) -> str:
