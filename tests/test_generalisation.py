@@ -1,5 +1,5 @@
 """What makes the models generalise, against numpy: the touched-rows embedding L2, the per-group
-optimiser, the logit biases' prior, the hash dropout, the logistic model and the wide part."""
+optimiser, the learning-rate schedule, the logit biases' prior, the hash dropout, the logistic model and the wide part."""
 
 from __future__ import annotations
 
@@ -92,6 +92,29 @@ def test_per_group_optimizer_steps_tables_and_dense_layers_with_their_own_rules(
             np.testing.assert_allclose(moved, 1e-3, rtol=1e-3)
     assert int(grouped.iterations.numpy()) == 1
     assert len(grouped.variables) > len(grouped.dense_optimizer.variables)  # both groups' slots checkpoint
+
+
+def test_warm_up_and_cosine_decay_follow_their_formula_and_reach_both_groups():
+    rates = optimizers.WarmupCosine(1e-2, warmup_steps=4, decay_steps=10, floor=0.2)
+    steps = np.arange(20)
+    expected = 1e-2 * np.minimum(1.0, (steps + 1) / 4) * (
+        0.2 + 0.8 * 0.5 * (1 + np.cos(np.pi * np.clip((steps - 4) / 10, 0, 1))))
+    got = [float(rates(step)) for step in steps]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert got[-1] == pytest.approx(2e-3)  # held at the floor after the decay
+    assert optimizers.WarmupCosine.from_config(rates.get_config()).get_config() == rates.get_config()
+
+    training = C.TrainingConfig(warmup_steps=2, decay_steps=15, embedding_optimizer="adagrad",
+                                embedding_learning_rate=0.1)
+    grouped = optimizers.for_model(_network(), training)
+    for optimizer, peak in ((grouped.dense_optimizer, 1e-3), (grouped.embedding_optimizer, 0.1)):
+        schedule = optimizer._learning_rate
+        assert (schedule.peak, schedule.warmup_steps, schedule.decay_steps) == (peak, 2, 15)
+    assert not isinstance(optimizers.for_model(_network(), C.TrainingConfig(decay_steps=None))._learning_rate,
+                          keras.optimizers.schedules.LearningRateSchedule)  # no schedule by default
+    for bad in ({"warmup_steps": -1}, {"warmup_steps": 1.5}, {"decay_steps": 0}, {"decay_floor": 2}):
+        with pytest.raises(ValueError, match="training." + next(iter(bad))):
+            C.from_dict({"training": bad})
 
 
 def test_logit_biases_start_at_the_labels_log_odds():

@@ -9,13 +9,43 @@ rows quickly and then settle as their squared gradients add up.
 
 from __future__ import annotations
 
+import math
+
 import keras
+from keras import ops
 from keras.src.utils import tracking
 
 from trainer.config import EMBEDDING_OPTIMIZERS
 
 
-def make(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+@keras.saving.register_keras_serializable("mtrank")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """`peak` × min(1, step / warmup_steps), times a cosine from 1 down to `floor` over the
+    `decay_steps` after the warm-up (0: no decay), constant after it.
+
+    A linear warm-up keeps Adam's first steps, taken on second-moment estimates of a few batches,
+    from throwing the gates and stacked experts into dead ReLUs; the decay lets the point where
+    sparse CTR models peak (about the first epoch on large data) be reached with small steps."""
+
+    def __init__(self, peak: float, warmup_steps: int = 0, decay_steps: int = 0, floor: float = 0.1):
+        self.peak, self.warmup_steps, self.decay_steps, self.floor = peak, warmup_steps, decay_steps, floor
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        rate = ops.convert_to_tensor(self.peak, "float32")
+        if self.warmup_steps:
+            rate = rate * ops.minimum(1.0, (step + 1.0) / self.warmup_steps)
+        if self.decay_steps:
+            progress = ops.clip((step - self.warmup_steps) / self.decay_steps, 0.0, 1.0)
+            rate = rate * (self.floor + (1.0 - self.floor) * 0.5 * (1.0 + ops.cos(math.pi * progress)))
+        return rate
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps,
+                "floor": self.floor}
+
+
+def make(name: str, learning_rate) -> keras.optimizers.Optimizer:
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if name == "adagrad":
@@ -85,15 +115,24 @@ class PerGroupOptimizer(keras.optimizers.Optimizer):
                 "embedding_paths": sorted(self.embedding_paths)}
 
 
+def schedule(peak: float, training):
+    """`peak`, or a WarmupCosine of it when the TrainingConfig asks for warm-up or decay."""
+    if not training.warmup_steps and training.decay_steps is None:
+        return peak
+    return WarmupCosine(peak, training.warmup_steps, training.decay_steps or 0, training.decay_floor)
+
+
 def for_model(network, training) -> keras.optimizers.Optimizer:
     """The optimizer of a TrainingConfig: Adam at `learning_rate` for every variable, or a
-    PerGroupOptimizer with `embedding_optimizer` at `embedding_learning_rate` on the tables."""
+    PerGroupOptimizer with `embedding_optimizer` at `embedding_learning_rate` on the tables; both
+    rates on the config's warm-up and decay (see `schedule`)."""
     learning_rate = training.learning_rate
     embedding_learning_rate = training.embedding_learning_rate
     if embedding_learning_rate is None:
         embedding_learning_rate = learning_rate
-    dense = keras.optimizers.Adam(learning_rate)
+    dense = keras.optimizers.Adam(schedule(learning_rate, training))
     if training.embedding_optimizer == "adam" and embedding_learning_rate == learning_rate:
         return dense
     tables = [layer.table.path for layer in network.embedding_layers()]
-    return PerGroupOptimizer(make(training.embedding_optimizer, embedding_learning_rate), dense, tables)
+    return PerGroupOptimizer(make(training.embedding_optimizer,
+                                  schedule(embedding_learning_rate, training)), dense, tables)
