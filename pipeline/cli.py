@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-versions", type=_positive, default=1, help="the latest N versions are served (default: %(default)s)")
     p.add_argument("--rest-port", type=int, default=8501, help="(default: %(default)s)")
     p.add_argument("--grpc-port", type=int, default=8500, help="(default: %(default)s)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
+                   "only; 0.0.0.0 listens on every interface, and the server has no authentication)")
     p.add_argument("--poll-seconds", type=float, default=1.0, help="how often base paths are checked for versions (default: %(default)s)")
     p.add_argument("--max-batch-size", type=_positive, default=serving_defaults.DEFAULT_MAX_BATCH_SIZE,
                    help="rows per server-side batch (default: %(default)s)")

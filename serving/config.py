@@ -84,7 +84,7 @@ class ServerConfig:
     models: tuple[ModelSpec, ...]
     rest_port: int = 8501
     grpc_port: int = 8500
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # this machine only: the server has no authentication
     poll_seconds: float = 1.0
     batching: BatchingConfig = BatchingConfig()
     max_request_mb: int = 64

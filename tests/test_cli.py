@@ -121,3 +121,13 @@ def test_examples_of_an_unknown_layout_are_one_line(tmp_path):
     result = run("transform", "--examples", str(tmp_path), "--output", str(tmp_path / "out"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "does not name a known layout" in result.stderr and "mystery" in result.stderr
+
+
+def test_serve_listens_on_this_machine_only_unless_told():
+    from pipeline.cli import build_parser, server_config
+
+    parser = build_parser()
+    local = server_config(parser.parse_args(["serve", "--model-base-path", "base"]))
+    assert local.host == "127.0.0.1"
+    every = server_config(parser.parse_args(["serve", "--model-base-path", "base", "--host", "0.0.0.0"]))
+    assert every.host == "0.0.0.0"
