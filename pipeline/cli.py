@@ -252,9 +252,13 @@ def server_config(args):
 
 
 def _serve(args, beam_args) -> None:
+    from pipeline.dag import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from serving import server
 
     config = server_config(args)
+
     for model in config.models:
         if not os.path.isdir(model.base_path):
             _LOG.warning("model %s: base path %s does not exist yet; waiting for versions", model.name, model.base_path)

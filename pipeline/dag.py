@@ -34,6 +34,36 @@ def configure_logging(verbose: bool = False) -> None:
         logging.getLogger(ours).setLevel(logging.INFO)
 
 
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its C++ start-up lines hidden (CUDA probing on a CPU machine, CPU
+    features), unless the root logger shows INFO (`--verbose`). They print to the process's stderr
+    before any log setting applies, so stderr points at /dev/null for the import. TF's later C++
+    messages show from errors up (not XLA's banners). The stages call it once their input checks
+    have passed, so a bad argument is still answered at once."""
+    import logging
+    import sys
+
+    if "tensorflow" in sys.modules or logging.getLogger().isEnabledFor(logging.INFO):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow
+
+                # Probing the devices is what prints CUDA's errors on a machine without one. Listing
+                # them leaves the runtime uninitialised, so a distribution strategy can still start.
+                tensorflow.config.list_physical_devices()
+            except ImportError:
+                pass  # the command that needs it reports it, with stderr back
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class StageError(Exception):
     """Bad input or config for a stage: its message names what and why, on one line."""
 
@@ -136,6 +166,7 @@ def print_ingest_summary(stats: dict, output: str) -> None:
 def transform(examples: str, output: str, *, seed: int = 0, noise_proportion: float = 0.0,
               noise_feature_prob: float = 0.2, preprocessing: dict | None = None, runner: str = IN_PROCESS,
               beam_args=(), overwrite: bool = True) -> dict:
+    import_tensorflow_quietly()
     from transform import beam_pipeline
 
     config = beam_pipeline.TransformConfig(
@@ -164,6 +195,7 @@ def trainer(transformed: str, output: str, config: dict, *, warm_start_from: str
     for needed in ("transform_graph", os.path.join("transformed", "train"), os.path.join("transformed", "eval")):
         if not os.path.isdir(os.path.join(transformed, needed)):
             raise StageError(f"{transformed} has no {needed}/ (run mtrank transform first)")
+    import_tensorflow_quietly()
     from trainer import train
 
     try:
@@ -195,6 +227,7 @@ def print_training_summary(result: dict, run_dir: str) -> None:
 
 
 def evaluator(saved_model: str, examples: str, output: str, config, baseline: str | None) -> dict:
+    import_tensorflow_quietly()
     from pipeline import evaluator as evaluation
 
     try:

@@ -112,6 +112,7 @@ def test_warm_up_and_cosine_decay_follow_their_formula_and_reach_both_groups():
         assert (schedule.peak, schedule.warmup_steps, schedule.decay_steps) == (peak, 2, 15)
     assert not isinstance(optimizers.for_model(_network(), C.TrainingConfig(decay_steps=None))._learning_rate,
                           keras.optimizers.schedules.LearningRateSchedule)  # no schedule by default
+    assert C.from_dict({"training": {"decay_steps": None}}).training.decay_steps is None  # a constant rate
     for bad in ({"warmup_steps": -1}, {"warmup_steps": 1.5}, {"decay_steps": 0}, {"decay_floor": 2}):
         with pytest.raises(ValueError, match="training." + next(iter(bad))):
             C.from_dict({"training": bad})

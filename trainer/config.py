@@ -151,6 +151,7 @@ _CHOICES = {("model", "name"): MODEL_NAMES, ("model", "pooling"): ("mean", "sum"
             ("loss", "convention"): LOSS_CONVENTIONS + (None,), ("fdn", "orth_variant"): ORTH_VARIANTS,
             ("mtn", "target"): MTN_TARGETS,
             ("training", "monitor"): MONITORS, ("training", "embedding_optimizer"): EMBEDDING_OPTIMIZERS, ("hardware", "distribute"): ("auto", "none")}
+_NULLABLE = {"decay_steps"}  # keys whose default is set but may be null
 _POSITIVE = {"embedding_dim", "num_experts", "specific_experts", "shared_experts", "levels", "pairs", "epochs",
              "batch_size", "patience", "evals_per_epoch", "max_bag_length", "eval_batch_size", "steps_per_epoch", "decay_steps"}
 
@@ -177,7 +178,7 @@ def _check(section: str, key: str, value, default):
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be true or false, got {value!r}")
         return value
-    if value is None and default is None:
+    if value is None and (default is None or key in _NULLABLE):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{where} must be a number, got {value!r}")

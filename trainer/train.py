@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 
 import keras
 import numpy as np
@@ -134,16 +135,36 @@ def _check_resumable(saved: dict, config: TrainerConfig, run_dir: str) -> None:
                             "train into a new folder, or pass --overwrite to start again")
 
 
+# One compiled scoring function per network and XLA flag, so each evaluation round (and the test
+# split) reuses the first round's trace and XLA compilation instead of building its own.
+_SCORERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _scorer(network, xla: bool):
+    scorers = _SCORERS.setdefault(network, {})
+    if xla not in scorers:
+        scorers[xla] = tf.function(lambda features: network(features, training=False), jit_compile=xla,
+                                   reduce_retracing=True)
+    return scorers[xla]
+
+
+def _padded(features: dict, rows: int) -> dict:
+    """Each feature's batch padded with zeros to `rows` rows: the last, short batch of a split
+    takes the full batches' shape, and so their compiled function."""
+    return {k: tf.pad(v, [[0, rows - tf.shape(v)[0]]] + [[0, 0]] * (len(v.shape) - 1)) for k, v in features.items()}
+
+
 def predict(network, split: inputs.Split, batch_size: int, xla: bool, steps: int | None = None) -> tuple[dict, dict]:
     """({ctr, cvr, ctcvr}: numpy [N], labels: numpy [N]) over a split, in file order."""
-    score = tf.function(lambda features: network(features, training=False), jit_compile=xla, reduce_retracing=True)
+    score = _scorer(network, xla)
     dataset, _ = split.dataset(batch_size)
     if steps is not None:
         dataset = dataset.take(steps)
     outputs, labels = {}, {}
     for features, batch_labels in dataset:
-        for key, value in score(features).items():
-            outputs.setdefault(key, []).append(value.numpy())
+        rows = int(next(iter(batch_labels.values())).shape[0])
+        for key, value in score(_padded(features, batch_size)).items():
+            outputs.setdefault(key, []).append(value.numpy()[:rows])
         for key, value in batch_labels.items():
             labels.setdefault(key, []).append(value.numpy())
     return {k: np.concatenate(v) for k, v in outputs.items()}, {k: np.concatenate(v) for k, v in labels.items()}
@@ -244,9 +265,18 @@ class _Evaluation(keras.callbacks.Callback):
         if self.workers.is_chief:
             _write_json(os.path.join(self.run_dir, "state.json"), state)
         _LOG.info("eval %d (epoch %.2f): CTR AUC %.4f  CVR AUC %.4f  CTCVR AUC %.4f  log loss CTR %.4f  CVR %.4f  "
-                  "(eval %.1f s)%s", epoch + 1, (epoch + 1) / self.evals_per_epoch, metrics["ctr_auc"],
-                  metrics["cvr_auc"], metrics["ctcvr_auc"], metrics["ctr_logloss"], metrics["cvr_logloss"],
-                  time.time() - started, "  best" if decided["improved"] else f"  no better for {state['wait']}")
+                  "(train loss %.4f, eval %.1f s)%s", epoch + 1, (epoch + 1) / self.evals_per_epoch,
+                  metrics["ctr_auc"], metrics["cvr_auc"], metrics["ctcvr_auc"], metrics["ctr_logloss"],
+                  metrics["cvr_logloss"], logs.get("loss", float("nan")), time.time() - started,
+                  "  best" if decided["improved"] else f"  no better for {state['wait']}")
+
+
+def _keras_verbosity() -> int:
+    """Keras' own per-epoch line, unless our round lines are shown and other libraries' INFO is not
+    (`mtrank` without --verbose: ours already says what Keras would, with the eval metrics)."""
+    if _LOG.isEnabledFor(logging.INFO) and not logging.getLogger().isEnabledFor(logging.INFO):
+        return 0
+    return 1 if sys.stderr.isatty() else 2
 
 
 def run_fn(fn_args) -> dict:
@@ -401,7 +431,7 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
                   f" ({batch_size // workers.count} per worker)" if workers.multi_worker else "")
         started = time.time()
         trainee.fit(dataset, epochs=rounds, initial_epoch=first_round, steps_per_epoch=steps_per_eval,
-                    callbacks=callbacks, shuffle=False, verbose=1 if sys.stderr.isatty() else 2)
+                    callbacks=callbacks, shuffle=False, verbose=_keras_verbosity())
         train_seconds = time.time() - started
 
     # The final weights' digest on every worker: workers that trained one model agree.
