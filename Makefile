@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lock clean
+.PHONY: run test lint bench lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,11 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)  ## the main job end to end on synthetic data
 	$(BIN)/mtrank run --output runs/default
 
-test: $(STAMP)
+lint: $(STAMP)  ## ruff's lint and format check (pyproject.toml [tool.ruff]); `ruff format .` mends the format
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 BENCH_STAMP := $(VENV)/.bench-installed

@@ -39,8 +39,15 @@ def load(transformed: str):
     feature_spec, cardinalities = tft_output.transformed_feature_spec(), categorical_cardinalities(tft_output)
     splits, spec = {}, None
     for name in ("train", "eval", "test"):
-        split = inputs.load([os.path.join(transformed, "transformed", name, "*.tfrecord.gz")], feature_spec, spec,
-                            cardinalities, 32, 16.0, name)
+        split = inputs.load(
+            [os.path.join(transformed, "transformed", name, "*.tfrecord.gz")],
+            feature_spec,
+            spec,
+            cardinalities,
+            32,
+            16.0,
+            name,
+        )
         spec = split.spec
         splits[name] = (split.features, split.labels)
     return splits, spec
@@ -70,8 +77,15 @@ def feature_columns(spec) -> list:
         if f.kind == CATEGORICAL:
             columns.append(SparseFeat(f.key, f.cardinality, EMBEDDING))
         elif f.kind == BAG:
-            columns.append(VarLenSparseFeat(SparseFeat(f.key, f.cardinality + 1, EMBEDDING), f.bag_length,
-                                            combiner="sum", weight_name=f.weight_key, weight_norm=False))
+            columns.append(
+                VarLenSparseFeat(
+                    SparseFeat(f.key, f.cardinality + 1, EMBEDDING),
+                    f.bag_length,
+                    combiner="sum",
+                    weight_name=f.weight_key,
+                    weight_norm=False,
+                )
+            )
         else:
             columns.append(DenseFeat(f.key, 1))
     return columns
@@ -80,8 +94,13 @@ def feature_columns(spec) -> list:
 def build(name: str, columns: list, seed: int):
     from deepctr.models import MMOE, PLE
 
-    common = dict(expert_dnn_hidden_units=(128, 64), tower_dnn_hidden_units=(64,), seed=seed,
-                  task_types=("binary", "binary"), task_names=("ctr", "ctcvr"))
+    common = dict(
+        expert_dnn_hidden_units=(128, 64),
+        tower_dnn_hidden_units=(64,),
+        seed=seed,
+        task_types=("binary", "binary"),
+        task_names=("ctr", "ctcvr"),
+    )
     if name == "mmoe":
         return MMOE(columns, num_experts=8, **common)
     return PLE(columns, shared_expert_num=4, specific_expert_num=2, num_levels=2, **common)
@@ -126,13 +145,27 @@ def main() -> None:
             seconds, examples = seconds + took, examples + steps * BATCH
         evaluated = scores("eval")
         value = evaluated["ctr_logloss"] + evaluated["cvr_logloss"] + evaluated["ctcvr_logloss"]
-        history.append({"epoch": epoch + 1, "monitor": value, **{k: evaluated[k] for k in ("ctr_auc", "cvr_auc", "ctcvr_auc")}})
+        history.append(
+            {"epoch": epoch + 1, "monitor": value, **{k: evaluated[k] for k in ("ctr_auc", "cvr_auc", "ctcvr_auc")}}
+        )
         if best is None or value < best[0]:
             best = (value, epoch + 1, scores("test"), evaluated)
-    print(json.dumps({"model": f"deepctr_{args.model}", "seed": args.seed, "best_epoch": best[1], "test": best[2],
-                      "eval": best[3], "history": history, "train_rows": rows,
-                      "train_examples_per_second": examples / seconds if seconds else None,
-                      "params": int(model.count_params())}, default=float))
+    print(
+        json.dumps(
+            {
+                "model": f"deepctr_{args.model}",
+                "seed": args.seed,
+                "best_epoch": best[1],
+                "test": best[2],
+                "eval": best[3],
+                "history": history,
+                "train_rows": rows,
+                "train_examples_per_second": examples / seconds if seconds else None,
+                "params": int(model.count_params()),
+            },
+            default=float,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -70,11 +70,17 @@ def prepare(rows: int, data_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
         aliccp.generate(aliccp.AliccpSynthConfig(rows=rows, seed=0, malformed_rate=0.001), str(raw), progress=False)
     mtrank = str(pathlib.Path(sys.executable).with_name("mtrank"))
     if not (folder / "stats.json").exists():
-        subprocess.run([mtrank, "ingest", "--format", "aliccp-raw", "--input", str(raw), "--output", str(folder),
-                        "--overwrite"], check=True, capture_output=True)
+        subprocess.run(
+            [mtrank, "ingest", "--format", "aliccp-raw", "--input", str(raw), "--output", str(folder), "--overwrite"],
+            check=True,
+            capture_output=True,
+        )
     if not (folder / "transformed" / "stats.json").exists():
-        subprocess.run([mtrank, "transform", "--examples", str(folder), "--output", str(folder), "--overwrite"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [mtrank, "transform", "--examples", str(folder), "--output", str(folder), "--overwrite"],
+            check=True,
+            capture_output=True,
+        )
     return folder, json.loads((raw / "synth.json").read_text())
 
 
@@ -90,8 +96,11 @@ def train_zoo(folder: pathlib.Path, cache: pathlib.Path, name: str, seed: int, c
     """One Trainer run at the defaults (`code_dir`: another checkout's code, for --before)."""
     out = cache / "runs" / f"{name}_{seed}{'_before' if code_dir else ''}"
     env = {**os.environ, "PYTHONPATH": code_dir} if code_dir else None
-    return _run([sys.executable, "-c", _TRAIN, str(folder.resolve()), str(out.resolve()),
-                 json.dumps(zoo_config(name, seed))], env=env, cwd=code_dir)
+    return _run(
+        [sys.executable, "-c", _TRAIN, str(folder.resolve()), str(out.resolve()), json.dumps(zoo_config(name, seed))],
+        env=env,
+        cwd=code_dir,
+    )
 
 
 def _mean_std(runs: list, key: str) -> str:
@@ -101,28 +110,35 @@ def _mean_std(runs: list, key: str) -> str:
 
 def table(rows: int, synth: dict, logistic: dict, results: dict) -> list[str]:
     bayes = synth["bayes_auc"]["test"]
-    lines = [f"\n### {rows:,} synthetic rows\n",
-             "| model | test AUC CTR | CVR (clicked) | CTCVR | seeds | stopped at epoch (step) | train s | train ex/s |",
-             "|---|---|---|---|---:|---|---:|---:|",
-             f"| Bayes-optimal ceiling | {bayes['ctr']:.4f} | {bayes['cvr']:.4f} | {bayes['ctcvr']:.4f} | | | | |",
-             f"| scikit-learn logistic regression (C {logistic['C']['ctr']:g} / {logistic['C']['cvr']:g}) "
-             f"| {logistic['test']['ctr_auc']:.4f} | {logistic['test']['cvr_auc']:.4f} "
-             f"| {logistic['test']['ctcvr_auc']:.4f} | 1 | | | |"]
+    lines = [
+        f"\n### {rows:,} synthetic rows\n",
+        "| model | test AUC CTR | CVR (clicked) | CTCVR | seeds | stopped at epoch (step) | train s | train ex/s |",
+        "|---|---|---|---|---:|---|---:|---:|",
+        f"| Bayes-optimal ceiling | {bayes['ctr']:.4f} | {bayes['cvr']:.4f} | {bayes['ctcvr']:.4f} | | | | |",
+        f"| scikit-learn logistic regression (C {logistic['C']['ctr']:g} / {logistic['C']['cvr']:g}) "
+        f"| {logistic['test']['ctr_auc']:.4f} | {logistic['test']['cvr_auc']:.4f} "
+        f"| {logistic['test']['ctcvr_auc']:.4f} | 1 | | | |",
+    ]
     for name, runs in results.items():
         if not runs:
             continue
-        epochs = ", ".join(f"{r['best_epoch']:g}" + (f" ({r['best_step']})" if r.get("best_step") else "") for r in runs)
+        epochs = ", ".join(
+            f"{r['best_epoch']:g}" + (f" ({r['best_step']})" if r.get("best_step") else "") for r in runs
+        )
         seconds = np.mean([r["seconds"]["train"] if "seconds" in r else np.nan for r in runs])
         rate = np.mean([r["train_examples_per_second"] or np.nan for r in runs])
-        lines.append(f"| {name} | {_mean_std(runs, 'ctr_auc')} | {_mean_std(runs, 'cvr_auc')} | "
-                     f"{_mean_std(runs, 'ctcvr_auc')} | {len(runs)} | {epochs} | "
-                     f"{'' if np.isnan(seconds) else f'{seconds:.0f}'} | {'' if np.isnan(rate) else f'{rate:,.0f}'} |")
+        lines.append(
+            f"| {name} | {_mean_std(runs, 'ctr_auc')} | {_mean_std(runs, 'cvr_auc')} | "
+            f"{_mean_std(runs, 'ctcvr_auc')} | {len(runs)} | {epochs} | "
+            f"{'' if np.isnan(seconds) else f'{seconds:.0f}'} | {'' if np.isnan(rate) else f'{rate:,.0f}'} |"
+        )
     lines.append("")
     for name, runs in results.items():
         if runs and not name.startswith("DeepCTR"):
             gaps = [np.mean([r["test"][key] for r in runs]) - logistic["test"][key] for key in AUCS]
-            lines.append(f"- {name} over the logistic regression: CTR {gaps[0]:+.4f}, CVR {gaps[1]:+.4f}, "
-                         f"CTCVR {gaps[2]:+.4f}")
+            lines.append(
+                f"- {name} over the logistic regression: CTR {gaps[0]:+.4f}, CVR {gaps[1]:+.4f}, CTCVR {gaps[2]:+.4f}"
+            )
     return lines
 
 
@@ -171,18 +187,25 @@ def main() -> None:
         folder, synth = prepare(rows, data_dir)
         cache = data_dir / "quality" / str(rows)
         print(f"  {rows:,} rows: data ready in {folder}", file=sys.stderr, flush=True)
-        logistic = _cached(cache / "sklearn_logistic.json",
-                           lambda: _run([sys.executable, str(here / "sklearn_logistic.py"), str(folder)]))
+        logistic = _cached(
+            cache / "sklearn_logistic.json",
+            lambda: _run([sys.executable, str(here / "sklearn_logistic.py"), str(folder)]),
+        )
         results = {}
         for name in models:
-            results[name] = [_cached(cache / f"{name}_{seed}.json", lambda: train_zoo(folder, cache, name, seed))
-                             for seed in range(args.seeds)]
+            results[name] = [
+                _cached(cache / f"{name}_{seed}.json", lambda: train_zoo(folder, cache, name, seed))
+                for seed in range(args.seeds)
+            ]
             print(f"  {rows:,} rows: {name} done", file=sys.stderr, flush=True)
         for peer in peers:
             results[f"DeepCTR {peer.upper()}"] = [
-                _cached(cache / f"deepctr_{peer}_{seed}.json",
-                        lambda: _run([sys.executable, str(here / "deepctr_peer.py"), str(folder), peer, str(seed)]))
-                for seed in range(args.seeds)]
+                _cached(
+                    cache / f"deepctr_{peer}_{seed}.json",
+                    lambda: _run([sys.executable, str(here / "deepctr_peer.py"), str(folder), peer, str(seed)]),
+                )
+                for seed in range(args.seeds)
+            ]
             print(f"  {rows:,} rows: DeepCTR {peer} done", file=sys.stderr, flush=True)
         lines += table(rows, synth, logistic, results)
     print("\n".join(lines))
@@ -197,12 +220,15 @@ def main() -> None:
                 subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], check=True)
             runs[f"defaults at {args.before}"] = _cached(
                 cache / f"mmoe_0_before_{args.before}.json",
-                lambda: train_zoo(folder, cache, "mmoe", 0, code_dir=str(worktree.resolve())))
+                lambda: train_zoo(folder, cache, "mmoe", 0, code_dir=str(worktree.resolve())),
+            )
         plot(args.plot, runs, rows)
         if args.before:
             ours, theirs = (r["train_examples_per_second"] for r in runs.values())
-            print(f"MMoE training examples/s at {rows:,} rows, one seed, in this run: this code {ours:,.0f}, "
-                  f"{args.before} {theirs:,.0f} (ratio {ours / theirs:.2f})")
+            print(
+                f"MMoE training examples/s at {rows:,} rows, one seed, in this run: this code {ours:,.0f}, "
+                f"{args.before} {theirs:,.0f} (ratio {ours / theirs:.2f})"
+            )
 
 
 if __name__ == "__main__":

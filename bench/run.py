@@ -30,7 +30,8 @@ _INGEST = """
 import json, resource, sys, time
 from pipeline.example_gen import beam_pipeline
 started = time.perf_counter()
-stats = beam_pipeline.run(beam_pipeline.IngestConfig(format="aliccp-raw", input=sys.argv[1], output=sys.argv[2], overwrite=True))
+config = beam_pipeline.IngestConfig(format="aliccp-raw", input=sys.argv[1], output=sys.argv[2], overwrite=True)
+stats = beam_pipeline.run(config)
 print(json.dumps({"seconds": time.perf_counter() - started, "written": stats["written"],
                   "lines": stats["lines_read"], "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -88,8 +89,9 @@ def _prepared(data_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
 
 
 def _train_child(transformed: pathlib.Path, out: pathlib.Path, model: str, *flags) -> dict:
-    result = subprocess.run([sys.executable, "bench/train.py", str(transformed), str(out), model, *flags],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "bench/train.py", str(transformed), str(out), model, *flags], capture_output=True, text=True
+    )
     if result.returncode:
         sys.exit(f"benchmark child failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -110,12 +112,21 @@ def _paper_params(transformed: pathlib.Path) -> dict:
     tft_output = tft.TFTransformOutput(str(transformed / "transform_graph"))
     spec = inputs.build_spec(tft_output.transformed_feature_spec(), categorical_cardinalities(tft_output), None, 16)
     counts = {}
-    for label, changes in (("mmoe", {"name": "mmoe"}), ("cgc", {"name": "cgc"}), ("ple", {"name": "ple"}),
-                           ("fdn (2 DCPs)", {"name": "fdn", "pairs": 2}), ("fdn (4 DCPs)", {"name": "fdn", "pairs": 4})):
+    for label, changes in (
+        ("mmoe", {"name": "mmoe"}),
+        ("cgc", {"name": "cgc"}),
+        ("ple", {"name": "ple"}),
+        ("fdn (2 DCPs)", {"name": "fdn", "pairs": 2}),
+        ("fdn (4 DCPs)", {"name": "fdn", "pairs": 4}),
+    ):
         model = models.build(spec.to_dict(), dataclasses.asdict(ModelConfig(embedding_dim=32, **changes)))
         model(dummy_batch(spec))
-        embedding = sum(int(np.prod(v.shape)) for layer in model._flatten_layers() if type(layer).__name__ == "FieldEmbedding"
-                        for v in layer.weights)
+        embedding = sum(
+            int(np.prod(v.shape))
+            for layer in model._flatten_layers()
+            if type(layer).__name__ == "FieldEmbedding"
+            for v in layer.weights
+        )
         counts[label] = (model.count_params(), model.count_params() - embedding)
     return counts
 
@@ -132,23 +143,36 @@ def bench_trainer(data_dir: pathlib.Path, model_names: list[str]) -> None:
     runs = {"mmoe": runs.get("mmoe") or _train_child(transformed, data_dir / "train_runs" / "mmoe", "mmoe"), **runs}
     rows = runs["mmoe"]["train_rows"]
     print(f"\n## Trainer: {rows:,} training rows, batch {2048}, one epoch (reference configuration)\n")
-    print("| model | train ex/s after warm-up | network infer ex/s | SavedModel predict ex/s | serving_default ex/s | test AUC CTR / CVR / CTCVR after 1 epoch | exported params |")
+    print(
+        "| model | train ex/s after warm-up | network infer ex/s | SavedModel predict ex/s | serving_default ex/s "
+        "| test AUC CTR / CVR / CTCVR after 1 epoch | exported params |"
+    )
     print("|---|---:|---:|---:|---:|---|---:|")
     for name, r in runs.items():
         t = r["test"]
-        print(f"| {name} | {r['train_rate']:,.0f} | {r['network_rate']:,.0f} | {r['predict_rate']:,.0f} | {r['serving_default_rate']:,.0f} "
-              f"| {t['ctr_auc']:.4f} / {t['cvr_auc']:.4f} / {t['ctcvr_auc']:.4f} | {r['params']['exported']:,} |")
+        print(
+            f"| {name} | {r['train_rate']:,.0f} | {r['network_rate']:,.0f} | {r['predict_rate']:,.0f} "
+            f"| {r['serving_default_rate']:,.0f} "
+            f"| {t['ctr_auc']:.4f} / {t['cvr_auc']:.4f} / {t['ctcvr_auc']:.4f} | {r['params']['exported']:,} |"
+        )
     overhead = runs["mmoe"]["train_rate"] / runs["mmoe+mtn"]["train_rate"] - 1
-    print(f"\nFloors: MMoE trains >= 20,000 ex/s (measured {runs['mmoe']['train_rate']:,.0f}) and infers >= 100,000 ex/s "
-          f"(network {runs['mmoe']['network_rate']:,.0f}; SavedModel with tf.Transform: predict "
-          f"{runs['mmoe']['predict_rate']:,.0f}, serving_default {runs['mmoe']['serving_default_rate']:,.0f}); "
-          f"MTN adds <= 15% to the step time (measured {overhead:+.1%}).")
+    print(
+        f"\nFloors: MMoE trains >= 20,000 ex/s (measured {runs['mmoe']['train_rate']:,.0f}) and infers >= 100,000 ex/s "
+        f"(network {runs['mmoe']['network_rate']:,.0f}; SavedModel with tf.Transform: predict "
+        f"{runs['mmoe']['predict_rate']:,.0f}, serving_default {runs['mmoe']['serving_default_rate']:,.0f}); "
+        f"MTN adds <= 15% to the step time (measured {overhead:+.1%})."
+    )
     t = best["test"]
-    print(f"\nMMoE to early stopping ({best['epochs']} epochs, best {best['best_epoch']}): test AUC CTR {t['ctr_auc']:.4f} "
-          f"(Bayes-optimal {bayes['ctr']:.4f}, gap {bayes['ctr'] - t['ctr_auc']:.4f}; floor: gap <= 0.02), "
-          f"CVR {t['cvr_auc']:.4f} (Bayes {bayes['cvr']:.4f}), CTCVR {t['ctcvr_auc']:.4f} (Bayes {bayes['ctcvr']:.4f})")
-    print("\nParameters at the FDN paper's settings (embedding 32, experts [128, 64], 8 experts; CGC/PLE 2 specific"
-          " per task + 4 shared per level, PLE 2 levels):\n")
+    print(
+        f"\nMMoE to early stopping ({best['epochs']} epochs, best {best['best_epoch']}): "
+        f"test AUC CTR {t['ctr_auc']:.4f} "
+        f"(Bayes-optimal {bayes['ctr']:.4f}, gap {bayes['ctr'] - t['ctr_auc']:.4f}; floor: gap <= 0.02), "
+        f"CVR {t['cvr_auc']:.4f} (Bayes {bayes['cvr']:.4f}), CTCVR {t['ctcvr_auc']:.4f} (Bayes {bayes['ctcvr']:.4f})"
+    )
+    print(
+        "\nParameters at the FDN paper's settings (embedding 32, experts [128, 64], 8 experts; CGC/PLE 2 specific"
+        " per task + 4 shared per level, PLE 2 levels):\n"
+    )
     print("| model | parameters | without embeddings |\n|---|---:|---:|")
     for name, (total, dense) in _paper_params(transformed).items():
         print(f"| {name} | {total:,} | {dense:,} |")
@@ -163,30 +187,45 @@ def bench_serving(data_dir: pathlib.Path) -> None:
     run_dir = data_dir / "train_runs" / "mmoe"
     if not (run_dir / "model" / "serving" / "saved_model.pb").exists():
         _train_child(transformed, run_dir, "mmoe")
-    result = subprocess.run([sys.executable, "bench/serve.py", str(run_dir / "model" / "serving"), str(transformed)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "bench/serve.py", str(run_dir / "model" / "serving"), str(transformed)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode:
         sys.exit(f"benchmark child failed:\n{result.stderr[-3000:]}")
     r = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"\n## Serving: `mtrank serve` on loopback, the reference MMoE, {r['clients']} concurrent clients\n")
     print("| load | requests/s | p50 ms | p99 ms | floor |\n|---|---:|---:|---:|---|")
-    for key, label in (("serving_default", "1 row, `serving_default` (b64 tf.Example)"),
-                       ("predict", "1 row, `predict` (JSON features)"),
-                       ("serving_default_no_batching", "1 row, `serving_default`, --no-batching")):
+    for key, label in (
+        ("serving_default", "1 row, `serving_default` (b64 tf.Example)"),
+        ("predict", "1 row, `predict` (JSON features)"),
+        ("serving_default_no_batching", "1 row, `serving_default`, --no-batching"),
+    ):
         m = r[key]
-        print(f"| {label} | {m['requests_per_s']:,.0f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | >= 600/s at p99 <= 50 ms |")
+        print(
+            f"| {label} | {m['requests_per_s']:,.0f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} "
+            "| >= 600/s at p99 <= 50 ms |"
+        )
     for key, m in r["rows_1000"].items():
-        print(f"| 1,000 rows, `{key}`, one at a time | {1000 / m['p50_ms']:,.1f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} "
-              f"| <= 60 ms |")
+        print(
+            f"| 1,000 rows, `{key}`, one at a time | {1000 / m['p50_ms']:,.1f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} "
+            f"| <= 60 ms |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="500000,2000000", help="comma-separated sample rows (default: %(default)s)")
     parser.add_argument("--data-dir", default="bench/.data", help="where generated inputs are cached")
-    parser.add_argument("--only", default=",".join(sorted(SECTIONS)),
-                        help="sections: pipeline (ExampleGen, Transform), train, serve (default: all)")
-    parser.add_argument("--models", default=",".join(MODEL_NAMES), help="models the train section measures (default: all)")
+    parser.add_argument(
+        "--only",
+        default=",".join(sorted(SECTIONS)),
+        help="sections: pipeline (ExampleGen, Transform), train, serve (default: all)",
+    )
+    parser.add_argument(
+        "--models", default=",".join(MODEL_NAMES), help="models the train section measures (default: all)"
+    )
     args = parser.parse_args()
     data_dir = pathlib.Path(args.data_dir)
     sections = set(args.only.split(","))
@@ -226,11 +265,15 @@ def bench_pipeline(args, data_dir: pathlib.Path) -> None:
     print("| benchmark | rows | wall s | rows/s excl. start-up | peak RSS MB | floor |")
     print("|---|---:|---:|---:|---:|---|")
     for rows, synth_rate, run, rate in rows_table:
-        print(f"| ingest aliccp-raw | {rows:,} | {run['seconds']:.1f} | {rate:,.0f} | {run['rss_mb']:,.0f} "
-              f"| >= 15,000 rows/s; < 4,096 MB at 2M |")
+        print(
+            f"| ingest aliccp-raw | {rows:,} | {run['seconds']:.1f} | {rate:,.0f} | {run['rss_mb']:,.0f} "
+            f"| >= 15,000 rows/s; < 4,096 MB at 2M |"
+        )
     for noise_proportion, run, rate in transforms:
         label = f"transform, noise P={noise_proportion} Q=0.2" if noise_proportion else "transform, no noise"
-        print(f"| {label} | {largest:,} | {run['seconds']:.1f} | {rate:,.0f} | {run['rss_mb']:,.0f} | >= 10,000 rows/s |")
+        print(
+            f"| {label} | {largest:,} | {run['seconds']:.1f} | {rate:,.0f} | {run['rss_mb']:,.0f} | >= 10,000 rows/s |"
+        )
     for rows, synth_rate, _, _ in rows_table:
         if synth_rate == synth_rate:  # generated in this run, not cached
             print(f"\nsynth aliccp: {rows:,} rows at {synth_rate:,.0f} rows/s")

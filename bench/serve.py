@@ -53,6 +53,7 @@ def _bodies(saved_model: str, examples_dir: str, rows: int) -> tuple[list[bytes]
 async def _closed_loop(url: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
     latencies, errors = [], 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+
         async def client(k: int, until: float, record: bool):
             nonlocal errors
             i = k
@@ -71,8 +72,13 @@ async def _closed_loop(url: str, bodies: list[bytes], clients: int, seconds: flo
         await asyncio.gather(*(client(k, started + seconds, True) for k in range(clients)))
         elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000
-    return {"requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "requests": len(latencies), "errors": errors}
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "requests": len(latencies),
+        "errors": errors,
+    }
 
 
 def _sequential(url: str, body: bytes, count: int) -> dict:
@@ -95,10 +101,14 @@ def main() -> None:
     args = parser.parse_args()
     records, feature_rows = _bodies(args.saved_model, args.examples_dir, 2000)
     b64 = [{"b64": base64.b64encode(r).decode()} for r in records]
-    single = {"serving_default": [json.dumps({"instances": [row]}).encode() for row in b64],
-              "predict": [json.dumps({"signature_name": "predict", "instances": [row]}).encode() for row in feature_rows]}
-    large = {"serving_default": json.dumps({"instances": b64[:1000]}).encode(),
-             "predict": json.dumps({"signature_name": "predict", "instances": feature_rows[:1000]}).encode()}
+    single = {
+        "serving_default": [json.dumps({"instances": [row]}).encode() for row in b64],
+        "predict": [json.dumps({"signature_name": "predict", "instances": [row]}).encode() for row in feature_rows],
+    }
+    large = {
+        "serving_default": json.dumps({"instances": b64[:1000]}).encode(),
+        "predict": json.dumps({"signature_name": "predict", "instances": feature_rows[:1000]}).encode(),
+    }
     result = {"clients": args.clients}
     with _server(args.saved_model) as url:
         for name, bodies in single.items():
@@ -106,7 +116,8 @@ def main() -> None:
         result["rows_1000"] = {name: _sequential(url + ":predict", body, 30) for name, body in large.items()}
     with _server(args.saved_model, "--no-batching") as url:
         result["serving_default_no_batching"] = asyncio.run(
-            _closed_loop(url + ":predict", single["serving_default"], args.clients, args.seconds))
+            _closed_loop(url + ":predict", single["serving_default"], args.clients, args.seconds)
+        )
     print(json.dumps(result))
 
 
@@ -116,9 +127,25 @@ def _server(saved_model: str, *flags):
     base = tempfile.mkdtemp(prefix="bench_serve_")
     shutil.copytree(saved_model, os.path.join(base, "mtrank", "1"))
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path",
-                               os.path.join(base, "mtrank"), "--rest-port", str(port), "--grpc-port", str(_free_port()),
-                               "--host", "127.0.0.1", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "serve",
+            "--model-base-path",
+            os.path.join(base, "mtrank"),
+            "--rest-port",
+            str(port),
+            "--grpc-port",
+            str(_free_port()),
+            "--host",
+            "127.0.0.1",
+            *flags,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/v1/models/mtrank"
     try:
         deadline = time.time() + 120
@@ -135,6 +162,7 @@ def _server(saved_model: str, *flags):
         server.terminate()
         server.wait(timeout=30)
         shutil.rmtree(base, ignore_errors=True)
+
 
 if __name__ == "__main__":
     main()

@@ -55,9 +55,14 @@ def read_split(examples_dir: str, split: str) -> tuple[dict, dict]:
         for label in F.LABELS:
             labels[label].append(parsed[label].numpy())
         offset += len(parsed[F.CLICK])
-    columns = {key: (np.concatenate([p[0] for p in chunks]),
-                     None if chunks[0][1] is None else np.concatenate([p[1] for p in chunks]),
-                     np.concatenate([p[2] for p in chunks]).astype(np.float64)) for key, chunks in parts.items()}
+    columns = {
+        key: (
+            np.concatenate([p[0] for p in chunks]),
+            None if chunks[0][1] is None else np.concatenate([p[1] for p in chunks]),
+            np.concatenate([p[2] for p in chunks]).astype(np.float64),
+        )
+        for key, chunks in parts.items()
+    }
     return columns, {k: np.concatenate(v).astype(np.float64) for k, v in labels.items()}
 
 
@@ -80,16 +85,25 @@ def one_hot(columns: dict, kept: dict, rows: int) -> sp.csr_matrix:
     for key in sorted(kept):
         entry_rows, ids, values = columns[key]
         if ids is None:
-            row_parts.append(entry_rows), column_parts.append(np.full(len(entry_rows), start)), value_parts.append(values)
+            (
+                row_parts.append(entry_rows),
+                column_parts.append(np.full(len(entry_rows), start)),
+                value_parts.append(values),
+            )
             start += 1
             continue
         vocab = kept[key]
         position = np.searchsorted(vocab, ids).clip(0, max(len(vocab) - 1, 0))
         found = (vocab[position] == ids) if len(vocab) else np.zeros(len(ids), bool)
-        row_parts.append(entry_rows[found]), column_parts.append(start + position[found]), value_parts.append(values[found])
+        (
+            row_parts.append(entry_rows[found]),
+            column_parts.append(start + position[found]),
+            value_parts.append(values[found]),
+        )
         start += len(vocab)
-    matrix = sp.coo_matrix((np.concatenate(value_parts), (np.concatenate(row_parts), np.concatenate(column_parts))),
-                           shape=(rows, start))
+    matrix = sp.coo_matrix(
+        (np.concatenate(value_parts), (np.concatenate(row_parts), np.concatenate(column_parts))), shape=(rows, start)
+    )
     return matrix.tocsr()
 
 
@@ -114,8 +128,12 @@ def fit_predict(examples_dir: str, min_count: int = 2) -> dict:
 
     _, c_ctr, ctr_model = best_model(matrices["train"], click["train"], matrices["eval"], click["eval"])
     clicked = {name: click[name] == 1 for name in splits}
-    _, c_cvr, cvr_model = best_model(matrices["train"][clicked["train"]], conversion["train"][clicked["train"]],
-                                     matrices["eval"][clicked["eval"]], conversion["eval"][clicked["eval"]])
+    _, c_cvr, cvr_model = best_model(
+        matrices["train"][clicked["train"]],
+        conversion["train"][clicked["train"]],
+        matrices["eval"][clicked["eval"]],
+        conversion["eval"][clicked["eval"]],
+    )
     result = {"C": {"ctr": c_ctr, "cvr": c_cvr}, "columns": matrices["train"].shape[1]}
     for name in ("eval", "test"):
         ctr = ctr_model.predict_proba(matrices[name])[:, 1]

@@ -37,11 +37,14 @@ def inference(serving_dir: str, examples_dir: str) -> dict:
     records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(INFER_ROWS)]
     loaded = tf.saved_model.load(serving_dir)
     predict, serve = loaded.signatures["predict"], loaded.signatures["serving_default"]
-    chunks = [records[i:i + BATCH] for i in range(0, len(records) - BATCH + 1, BATCH)]
+    chunks = [records[i : i + BATCH] for i in range(0, len(records) - BATCH + 1, BATCH)]
     tensors = [export.predict_inputs(predict, chunk) for chunk in chunks]
     serialized = [tf.constant(chunk) for chunk in chunks]
-    return {"predict_rate": _rate(lambda b: predict(**b), tensors),
-            "serving_default_rate": _rate(lambda b: serve(examples=b), serialized), "infer_rows": len(chunks) * BATCH}
+    return {
+        "predict_rate": _rate(lambda b: predict(**b), tensors),
+        "serving_default_rate": _rate(lambda b: serve(examples=b), serialized),
+        "infer_rows": len(chunks) * BATCH,
+    }
 
 
 def network_rate(run_dir: str, transformed: str) -> float:
@@ -60,8 +63,15 @@ def network_rate(run_dir: str, transformed: str) -> float:
     network(dummy_batch(spec))
     network.load_weights(os.path.join(run_dir, "best.weights.h5"))
     tft_output = tft.TFTransformOutput(os.path.join(transformed, "transform_graph"))
-    split = inputs.load([os.path.join(transformed, "transformed", "test", "*")], tft_output.transformed_feature_spec(),
-                        spec, categorical_cardinalities(tft_output), 32, 8, "test")
+    split = inputs.load(
+        [os.path.join(transformed, "transformed", "test", "*")],
+        tft_output.transformed_feature_spec(),
+        spec,
+        categorical_cardinalities(tft_output),
+        32,
+        8,
+        "test",
+    )
     train.predict(network, split, BATCH, xla=True, steps=2)  # compile
     started = time.perf_counter()
     scores, _ = train.predict(network, split, BATCH, xla=True)
@@ -78,19 +88,29 @@ def main() -> None:
     parser.add_argument("--mtn", action="store_true")
     parser.add_argument("--config", default="{}", help="JSON of extra model keys")
     args = parser.parse_args()
-    config = {"model": {"name": args.model, **json.loads(args.config)},
-              "training": {"epochs": args.epochs, "batch_size": BATCH, "patience": args.patience}}
+    config = {
+        "model": {"name": args.model, **json.loads(args.config)},
+        "training": {"epochs": args.epochs, "batch_size": BATCH, "patience": args.patience},
+    }
     if args.mtn:
         config["mtn"] = {}
     result = train.train(args.transformed, args.out, config, overwrite=True)
     serving = os.path.join(args.out, "model", "serving")
-    report = {"model": args.model, "mtn": args.mtn, "train_rate": result["train_examples_per_second"],
-              "train_rows": result["rows"]["train"], "epochs": result["epochs_done"], "best_epoch": result["best_epoch"],
-              "load_seconds": result["seconds"]["load"], "train_seconds": result["seconds"]["train"],
-              "test": result.get("test"), "params": result["params"],
-              **inference(serving, export.raw_examples_dir(args.transformed)),
-              "network_rate": network_rate(os.path.join(args.out, "model"), args.transformed),
-              "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    report = {
+        "model": args.model,
+        "mtn": args.mtn,
+        "train_rate": result["train_examples_per_second"],
+        "train_rows": result["rows"]["train"],
+        "epochs": result["epochs_done"],
+        "best_epoch": result["best_epoch"],
+        "load_seconds": result["seconds"]["load"],
+        "train_seconds": result["seconds"]["train"],
+        "test": result.get("test"),
+        "params": result["params"],
+        **inference(serving, export.raw_examples_dir(args.transformed)),
+        "network_rate": network_rate(os.path.join(args.out, "model"), args.transformed),
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     print(json.dumps(report, default=float))
 
 

@@ -68,8 +68,9 @@ def _claim_folder(out: str, experiment: Experiment, scale: str, settings) -> Non
     grid.write_json(path, identity)
 
 
-def run(experiment: Experiment, scale: str, seeds: int | None, out: str, log=print, settings=None,
-        data: str | None = None) -> dict:
+def run(
+    experiment: Experiment, scale: str, seeds: int | None, out: str, log=print, settings=None, data: str | None = None
+) -> dict:
     """Runs `experiment` at `scale` (or with `settings` given directly, e.g. by tests) over seeds
     0..seeds-1 (default: the scale's), writing into `out`; `data`: the --data folder (ignored by
     experiments that make their own). Returns {"cells", "seconds"}."""
@@ -89,18 +90,27 @@ def run(experiment: Experiment, scale: str, seeds: int | None, out: str, log=pri
     if experiment.prepare is None:
         run_cell = functools.partial(experiment.run_cell, settings=settings)
     else:
-        run_cell = functools.partial(experiment.run_cell, settings=settings,
-                                     prepared=experiment.prepare(settings, out, log))
-    records = grid.run_grid(cells, run_cell,
-                            lambda cell: {"experiment": experiment.name, "scale": scale,
-                                          **experiment.cell_config(cell, settings)},
-                            out, log, title=experiment.name)
+        run_cell = functools.partial(
+            experiment.run_cell, settings=settings, prepared=experiment.prepare(settings, out, log)
+        )
+    records = grid.run_grid(
+        cells,
+        run_cell,
+        lambda cell: {"experiment": experiment.name, "scale": scale, **experiment.cell_config(cell, settings)},
+        out,
+        log,
+        title=experiment.name,
+    )
     experiment.write_report(out, settings, scale, seed_list, records)
     seconds = time.perf_counter() - began
     cell_seconds = {r.cell.key: r.seconds for r in records}
     # This invocation's wall time (a resumed run's covers only what it ran) and every cell's own.
-    timing = {"wall_seconds_this_run": seconds, "cells": len(records),
-              "cell_seconds_total": sum(cell_seconds.values()), "cell_seconds": cell_seconds}
+    timing = {
+        "wall_seconds_this_run": seconds,
+        "cells": len(records),
+        "cell_seconds_total": sum(cell_seconds.values()),
+        "cell_seconds": cell_seconds,
+    }
     grid.write_json(os.path.join(out, "timing.json"), timing)
     log(f"{experiment.name}: report in {os.path.join(out, 'report.md')} ({grid.format_duration(seconds)})")
     return {"cells": len(records), "seconds": seconds}

@@ -24,18 +24,28 @@ import sys
 HELP = "reproduce a paper's table or figure: a grid over models and seeds, written up as a report"
 # name -> (module, summary); the module's EXPERIMENT is loaded when the experiment runs.
 EXPERIMENTS = {
-    "fdn-synthetic": ("experiments.fdn_synthetic",
-                      "FDN paper Table 1: single-task oracles vs MMoE, CGC, PLE and FDN on the FDN synthetic data"),
-    "negative-transfer": ("experiments.negative_transfer",
-                          "beyond the papers: each model's test loss against task correlation on the MMoE data"),
-    "fdn-tsne": ("experiments.fdn_tsne",
-                 "FDN paper Figure 3: t-SNE of FDN's task-specific and shared features, with and without L_orth"),
+    "fdn-synthetic": (
+        "experiments.fdn_synthetic",
+        "FDN paper Table 1: single-task oracles vs MMoE, CGC, PLE and FDN on the FDN synthetic data",
+    ),
+    "negative-transfer": (
+        "experiments.negative_transfer",
+        "beyond the papers: each model's test loss against task correlation on the MMoE data",
+    ),
+    "fdn-tsne": (
+        "experiments.fdn_tsne",
+        "FDN paper Figure 3: t-SNE of FDN's task-specific and shared features, with and without L_orth",
+    ),
     "mtn": ("experiments.mtn", "MTN paper Table 1: MMoE, ESMM and Shared-bottom with and without MTN (AUCs)"),
     "mtn-noise": ("experiments.mtn_noise", "MTN paper Table 2 and Figure 1: the mtn grid at noise proportions 0-15%"),
-    "mtn-placement": ("experiments.mtn_placement",
-                      "MTN paper Analysis 3 and Figure 3: MTN on towers or experts, one depth or all (MMoE)"),
-    "fdn-ablation": ("experiments.fdn_ablation",
-                     "FDN paper Table 3 and Table 2's parameters: FDN without L_aux, L_orth or shared features"),
+    "mtn-placement": (
+        "experiments.mtn_placement",
+        "MTN paper Analysis 3 and Figure 3: MTN on towers or experts, one depth or all (MMoE)",
+    ),
+    "fdn-ablation": (
+        "experiments.fdn_ablation",
+        "FDN paper Table 3 and Table 2's parameters: FDN without L_aux, L_orth or shared features",
+    ),
 }
 SCALES = ("quick", "full")
 # Experiments that train on Ali-CCP-like ranking data: synthetic by default, or the --data folder.
@@ -63,21 +73,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommand's arguments and its `func(args, beam_args)`."""
     listing = "; ".join(f"{name}: {summary}" for name, (_, summary) in EXPERIMENTS.items())
     parser.description = f"{HELP}. Experiments: {listing}."
-    parser.add_argument("name", choices=sorted(EXPERIMENTS), metavar="NAME",
-                        help=f"the experiment: {', '.join(sorted(EXPERIMENTS))}")
-    parser.add_argument("--scale", choices=SCALES, default="quick",
-                        help="quick: at most 15 minutes on 2 CPU cores, every row and column of the tables; full: "
-                             "more seeds and larger runs, for a GPU (experiments/README.md; default: %(default)s)")
-    parser.add_argument("--seeds", type=_positive, metavar="N",
-                        help="run seeds 0..N-1 (default: the scale's); more seeds than a finished run had only "
-                             "adds the new ones")
-    parser.add_argument("--out", metavar="DIR",
-                        help="the report folder; a killed run resumes in it (default: runs/experiments/NAME-SCALE)")
-    parser.add_argument("--data", metavar="DIR",
-                        help="a folder of real data for the ranking experiments (" + ", ".join(sorted(RANKING))
-                             + "): full Ali-CCP raw files, Ali-CCP CSV samples or an AliExpress train.csv/test.csv "
-                               "folder, its format told from its files (default: synthetic Ali-CCP); the other "
-                               "experiments generate their own data and ignore it")
+    parser.add_argument(
+        "name", choices=sorted(EXPERIMENTS), metavar="NAME", help=f"the experiment: {', '.join(sorted(EXPERIMENTS))}"
+    )
+    parser.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="quick",
+        help="quick: at most 15 minutes on 2 CPU cores, every row and column of the tables; full: "
+        "more seeds and larger runs, for a GPU (experiments/README.md; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_positive,
+        metavar="N",
+        help="run seeds 0..N-1 (default: the scale's); more seeds than a finished run had only adds the new ones",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="the report folder; a killed run resumes in it (default: runs/experiments/NAME-SCALE)",
+    )
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="a folder of real data for the ranking experiments ("
+        + ", ".join(sorted(RANKING))
+        + "): full Ali-CCP raw files, Ali-CCP CSV samples or an AliExpress train.csv/test.csv "
+        "folder, its format told from its files (default: synthetic Ali-CCP); the other "
+        "experiments generate their own data and ignore it",
+    )
     parser.set_defaults(func=_command)
 
 
@@ -91,8 +116,14 @@ def _command(args, beam_args=None) -> None:
         raise UsageError(f"mtrank experiment: {e}") from None
 
 
-def run(name: str, scale: str = "quick", seeds: int | None = None, out: str | None = None,
-        data: str | None = None, log=print) -> dict:
+def run(
+    name: str,
+    scale: str = "quick",
+    seeds: int | None = None,
+    out: str | None = None,
+    data: str | None = None,
+    log=print,
+) -> dict:
     """Runs experiment `name`; ExperimentError for bad input. Returns {"cells", "seconds"}."""
     if name not in EXPERIMENTS:
         raise ExperimentError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
@@ -114,8 +145,9 @@ def run(name: str, scale: str = "quick", seeds: int | None = None, out: str | No
         raise ExperimentError(str(e)) from None
 
 
-def main_experiment(name: str, scale: str = "quick", seeds: int | None = None, out: str | None = None,
-                    data: str | None = None) -> int:
+def main_experiment(
+    name: str, scale: str = "quick", seeds: int | None = None, out: str | None = None, data: str | None = None
+) -> int:
     """Runs an experiment; 0 when its report is written, 2 (with `error: ...` on stderr) for bad
     input such as an unknown name or an output folder holding another experiment's runs."""
     try:

@@ -60,9 +60,15 @@ SCALES = {
 def overrides(model: str, arm: str | None, settings: Settings) -> dict:
     """The Trainer config sections beyond `ranking.trainer_config`'s: the expert counts of CGC, PLE
     and FDN (ignored by the other models), FDN's loss weights, and the arm's change."""
-    sections = {"model": {"specific_experts": settings.specific_experts, "shared_experts": settings.shared_experts,
-                          "levels": settings.levels, "pairs": settings.pairs},
-                "fdn": {"aux_weight": settings.aux_weight, "orth_weight": settings.orth_weight}}
+    sections = {
+        "model": {
+            "specific_experts": settings.specific_experts,
+            "shared_experts": settings.shared_experts,
+            "levels": settings.levels,
+            "pairs": settings.pairs,
+        },
+        "fdn": {"aux_weight": settings.aux_weight, "orth_weight": settings.orth_weight},
+    }
     for section, values in (ARMS[arm][1] if arm else {}).items():
         sections[section] = {**sections[section], **values}
     return sections
@@ -77,8 +83,14 @@ def cell_config(cell: Cell, settings: Settings) -> dict:
 
 
 def run_cell(cell: Cell, settings: Settings, prepared: ranking.Prepared) -> dict:
-    return ranking.train_cell(cell, settings, prepared, None, overrides=overrides(MODEL, cell.regularizer, settings),
-                              after=lambda run_dir, _: _read_run(cell, settings, run_dir))
+    return ranking.train_cell(
+        cell,
+        settings,
+        prepared,
+        None,
+        overrides=overrides(MODEL, cell.regularizer, settings),
+        after=lambda run_dir, _: _read_run(cell, settings, run_dir),
+    )
 
 
 def _read_run(cell: Cell, settings: Settings, run_dir: str) -> dict:
@@ -88,8 +100,10 @@ def _read_run(cell: Cell, settings: Settings, run_dir: str) -> dict:
         trained = json.load(f)
     last, params = trained["history"][-1], trained["params"]
     metrics = {f"train_{term}": float(last[term]) for term in ("aux_loss", "orth_loss") if term in last}
-    metrics.update(params_trained_network=params["total"] - params["regularizer_only"],
-                   params_trained_regularizer_only=params["regularizer_only"])
+    metrics.update(
+        params_trained_network=params["total"] - params["regularizer_only"],
+        params_trained_regularizer_only=params["regularizer_only"],
+    )
     if params["exported"] is not None:
         metrics["params_trained_exported"] = params["exported"]
     if cell.regularizer == FULL:
@@ -109,17 +123,22 @@ def parameter_counts(spec: dict, settings: Settings) -> dict:
     from trainer.training_model import TrainingModel
 
     counts = {}
-    for key, model, arm in ([(name, name, None) for name in BASELINES]
-                            + [(f"fdn_{arm}", MODEL, arm) for arm in ARMS]):
+    for key, model, arm in [(name, name, None) for name in BASELINES] + [(f"fdn_{arm}", MODEL, arm) for arm in ARMS]:
         config = from_dict(ranking.trainer_config(model, 0, settings, None, overrides(model, arm, settings)))
         network = models.build(spec, dataclasses.asdict(config.model))
         trainee = TrainingModel(network, InputSpec.from_dict(spec), config)  # builds the network and aux heads
-        counts.update({f"params_{key}": network.count_params(), f"params_{key}_embedding": network.embed.count_params(),
-                       f"params_{key}_regularizer_only": trainee.regularizer_params})
+        counts.update(
+            {
+                f"params_{key}": network.count_params(),
+                f"params_{key}_embedding": network.embed.count_params(),
+                f"params_{key}_regularizer_only": trainee.regularizer_params,
+            }
+        )
     return counts
 
 
 # --- the report --------------------------------------------------------------------------------
+
 
 def label(arm: str) -> str:
     return ARMS[arm][0]
@@ -131,18 +150,29 @@ def auc(values: dict, arm: str, task: str) -> dict:
 
 def auc_table(values: dict, records) -> report.Table:
     rows = ranking.ceiling_row(records, lambda task: [ranking.TASK_TITLES[task]])
-    rows += [report.Row(label(arm), {ranking.TASK_TITLES[t]: auc(values, arm, t) for t in ranking.TASKS},
-                        baseline=None if arm == FULL else label(FULL)) for arm in ARMS]
+    rows += [
+        report.Row(
+            label(arm),
+            {ranking.TASK_TITLES[t]: auc(values, arm, t) for t in ranking.TASKS},
+            baseline=None if arm == FULL else label(FULL),
+        )
+        for arm in ARMS
+    ]
     return report.Table(ranking.auc_columns(), tuple(rows), first_column="variant")
 
 
 def loss_table(values: dict) -> report.Table:
     """The terms each arm trained on: shows each ablation removed what it names."""
-    titles = {"train_task_loss": "task losses", "train_aux_loss": "L_aux (weighted)",
-              "train_orth_loss": "L_orth (weighted)"}
+    titles = {
+        "train_task_loss": "task losses",
+        "train_aux_loss": "L_aux (weighted)",
+        "train_orth_loss": "L_orth (weighted)",
+    }
     columns = tuple(report.Column(title, tested=False) for title in titles.values())
-    rows = [report.Row(label(arm), {title: values.get(arm, {}).get(metric, {}) for metric, title in titles.items()})
-            for arm in ARMS]
+    rows = [
+        report.Row(label(arm), {title: values.get(arm, {}).get(metric, {}) for metric, title in titles.items()})
+        for arm in ARMS
+    ]
     return report.Table(columns, tuple(rows), first_column="variant")
 
 
@@ -159,8 +189,12 @@ def params_table(values: dict) -> report.Table:
     rows = []
     for key, title in list(BASELINES.items()) + [(f"fdn_{arm}", label(arm)) for arm in ARMS]:
         metrics = (f"params_{key}", f"params_{key}_embedding", f"params_{key}_regularizer_only")
-        rows.append(report.Row(title, {column: _one(counts[metric]) for column, metric in zip(PARAM_COLUMNS, metrics)
-                                       if counts.get(metric)}))
+        rows.append(
+            report.Row(
+                title,
+                {column: _one(counts[metric]) for column, metric in zip(PARAM_COLUMNS, metrics) if counts.get(metric)},
+            )
+        )
     return report.Table(tuple(report.Column(c, digits=0, tested=False) for c in PARAM_COLUMNS), tuple(rows))
 
 
@@ -171,59 +205,89 @@ def delta(values: dict, arm: str, task: str) -> dict:
 
 
 def claims(values: dict) -> list[report.Claim]:
-    return [report.Claim("FDN paper, Table 3", f"Removing {component} lowers FDN's test AUC on every task "
-                                                "(CTR, CVR, CTCVR).",
-                         tuple(report.Comparison(f"{label(FULL)} {t.upper()}", f"{label(arm)} {t.upper()}",
-                                                 auc(values, FULL, t), auc(values, arm, t), higher_is_better=True)
-                               for t in ranking.TASKS))
-            for arm, component in zip(ABLATIONS, ("the auxiliary heads (L_aux)", "the orthogonality loss (L_orth)",
-                                                  "the shared features"))]
+    return [
+        report.Claim(
+            "FDN paper, Table 3",
+            f"Removing {component} lowers FDN's test AUC on every task (CTR, CVR, CTCVR).",
+            tuple(
+                report.Comparison(
+                    f"{label(FULL)} {t.upper()}",
+                    f"{label(arm)} {t.upper()}",
+                    auc(values, FULL, t),
+                    auc(values, arm, t),
+                    higher_is_better=True,
+                )
+                for t in ranking.TASKS
+            ),
+        )
+        for arm, component in zip(
+            ABLATIONS, ("the auxiliary heads (L_aux)", "the orthogonality loss (L_orth)", "the shared features")
+        )
+    ]
 
 
 def _figure(out: str, values: dict) -> str:
-    return figures.grouped_bars(out, "ablation_delta.png", [ranking.TASK_TITLES[t] for t in ranking.TASKS],
-                                {label(arm): [delta(values, arm, t) for t in ranking.TASKS] for arm in ABLATIONS},
-                                "test AUC minus full FDN's (mean ± std)", "FDN ablations against full FDN")
+    return figures.grouped_bars(
+        out,
+        "ablation_delta.png",
+        [ranking.TASK_TITLES[t] for t in ranking.TASKS],
+        {label(arm): [delta(values, arm, t) for t in ranking.TASKS] for arm in ABLATIONS},
+        "test AUC minus full FDN's (mean ± std)",
+        "FDN ablations against full FDN",
+    )
 
 
 def write_report(out: str, settings: Settings, scale: str, seeds: list, records) -> None:
     values = ranking.values(records, lambda cell: cell.regularizer)
     figure = _figure(out, values)
-    markdown = "\n\n".join([
-        f"# {NAME}: FDN and its ablations (FDN paper, Table 3), and the models' sizes (Table 2)",
-        "FDN is trained by the project's Trainer as proposed (task losses + L_aux + L_orth), and three times with "
-        "one component removed: its auxiliary heads on the task-specific experts (`fdn.aux` false), its "
-        "orthogonality loss (`fdn.orth` false), its task-shared experts (`model.shared_features` false; the fusion "
-        "then reads the task's specific features only, and L_orth has nothing to act on). The best epoch's network "
-        "is scored on the test split: CTR AUC on all rows, CVR AUC on clicked rows, CTCVR AUC on all rows.",
-        ranking.data_description(settings, records),
-        f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}); embedding {settings.embedding_dim}, "
-        f"experts {list(settings.expert_units)}, FDN {settings.pairs} pairs per task, L_aux weight "
-        f"{settings.aux_weight:g}, L_orth weight {settings.orth_weight:g} (the paper's form); up to {settings.epochs} "
-        f"epochs of batch {settings.batch_size}, Adam {settings.learning_rate:g}, the best epoch by eval CVR AUC "
-        "kept.",
-        "## Table 3: test AUC of FDN and its ablations", report.render_table(auc_table(values, records)),
-        report.significance_note("full FDN", len(seeds)),
-        f"![AUC change of each ablation against full FDN]({figure})",
-        "## The loss terms each variant trained on (last epoch's mean over its batches)",
-        report.render_table(loss_table(values)),
-        "A dash: the variant has no such term.",
-        "## Table 2, last column: parameters",
-        report.render_table(params_table(values)),
-        f"Each model built at this run's settings on its input spec (MMoE {settings.num_experts} experts; CGC and "
-        f"PLE {settings.specific_experts} task-specific + {settings.shared_experts} shared experts per level, PLE "
-        f"{settings.levels} levels; towers {list(settings.tower_units)}; FDN {settings.pairs} pairs per task, no "
-        "towers) and counted with Keras' `count_params()`. *Served*: the inference network, which is all "
-        "`trainer/export.py` saves beside the tf.Transform graph; it includes the embedding tables, whose size "
-        "follows the data's vocabularies. *Trained, not served*: FDN's auxiliary heads, which live in the "
-        "Trainer's training wrapper and are not exported. The trained networks of this run have the same counts "
-        "(`params_trained_network` in metrics.csv).",
-        report.render_claims(claims(values), scale, len(seeds)),
-        "## Settings", report.settings_table(settings),
-    ])
+    markdown = "\n\n".join(
+        [
+            f"# {NAME}: FDN and its ablations (FDN paper, Table 3), and the models' sizes (Table 2)",
+            "FDN is trained by the project's Trainer as proposed (task losses + L_aux + L_orth), and three times with "
+            "one component removed: its auxiliary heads on the task-specific experts (`fdn.aux` false), its "
+            "orthogonality loss (`fdn.orth` false), its task-shared experts (`model.shared_features` false; the fusion "
+            "then reads the task's specific features only, and L_orth has nothing to act on). The best epoch's network "
+            "is scored on the test split: CTR AUC on all rows, CVR AUC on clicked rows, CTCVR AUC on all rows.",
+            ranking.data_description(settings, records),
+            f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}); embedding {settings.embedding_dim}, "
+            f"experts {list(settings.expert_units)}, FDN {settings.pairs} pairs per task, L_aux weight "
+            f"{settings.aux_weight:g}, L_orth weight {settings.orth_weight:g} (the paper's form); "
+            f"up to {settings.epochs} "
+            f"epochs of batch {settings.batch_size}, Adam {settings.learning_rate:g}, the best epoch by eval CVR AUC "
+            "kept.",
+            "## Table 3: test AUC of FDN and its ablations",
+            report.render_table(auc_table(values, records)),
+            report.significance_note("full FDN", len(seeds)),
+            f"![AUC change of each ablation against full FDN]({figure})",
+            "## The loss terms each variant trained on (last epoch's mean over its batches)",
+            report.render_table(loss_table(values)),
+            "A dash: the variant has no such term.",
+            "## Table 2, last column: parameters",
+            report.render_table(params_table(values)),
+            f"Each model built at this run's settings on its input spec (MMoE {settings.num_experts} experts; CGC and "
+            f"PLE {settings.specific_experts} task-specific + {settings.shared_experts} shared experts per level, PLE "
+            f"{settings.levels} levels; towers {list(settings.tower_units)}; FDN {settings.pairs} pairs per task, no "
+            "towers) and counted with Keras' `count_params()`. *Served*: the inference network, which is all "
+            "`trainer/export.py` saves beside the tf.Transform graph; it includes the embedding tables, whose size "
+            "follows the data's vocabularies. *Trained, not served*: FDN's auxiliary heads, which live in the "
+            "Trainer's training wrapper and are not exported. The trained networks of this run have the same counts "
+            "(`params_trained_network` in metrics.csv).",
+            report.render_claims(claims(values), scale, len(seeds)),
+            "## Settings",
+            report.settings_table(settings),
+        ]
+    )
     report.write(out, markdown, records)
 
 
-EXPERIMENT = base.Experiment(NAME, "FDN paper Table 3: FDN without L_aux, L_orth or shared features (AUCs); "
-                                   "Table 2's parameter counts", SCALES, cells, run_cell, cell_config, write_report,
-                             bind_data=ranking.bind_data, prepare=ranking.prepare)
+EXPERIMENT = base.Experiment(
+    NAME,
+    "FDN paper Table 3: FDN without L_aux, L_orth or shared features (AUCs); Table 2's parameter counts",
+    SCALES,
+    cells,
+    run_cell,
+    cell_config,
+    write_report,
+    bind_data=ranking.bind_data,
+    prepare=ranking.prepare,
+)

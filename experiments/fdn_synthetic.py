@@ -94,15 +94,19 @@ def datasets(settings: Settings, seed: int, dataset: str) -> tuple[regression.Da
 
 
 def _trainer_config(cell: Cell, settings: Settings):
-    return regression.trainer_config(VARIANTS[cell.variant].model, cell.seed, settings,
-                                     regularized=cell.regularizer == "aux_orth")
+    return regression.trainer_config(
+        VARIANTS[cell.variant].model, cell.seed, settings, regularized=cell.regularizer == "aux_orth"
+    )
 
 
 def cell_config(cell: Cell, settings: Settings) -> dict:
     variant = VARIANTS[cell.variant]
-    return {"trainer": _trainer_config(cell, settings).to_dict(),
-            "data": {"generator": "fdn", **dataclasses.asdict(synth_config(settings, cell.seed))},
-            "dataset": variant.dataset, "tasks": [t + 1 for t in variant.tasks]}
+    return {
+        "trainer": _trainer_config(cell, settings).to_dict(),
+        "data": {"generator": "fdn", **dataclasses.asdict(synth_config(settings, cell.seed))},
+        "dataset": variant.dataset,
+        "tasks": [t + 1 for t in variant.tasks],
+    }
 
 
 def run_cell(cell: Cell, settings: Settings) -> dict:
@@ -112,6 +116,7 @@ def run_cell(cell: Cell, settings: Settings) -> dict:
 
 
 # --- the report --------------------------------------------------------------------------------
+
 
 def _by_variant(records) -> dict:
     """variant -> {metric: {seed: value}}."""
@@ -133,11 +138,14 @@ def gaps(mse: dict, oracle: dict) -> dict:
 
 
 def table_1(values: dict) -> report.Table:
-    columns = (report.Column("task 1 MSE"), report.Column("task 1 gap to oracle", 1, "%", True),
-               report.Column("task 2 MSE"), report.Column("task 2 gap to oracle", 1, "%", True))
+    columns = (
+        report.Column("task 1 MSE"),
+        report.Column("task 1 gap to oracle", 1, "%", True),
+        report.Column("task 2 MSE"),
+        report.Column("task 2 gap to oracle", 1, "%", True),
+    )
     oracle = {1: oracle_mse(values, 1), 2: oracle_mse(values, 2)}
-    rows = [report.Row("Oracle (A: Dataset-A, B: Dataset-B)",
-                       {"task 1 MSE": oracle[1], "task 2 MSE": oracle[2]})]
+    rows = [report.Row("Oracle (A: Dataset-A, B: Dataset-B)", {"task 1 MSE": oracle[1], "task 2 MSE": oracle[2]})]
     for variant in MULTI_TASK:
         row = {}
         for task in (1, 2):
@@ -155,17 +163,29 @@ def claims(values: dict) -> list[report.Claim]:
     def label(variant):
         return VARIANTS[variant].label
 
-    found = [report.Claim(
-        "FDN paper, Table 1",
-        "Trained on Dataset-I, the multi-task baselines MMoE, CGC and PLE have a higher test MSE than the "
-        "oracles on both tasks: mixed features cost them accuracy (negative transfer).",
-        tuple(report.Comparison(f"Oracle (task {task})", f"{label(v)} (task {task})", oracle_mse(values, task),
-                                mse(v, task)) for task in (1, 2) for v in BASELINES))]
-    for task in (1, 2):
-        found.append(report.Claim(
+    found = [
+        report.Claim(
             "FDN paper, Table 1",
-            f"FDN has the lowest task-{task} test MSE, hence the smallest gap to the oracle, of MMoE, CGC, PLE and FDN.",
-            tuple(report.Comparison("FDN", label(v), mse("fdn", task), mse(v, task)) for v in BASELINES)))
+            "Trained on Dataset-I, the multi-task baselines MMoE, CGC and PLE have a higher test MSE than the "
+            "oracles on both tasks: mixed features cost them accuracy (negative transfer).",
+            tuple(
+                report.Comparison(
+                    f"Oracle (task {task})", f"{label(v)} (task {task})", oracle_mse(values, task), mse(v, task)
+                )
+                for task in (1, 2)
+                for v in BASELINES
+            ),
+        )
+    ]
+    for task in (1, 2):
+        found.append(
+            report.Claim(
+                "FDN paper, Table 1",
+                f"FDN has the lowest task-{task} test MSE, hence the smallest gap to the oracle, "
+                "of MMoE, CGC, PLE and FDN.",
+                tuple(report.Comparison("FDN", label(v), mse("fdn", task), mse(v, task)) for v in BASELINES),
+            )
+        )
     return found
 
 
@@ -174,8 +194,11 @@ def seeds_without_learning(values: dict) -> list:
     on any task: there the table compares networks that learned nothing."""
     found = []
     for seed in sorted(values.get("oracle_a", {}).get("label_var_1", {})):
-        scores = [(values[v].get(f"mse_{t}", {}).get(seed), values[v].get(f"label_var_{t}", {}).get(seed))
-                  for v in values for t in (1, 2)]
+        scores = [
+            (values[v].get(f"mse_{t}", {}).get(seed), values[v].get(f"label_var_{t}", {}).get(seed))
+            for v in values
+            for t in (1, 2)
+        ]
         if all(mse >= variance for mse, variance in scores if mse is not None and variance is not None):
             found.append(seed)
     return found
@@ -189,53 +212,71 @@ def _figure(out: str, values: dict) -> str:
     def per_task(task):
         return [gaps(values.get(v, {}).get(f"mse_{task}", {}), oracle_mse(values, task)) for v in MULTI_TASK]
 
-    return figures.grouped_bars(out, "gap_to_oracle.png", labels, {"task 1": per_task(1), "task 2": per_task(2)},
-                                "test MSE gap to the oracle (%)",
-                                "FDN synthetic data: gap to the oracle (mean ± std over seeds)")
+    return figures.grouped_bars(
+        out,
+        "gap_to_oracle.png",
+        labels,
+        {"task 1": per_task(1), "task 2": per_task(2)},
+        "test MSE gap to the oracle (%)",
+        "FDN synthetic data: gap to the oracle (mean ± std over seeds)",
+    )
 
 
 def write_report(out: str, settings: Settings, scale: str, seeds: list, records) -> None:
     values = _by_variant(records)
     figure = _figure(out, values)
-    params = {VARIANTS[v].label: int(next(iter(values[v]["params"].values())))
-              for v in VARIANTS if "params" in values.get(v, {})}
+    params = {
+        VARIANTS[v].label: int(next(iter(values[v]["params"].values())))
+        for v in VARIANTS
+        if "params" in values.get(v, {})
+    }
     idle = seeds_without_learning(values)
-    variances = {task: values.get("oracle_a" if task == 1 else "oracle_b", {}).get(f"label_var_{task}", {})
-                 for task in (1, 2)}
-    markdown = "\n\n".join([
-        f"# {NAME}: the FDN paper's Table 1 on its synthetic data",
-        "Oracles: a single-task network trained on Dataset-A (its inputs X_1, label y1) and one on Dataset-B "
-        "(X_2, y2). MMoE, CGC, PLE and FDN are trained on Dataset-I (features X mixing both tasks' inputs; "
-        "labels y1 and y2). Test MSE per task on the 30% test split; the gap is (MSE - oracle MSE) / "
-        "oracle MSE per seed, in percent. Each seed draws its own data set and initialisation.",
-        f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {settings.rows:,} rows, "
-        f"d = {settings.dimension}, {settings.epochs} epochs, batch {settings.batch_size}, Adam "
-        f"{settings.learning_rate:g}, experts {list(settings.expert_units)}, MMoE {settings.num_experts} experts, "
-        f"CGC/PLE {settings.specific_experts} task-specific + {settings.shared_experts} shared experts, "
-        f"FDN {settings.pairs} pairs per task.",
-        "## Table 1: test MSE and the gap to the oracle",
-        report.render_table(table_1(values)),
-        report.significance_note("the oracle of the task", len(seeds)),
-        f"![gap to the oracle per model and task]({figure})",
-        report.render_claims(claims(values), scale, len(seeds)),
-        "## Notes",
-        "- Inputs are the d feature columns as numeric fields, appended to the network's input as they are, "
-        f"so the embedding size ({settings.embedding_dim}) has no effect on these runs.\n"
-        "- The two network outputs are the two regression predictions (no sigmoid), trained with MSE; FDN adds "
-        f"its auxiliary heads (MSE on each task-specific expert, weight {settings.aux_weight:g}) and its "
-        f"orthogonality loss (weight {settings.orth_weight:g}).\n"
-        "- Batch size and learning rate are not given in the paper as we have it; they are the same for every "
-        "model.\n"
-        "- Test-label variance, the MSE of predicting the mean: "
-        + ", ".join(f"task {t} {stats.format_mean_std(v[s] for s in sorted(v))}" for t, v in variances.items())
-        + f". Seeds on which no model beat it on any task: {', '.join(map(str, idle)) or 'none'}.\n"
-        "- Parameters of the inference network (an oracle is a single-task model holding both tasks' networks, "
-        "of which it trains one): " + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ".",
-        "## Settings",
-        report.settings_table(settings),
-    ])
+    variances = {
+        task: values.get("oracle_a" if task == 1 else "oracle_b", {}).get(f"label_var_{task}", {}) for task in (1, 2)
+    }
+    markdown = "\n\n".join(
+        [
+            f"# {NAME}: the FDN paper's Table 1 on its synthetic data",
+            "Oracles: a single-task network trained on Dataset-A (its inputs X_1, label y1) and one on Dataset-B "
+            "(X_2, y2). MMoE, CGC, PLE and FDN are trained on Dataset-I (features X mixing both tasks' inputs; "
+            "labels y1 and y2). Test MSE per task on the 30% test split; the gap is (MSE - oracle MSE) / "
+            "oracle MSE per seed, in percent. Each seed draws its own data set and initialisation.",
+            f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {settings.rows:,} rows, "
+            f"d = {settings.dimension}, {settings.epochs} epochs, batch {settings.batch_size}, Adam "
+            f"{settings.learning_rate:g}, experts {list(settings.expert_units)}, MMoE {settings.num_experts} experts, "
+            f"CGC/PLE {settings.specific_experts} task-specific + {settings.shared_experts} shared experts, "
+            f"FDN {settings.pairs} pairs per task.",
+            "## Table 1: test MSE and the gap to the oracle",
+            report.render_table(table_1(values)),
+            report.significance_note("the oracle of the task", len(seeds)),
+            f"![gap to the oracle per model and task]({figure})",
+            report.render_claims(claims(values), scale, len(seeds)),
+            "## Notes",
+            "- Inputs are the d feature columns as numeric fields, appended to the network's input as they are, "
+            f"so the embedding size ({settings.embedding_dim}) has no effect on these runs.\n"
+            "- The two network outputs are the two regression predictions (no sigmoid), trained with MSE; FDN adds "
+            f"its auxiliary heads (MSE on each task-specific expert, weight {settings.aux_weight:g}) and its "
+            f"orthogonality loss (weight {settings.orth_weight:g}).\n"
+            "- Batch size and learning rate are not given in the paper as we have it; they are the same for every "
+            "model.\n"
+            "- Test-label variance, the MSE of predicting the mean: "
+            + ", ".join(f"task {t} {stats.format_mean_std(v[s] for s in sorted(v))}" for t, v in variances.items())
+            + f". Seeds on which no model beat it on any task: {', '.join(map(str, idle)) or 'none'}.\n"
+            "- Parameters of the inference network (an oracle is a single-task model holding both tasks' networks, "
+            "of which it trains one): " + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ".",
+            "## Settings",
+            report.settings_table(settings),
+        ]
+    )
     report.write(out, markdown, records)
 
 
-EXPERIMENT = base.Experiment(NAME, "FDN paper Table 1: oracles vs MMoE, CGC, PLE, FDN on the FDN synthetic data",
-                             SCALES, cells, run_cell, cell_config, write_report)
+EXPERIMENT = base.Experiment(
+    NAME,
+    "FDN paper Table 1: oracles vs MMoE, CGC, PLE, FDN on the FDN synthetic data",
+    SCALES,
+    cells,
+    run_cell,
+    cell_config,
+    write_report,
+)

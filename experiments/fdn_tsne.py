@@ -58,10 +58,13 @@ def _trainer_config(cell: Cell, settings: Settings):
 
 
 def cell_config(cell: Cell, settings: Settings) -> dict:
-    return {"trainer": _trainer_config(cell, settings).to_dict(),
-            "data": {"generator": "fdn", **dataclasses.asdict(fdn_synthetic.synth_config(settings, cell.seed))},
-            "dataset": "dataset_i", "tasks": [1, 2],
-            "embedding": {"samples": settings.samples, "perplexity": settings.perplexity}}
+    return {
+        "trainer": _trainer_config(cell, settings).to_dict(),
+        "data": {"generator": "fdn", **dataclasses.asdict(fdn_synthetic.synth_config(settings, cell.seed))},
+        "dataset": "dataset_i",
+        "tasks": [1, 2],
+        "embedding": {"samples": settings.samples, "perplexity": settings.perplexity},
+    }
 
 
 def prepare(settings: Settings, out: str, log) -> str:
@@ -71,8 +74,9 @@ def prepare(settings: Settings, out: str, log) -> str:
 
 def expert_features(network, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[N, d] -> (specific, shared), [N, k, M, u] each (inference mode)."""
-    specific, shared = network.expert_features(regression.as_features(x.astype(np.float32),
-                                                                      regression.numeric_spec(x.shape[1])))
+    specific, shared = network.expert_features(
+        regression.as_features(x.astype(np.float32), regression.numeric_spec(x.shape[1]))
+    )
     return np.asarray(specific, np.float64), np.asarray(shared, np.float64)
 
 
@@ -82,8 +86,11 @@ def points(specific: np.ndarray, shared: np.ndarray) -> tuple[np.ndarray, np.nda
     rows, tasks, pairs, units = specific.shape
     task_of = np.broadcast_to(np.arange(tasks)[None, :, None], (rows, tasks, pairs)).reshape(-1)
     expert_of = np.tile(np.arange(2 * tasks * pairs).reshape(2, 1, tasks * pairs), (1, rows, 1)).reshape(-1)
-    return (np.concatenate([specific.reshape(-1, units), shared.reshape(-1, units)]),
-            np.concatenate([task_of, np.full(rows * tasks * pairs, tasks)]), expert_of)
+    return (
+        np.concatenate([specific.reshape(-1, units), shared.reshape(-1, units)]),
+        np.concatenate([task_of, np.full(rows * tasks * pairs, tasks)]),
+        expert_of,
+    )
 
 
 def cosine_and_zeros(specific: np.ndarray, shared: np.ndarray) -> dict:
@@ -92,9 +99,11 @@ def cosine_and_zeros(specific: np.ndarray, shared: np.ndarray) -> dict:
     norm_p, norm_s = np.linalg.norm(specific, axis=-1), np.linalg.norm(shared, axis=-1)
     live = (norm_p > 0) & (norm_s > 0)
     cosine = np.abs(np.sum(specific * shared, -1)[live] / (norm_p * norm_s)[live])
-    return {"cosine": float(cosine.mean()) if cosine.size else float("nan"),
-            "zero_specific_pct": 100.0 * float(np.mean(norm_p == 0)),
-            "zero_shared_pct": 100.0 * float(np.mean(norm_s == 0))}
+    return {
+        "cosine": float(cosine.mean()) if cosine.size else float("nan"),
+        "zero_specific_pct": 100.0 * float(np.mean(norm_p == 0)),
+        "zero_shared_pct": 100.0 * float(np.mean(norm_s == 0)),
+    }
 
 
 def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
@@ -121,8 +130,9 @@ def run_cell(cell: Cell, settings: Settings, prepared: str) -> dict:
     metrics = {**regression.evaluate(network, config, (0, 1), test), **last_epoch}
     specific, shared = expert_features(network, test.x)
     metrics.update(cosine_and_zeros(specific, shared))
-    rows = np.sort(np.random.default_rng(cell.seed).choice(len(test.x), min(settings.samples, len(test.x)),
-                                                            replace=False))
+    rows = np.sort(
+        np.random.default_rng(cell.seed).choice(len(test.x), min(settings.samples, len(test.x)), replace=False)
+    )
     x, kinds, experts = points(specific[rows], shared[rows])
     embedding = embed(x, settings, cell.seed)
     metrics["silhouette_features"] = silhouette(x, kinds)
@@ -167,27 +177,38 @@ def _by_arm(records) -> dict:
 
 def table(values: dict) -> report.Table:
     rows = [report.Row(ARMS[WITHOUT][0], {c.title: values.get(WITHOUT, {}).get(m, {}) for m, c in COLUMNS})]
-    rows.append(report.Row(ARMS[WITH][0], {c.title: values.get(WITH, {}).get(m, {}) for m, c in COLUMNS},
-                           baseline=rows[0].label))
+    rows.append(
+        report.Row(
+            ARMS[WITH][0], {c.title: values.get(WITH, {}).get(m, {}) for m, c in COLUMNS}, baseline=rows[0].label
+        )
+    )
     return report.Table(tuple(c for _, c in COLUMNS), tuple(rows))
 
 
 def claims(values: dict) -> list[report.Claim]:
     def compare(metric, higher_is_better):
         title = dict(COLUMNS)[metric].title
-        return report.Comparison(f"{ARMS[WITH][0]} ({title})", f"{ARMS[WITHOUT][0]} ({title})",
-                                 values.get(WITH, {}).get(metric, {}), values.get(WITHOUT, {}).get(metric, {}),
-                                 higher_is_better)
+        return report.Comparison(
+            f"{ARMS[WITH][0]} ({title})",
+            f"{ARMS[WITHOUT][0]} ({title})",
+            values.get(WITH, {}).get(metric, {}),
+            values.get(WITHOUT, {}).get(metric, {}),
+            higher_is_better,
+        )
 
     return [
-        report.Claim("FDN paper, Figure 3",
-                     "With L_orth, the task-specific and task-shared features form separate clusters: the kind labels' "
-                     "silhouette is higher than without L_orth, in the feature space and in the t-SNE embedding.",
-                     (compare("silhouette_features", True), compare("silhouette_tsne", True))),
-        report.Claim("FDN paper, L_orth",
-                     "L_orth makes each pair's shared and specific features orthogonal: their mean absolute cosine is "
-                     "lower than without L_orth.",
-                     (compare("cosine", False),)),
+        report.Claim(
+            "FDN paper, Figure 3",
+            "With L_orth, the task-specific and task-shared features form separate clusters: the kind labels' "
+            "silhouette is higher than without L_orth, in the feature space and in the t-SNE embedding.",
+            (compare("silhouette_features", True), compare("silhouette_tsne", True)),
+        ),
+        report.Claim(
+            "FDN paper, L_orth",
+            "L_orth makes each pair's shared and specific features orthogonal: their mean absolute cosine is "
+            "lower than without L_orth.",
+            (compare("cosine", False),),
+        ),
     ]
 
 
@@ -198,49 +219,60 @@ def _figure(out: str, seed: int, records) -> str:
         if record.cell.seed == seed:
             with np.load(_embedding_path(out, record.cell)) as saved:
                 panels[ARMS[record.cell.regularizer][0]] = (saved["points"], saved["kinds"])
-    return figures.scatter_panels(out, "tsne.png", panels, list(KINDS),
-                                  f"t-SNE of FDN's expert features on the test split (seed {seed})")
+    return figures.scatter_panels(
+        out, "tsne.png", panels, list(KINDS), f"t-SNE of FDN's expert features on the test split (seed {seed})"
+    )
 
 
 def write_report(out: str, settings: Settings, scale: str, seeds: list, records) -> None:
     values = _by_arm(records)
     figure = _figure(out, seeds[0], records)
     pairs = 2 * settings.pairs
-    markdown = "\n\n".join([
-        f"# {NAME}: the FDN paper's Figure 3, task-specific and task-shared features",
-        "FDN trained on Dataset-I of the FDN synthetic data, with its orthogonality loss L_orth and without it "
-        "(the auxiliary loss on in both). Each test row gives one feature vector per decomposition pair's "
-        f"task-specific expert f^p and task-shared expert f^s: {pairs} specific ({settings.pairs} per task) and "
-        f"{pairs} shared. Their kinds are task-1 specific, task-2 specific and shared.",
-        f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {settings.rows:,} rows, "
-        f"d = {settings.dimension}, {settings.epochs} epochs, batch {settings.batch_size}, Adam "
-        f"{settings.learning_rate:g}, experts {list(settings.expert_units)}, {settings.pairs} pairs per task, "
-        f"L_aux weight {settings.aux_weight:g}, L_orth weight {settings.orth_weight:g}. t-SNE and silhouettes on "
-        f"{settings.samples} test rows ({settings.samples * 2 * pairs:,} points), drawn per seed; the cosine and "
-        "the all-zero shares on the whole test split.",
-        "## Separation of the specific and shared features",
-        report.render_table(table(values)),
-        report.significance_note("FDN without L_orth", len(seeds)),
-        "Silhouette of the three kind labels, in [-1, 1]: near 1 when every kind is a tight cluster apart from the "
-        "others, near 0 when they overlap. Features: Euclidean, on the experts' outputs as they are. Mean abs. "
-        "cosine: between the shared and the specific vector of the same pair and row, over the pairs where "
-        "neither is all zero (ReLU outputs, so 0 means no active unit in common). Silhouette of the experts: the "
-        f"same points labelled by which of the {2 * pairs} experts made them, a diagnostic (not a claim) of whether "
-        "they cluster by expert rather than by kind. Non-zero vectors: the kinds' silhouette without the all-zero "
-        "vectors, which all sit at the origin and form a tight cluster of their own. All-zero vectors: experts that output nothing for a row.",
-        f"![t-SNE of the specific and shared features, with and without L_orth]({figure})",
-        report.render_claims(claims(values), scale, len(seeds)),
-        "## Notes",
-        "- t-SNE: scikit-learn's `TSNE` (Barnes-Hut, PCA initialisation, perplexity "
-        f"{settings.perplexity:g}), seeded with the run's seed, on one thread so that it is reproducible. Its "
-        "distances and cluster sizes are not faithful, so the feature-space silhouette is the measure to trust.\n"
-        "- The figure shows the first seed only; the table is over every seed.",
-        "## Settings",
-        report.settings_table(settings),
-    ])
+    markdown = "\n\n".join(
+        [
+            f"# {NAME}: the FDN paper's Figure 3, task-specific and task-shared features",
+            "FDN trained on Dataset-I of the FDN synthetic data, with its orthogonality loss L_orth and without it "
+            "(the auxiliary loss on in both). Each test row gives one feature vector per decomposition pair's "
+            f"task-specific expert f^p and task-shared expert f^s: {pairs} specific ({settings.pairs} per task) and "
+            f"{pairs} shared. Their kinds are task-1 specific, task-2 specific and shared.",
+            f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {settings.rows:,} rows, "
+            f"d = {settings.dimension}, {settings.epochs} epochs, batch {settings.batch_size}, Adam "
+            f"{settings.learning_rate:g}, experts {list(settings.expert_units)}, {settings.pairs} pairs per task, "
+            f"L_aux weight {settings.aux_weight:g}, L_orth weight {settings.orth_weight:g}. t-SNE and silhouettes on "
+            f"{settings.samples} test rows ({settings.samples * 2 * pairs:,} points), drawn per seed; the cosine and "
+            "the all-zero shares on the whole test split.",
+            "## Separation of the specific and shared features",
+            report.render_table(table(values)),
+            report.significance_note("FDN without L_orth", len(seeds)),
+            "Silhouette of the three kind labels, in [-1, 1]: near 1 when every kind is a tight cluster apart from the "
+            "others, near 0 when they overlap. Features: Euclidean, on the experts' outputs as they are. Mean abs. "
+            "cosine: between the shared and the specific vector of the same pair and row, over the pairs where "
+            "neither is all zero (ReLU outputs, so 0 means no active unit in common). Silhouette of the experts: the "
+            f"same points labelled by which of the {2 * pairs} experts made them, a diagnostic (not a claim) of "
+            "whether they cluster by expert rather than by kind. Non-zero vectors: the kinds' silhouette without the "
+            "all-zero vectors, which all sit at the origin and form a tight cluster of their own. All-zero vectors: "
+            "experts that output nothing for a row.",
+            f"![t-SNE of the specific and shared features, with and without L_orth]({figure})",
+            report.render_claims(claims(values), scale, len(seeds)),
+            "## Notes",
+            "- t-SNE: scikit-learn's `TSNE` (Barnes-Hut, PCA initialisation, perplexity "
+            f"{settings.perplexity:g}), seeded with the run's seed, on one thread so that it is reproducible. Its "
+            "distances and cluster sizes are not faithful, so the feature-space silhouette is the measure to trust.\n"
+            "- The figure shows the first seed only; the table is over every seed.",
+            "## Settings",
+            report.settings_table(settings),
+        ]
+    )
     report.write(out, markdown, records)
 
 
-EXPERIMENT = base.Experiment(NAME, "FDN paper Figure 3: t-SNE of FDN's task-specific and shared features, "
-                                   "with and without L_orth", SCALES, cells, run_cell, cell_config, write_report,
-                             prepare=prepare)
+EXPERIMENT = base.Experiment(
+    NAME,
+    "FDN paper Figure 3: t-SNE of FDN's task-specific and shared features, with and without L_orth",
+    SCALES,
+    cells,
+    run_cell,
+    cell_config,
+    write_report,
+    prepare=prepare,
+)

@@ -101,8 +101,15 @@ def heatmaps(out: str, name: str, panels: dict, axis_label: str, colour_label: s
     for axis, (panel, matrix) in zip(axes[0], zip(panels, matrices)):
         image = axis.imshow(matrix, vmin=low, vmax=high, cmap="viridis")
         for (i, j), value in np.ndenumerate(matrix):
-            axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                      color="white" if value < (low + high) / 2 else "black")
+            axis.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value < (low + high) / 2 else "black",
+            )
         axis.set_title(panel, fontsize=10)
         axis.set_xlabel(axis_label)
         axis.set_ylabel(axis_label)

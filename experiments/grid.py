@@ -47,8 +47,13 @@ class Cell:
         return dict(self.setting)[name]
 
     def as_dict(self) -> dict:
-        return {"variant": self.variant, "regularizer": self.regularizer, "noise": self.noise,
-                **dict(self.setting), "seed": self.seed}
+        return {
+            "variant": self.variant,
+            "regularizer": self.regularizer,
+            "noise": self.noise,
+            **dict(self.setting),
+            "seed": self.seed,
+        }
 
     @property
     def label(self) -> str:
@@ -67,8 +72,13 @@ def make_cells(arms, seeds, noise_levels=(0.0,), settings=((),)) -> list[Cell]:
     """The grid: arms ((variant, regulariser) pairs; not every regulariser fits every model) x
     noise levels x settings x seeds. Seeds are the outer loop, so an interrupted run has whole
     seeds to compare."""
-    return [Cell(variant, regularizer, float(noise), int(seed), tuple(setting))
-            for seed in seeds for setting in settings for noise in noise_levels for variant, regularizer in arms]
+    return [
+        Cell(variant, regularizer, float(noise), int(seed), tuple(setting))
+        for seed in seeds
+        for setting in settings
+        for noise in noise_levels
+        for variant, regularizer in arms
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,15 +121,22 @@ def _finished(folder: str, config: dict) -> tuple | None:
         return None
     saved = _read_json(os.path.join(folder, "config.json"))
     if saved != _normalised(config):
-        raise GridError(f"{folder} holds a finished run of another configuration; "
-                        "use another output folder or delete that one")
+        raise GridError(
+            f"{folder} holds a finished run of another configuration; use another output folder or delete that one"
+        )
     timing = os.path.join(folder, "timing.json")
     seconds = _read_json(timing)["seconds"] if os.path.exists(timing) else math.nan
     return saved, _read_json(os.path.join(folder, "metrics.json")), seconds
 
 
-def run_grid(cells: list[Cell], run_cell: Callable[[Cell], dict], config_of: Callable[[Cell], dict], out: str,
-             log: Callable[[str], None] = print, title: str = "") -> list[Record]:
+def run_grid(
+    cells: list[Cell],
+    run_cell: Callable[[Cell], dict],
+    config_of: Callable[[Cell], dict],
+    out: str,
+    log: Callable[[str], None] = print,
+    title: str = "",
+) -> list[Record]:
     """Runs every cell not finished in `out` and returns every cell's record, in `cells` order.
 
     `run_cell(cell)` -> {metric: number}; `config_of(cell)` -> the JSON config the cell runs with
@@ -155,6 +172,8 @@ def run_grid(cells: list[Cell], run_cell: Callable[[Cell], dict], config_of: Cal
         run_seconds.append(seconds)
         left = to_run - len(run_seconds)
         eta = sum(run_seconds) / len(run_seconds) * left
-        log(f"{position} {prefix}{cell.label}: {format_duration(seconds)}; "
-            f"elapsed {format_duration(time.perf_counter() - start)}, ETA {format_duration(eta)}")
+        log(
+            f"{position} {prefix}{cell.label}: {format_duration(seconds)}; "
+            f"elapsed {format_duration(time.perf_counter() - start)}, ETA {format_duration(eta)}"
+        )
     return records

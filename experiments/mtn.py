@@ -40,6 +40,7 @@ def run_cell(cell: Cell, settings: ranking.Settings, prepared: ranking.Prepared)
 
 # --- the report --------------------------------------------------------------------------------
 
+
 def label(model: str, regularizer: str) -> str:
     return ranking.MODELS[model] + (" + MTN" if regularizer == "mtn" else "")
 
@@ -48,9 +49,13 @@ def auc_table(values: dict, records) -> report.Table:
     rows = ranking.ceiling_row(records, lambda task: [ranking.TASK_TITLES[task]])
     for model, regularizer in ARMS:
         entry = values.get((model, regularizer), {})
-        rows.append(report.Row(label(model, regularizer),
-                               {ranking.TASK_TITLES[t]: entry.get(f"{t}_auc", {}) for t in ranking.TASKS},
-                               baseline=label(model, "none") if regularizer == "mtn" else None))
+        rows.append(
+            report.Row(
+                label(model, regularizer),
+                {ranking.TASK_TITLES[t]: entry.get(f"{t}_auc", {}) for t in ranking.TASKS},
+                baseline=label(model, "none") if regularizer == "mtn" else None,
+            )
+        )
     return report.Table(ranking.auc_columns(), tuple(rows))
 
 
@@ -63,9 +68,12 @@ def gain(values: dict, model: str, task: str) -> dict:
 
 def gain_table(values: dict) -> report.Table:
     columns = tuple(report.Column(f"Δ {ranking.TASK_TITLES[t]}", signed=True, tested=False) for t in ranking.TASKS)
-    rows = [report.Row(ranking.MODELS[model], {f"Δ {ranking.TASK_TITLES[t]}": gain(values, model, t)
-                                               for t in ranking.TASKS})
-            for model in ranking.MODELS]
+    rows = [
+        report.Row(
+            ranking.MODELS[model], {f"Δ {ranking.TASK_TITLES[t]}": gain(values, model, t) for t in ranking.TASKS}
+        )
+        for model in ranking.MODELS
+    ]
     return report.Table(columns, tuple(rows))
 
 
@@ -73,39 +81,64 @@ def claims(values: dict) -> list[report.Claim]:
     def auc(model, regularizer, task):
         return values.get((model, regularizer), {}).get(f"{task}_auc", {})
 
-    return [report.Claim("MTN paper, Table 1", f"MTN improves {name}'s test AUC on every task (CTR, CVR, CTCVR).",
-                         tuple(report.Comparison(f"{name} + MTN {task.upper()}", f"{name} {task.upper()}",
-                                                 auc(model, "mtn", task), auc(model, "none", task),
-                                                 higher_is_better=True) for task in ranking.TASKS))
-            for model, name in ranking.MODELS.items()]
+    return [
+        report.Claim(
+            "MTN paper, Table 1",
+            f"MTN improves {name}'s test AUC on every task (CTR, CVR, CTCVR).",
+            tuple(
+                report.Comparison(
+                    f"{name} + MTN {task.upper()}",
+                    f"{name} {task.upper()}",
+                    auc(model, "mtn", task),
+                    auc(model, "none", task),
+                    higher_is_better=True,
+                )
+                for task in ranking.TASKS
+            ),
+        )
+        for model, name in ranking.MODELS.items()
+    ]
 
 
 def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, records) -> None:
     values = ranking.values(records, lambda cell: (cell.variant, cell.regularizer))
-    markdown = "\n\n".join([
-        f"# {NAME}: MMoE, ESMM and Shared-bottom with and without MTN (MTN paper, Table 1)",
-        "Each model is trained by the project's Trainer with and without MTN, the tensor trace norm of its "
-        "task towers' stacked weights at every depth (lambda x mean over depths of R_i), and the exported "
-        "model is scored on the test split: CTR AUC on all rows, CVR AUC on clicked rows, CTCVR AUC on all rows.",
-        ranking.data_description(settings, records),
-        f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}); embedding {settings.embedding_dim}, "
-        f"experts and bottom {list(settings.expert_units)}, towers {list(settings.tower_units)}, MMoE "
-        f"{settings.num_experts} experts; up to {settings.epochs} epochs of batch {settings.batch_size}, Adam "
-        f"{settings.learning_rate:g}, the best epoch by eval CVR AUC kept; MTN lambda {settings.lam:g}, alpha "
-        f"floor {settings.alpha_floor:g}.",
-        "## Table 1: test AUC", report.render_table(auc_table(values, records)),
-        report.significance_note("the same model without MTN", len(seeds)),
-        "## MTN's gain: AUC with MTN minus without, per seed", report.render_table(gain_table(values)),
-        report.render_claims(claims(values), scale, len(seeds)),
-        "## Notes",
-        "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.\n"
-        "- ESMM trains on its own loss (CTR and CTCVR over all impressions); MMoE and Shared-bottom on CTR over "
-        "all rows and CVR over clicked rows.",
-        "## Settings", report.settings_table(settings),
-    ])
+    markdown = "\n\n".join(
+        [
+            f"# {NAME}: MMoE, ESMM and Shared-bottom with and without MTN (MTN paper, Table 1)",
+            "Each model is trained by the project's Trainer with and without MTN, the tensor trace norm of its "
+            "task towers' stacked weights at every depth (lambda x mean over depths of R_i), and the exported "
+            "model is scored on the test split: CTR AUC on all rows, CVR AUC on clicked rows, CTCVR AUC on all rows.",
+            ranking.data_description(settings, records),
+            f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}); embedding {settings.embedding_dim}, "
+            f"experts and bottom {list(settings.expert_units)}, towers {list(settings.tower_units)}, MMoE "
+            f"{settings.num_experts} experts; up to {settings.epochs} epochs of batch {settings.batch_size}, Adam "
+            f"{settings.learning_rate:g}, the best epoch by eval CVR AUC kept; MTN lambda {settings.lam:g}, alpha "
+            f"floor {settings.alpha_floor:g}.",
+            "## Table 1: test AUC",
+            report.render_table(auc_table(values, records)),
+            report.significance_note("the same model without MTN", len(seeds)),
+            "## MTN's gain: AUC with MTN minus without, per seed",
+            report.render_table(gain_table(values)),
+            report.render_claims(claims(values), scale, len(seeds)),
+            "## Notes",
+            "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.\n"
+            "- ESMM trains on its own loss (CTR and CTCVR over all impressions); MMoE and Shared-bottom on CTR over "
+            "all rows and CVR over clicked rows.",
+            "## Settings",
+            report.settings_table(settings),
+        ]
+    )
     report.write(out, markdown, records)
 
 
-EXPERIMENT = base.Experiment(NAME, "MTN paper Table 1: MMoE, ESMM and Shared-bottom with and without MTN (AUCs)",
-                             SCALES, cells, run_cell, cell_config, write_report, bind_data=ranking.bind_data,
-                             prepare=ranking.prepare)
+EXPERIMENT = base.Experiment(
+    NAME,
+    "MTN paper Table 1: MMoE, ESMM and Shared-bottom with and without MTN (AUCs)",
+    SCALES,
+    cells,
+    run_cell,
+    cell_config,
+    write_report,
+    bind_data=ranking.bind_data,
+    prepare=ranking.prepare,
+)

@@ -47,6 +47,7 @@ def run_cell(cell: Cell, settings: Settings, prepared: ranking.Prepared) -> dict
 
 # --- the report --------------------------------------------------------------------------------
 
+
 def _heading(noise: float) -> str:
     return f"noise {noise:.0%}"
 
@@ -56,49 +57,85 @@ def task_table(values: dict, records, noise_levels, task: str) -> report.Table:
     columns = tuple(report.Column(_heading(p)) for p in noise_levels)
     rows = ranking.ceiling_row(records, lambda t: [_heading(p) for p in noise_levels] if t == task else [])
     for model, regularizer in mtn.ARMS:
-        rows.append(report.Row(mtn.label(model, regularizer),
-                               {_heading(p): values.get((model, regularizer, p), {}).get(f"{task}_auc", {})
-                                for p in noise_levels},
-                               baseline=mtn.label(model, "none") if regularizer == "mtn" else None))
+        rows.append(
+            report.Row(
+                mtn.label(model, regularizer),
+                {_heading(p): values.get((model, regularizer, p), {}).get(f"{task}_auc", {}) for p in noise_levels},
+                baseline=mtn.label(model, "none") if regularizer == "mtn" else None,
+            )
+        )
     return report.Table(columns, tuple(rows))
 
 
 def _gain(values: dict, model: str, noise: float, task: str) -> dict:
-    at = {regularizer: values.get((model, regularizer, noise), {}).get(f"{task}_auc", {})
-          for regularizer in ("none", "mtn")}
+    at = {
+        regularizer: values.get((model, regularizer, noise), {}).get(f"{task}_auc", {})
+        for regularizer in ("none", "mtn")
+    }
     return {s: at["mtn"][s] - at["none"][s] for s in sorted(set(at["mtn"]) & set(at["none"]))}
 
 
 def claims(values: dict, noise_levels) -> list[report.Claim]:
     low, high = min(noise_levels), max(noise_levels)
     source = "MTN paper, Table 2"
-    holds = [report.Claim(source, f"With noise, MTN still improves {name} on every task at every noise proportion.",
-                          tuple(report.Comparison(f"{name} + MTN {task.upper()} {_heading(p)}",
-                                                  f"{name} {task.upper()} {_heading(p)}",
-                                                  values.get((model, "mtn", p), {}).get(f"{task}_auc", {}),
-                                                  values.get((model, "none", p), {}).get(f"{task}_auc", {}),
-                                                  higher_is_better=True)
-                                for p in noise_levels if p > 0 for task in ranking.TASKS))
-             for model, name in ranking.MODELS.items()]
+    holds = [
+        report.Claim(
+            source,
+            f"With noise, MTN still improves {name} on every task at every noise proportion.",
+            tuple(
+                report.Comparison(
+                    f"{name} + MTN {task.upper()} {_heading(p)}",
+                    f"{name} {task.upper()} {_heading(p)}",
+                    values.get((model, "mtn", p), {}).get(f"{task}_auc", {}),
+                    values.get((model, "none", p), {}).get(f"{task}_auc", {}),
+                    higher_is_better=True,
+                )
+                for p in noise_levels
+                if p > 0
+                for task in ranking.TASKS
+            ),
+        )
+        for model, name in ranking.MODELS.items()
+    ]
     grows = report.Claim(
-        source, f"MTN's gain (AUC with MTN minus without) is larger at {_heading(high)} than without noise, for "
-                "every model and task.",
-        tuple(report.Comparison(f"{name} {task.upper()} gain at {_heading(high)}",
-                                f"gain at {_heading(low)}", _gain(values, model, high, task),
-                                _gain(values, model, low, task), higher_is_better=True)
-              for model, name in ranking.MODELS.items() for task in ranking.TASKS))
+        source,
+        f"MTN's gain (AUC with MTN minus without) is larger at {_heading(high)} than without noise, for "
+        "every model and task.",
+        tuple(
+            report.Comparison(
+                f"{name} {task.upper()} gain at {_heading(high)}",
+                f"gain at {_heading(low)}",
+                _gain(values, model, high, task),
+                _gain(values, model, low, task),
+                higher_is_better=True,
+            )
+            for model, name in ranking.MODELS.items()
+            for task in ranking.TASKS
+        ),
+    )
     return holds + [grows]
 
 
 def _figure(out: str, values: dict, noise_levels) -> str:
     x = [100 * p for p in noise_levels]
-    panels = {ranking.TASK_TITLES[task]: {mtn.label(model, regularizer):
-                                          [values.get((model, regularizer, p), {}).get(f"{task}_auc", {})
-                                           for p in noise_levels]
-                                          for model, regularizer in mtn.ARMS}
-              for task in ranking.TASKS}
-    return figures.lines_by_panel(out, "auc_vs_noise.png", x, panels, "noise proportion (% of training rows)",
-                                  "test AUC", "Test AUC against the noise proportion (MTN paper, Figure 1)")
+    panels = {
+        ranking.TASK_TITLES[task]: {
+            mtn.label(model, regularizer): [
+                values.get((model, regularizer, p), {}).get(f"{task}_auc", {}) for p in noise_levels
+            ]
+            for model, regularizer in mtn.ARMS
+        }
+        for task in ranking.TASKS
+    }
+    return figures.lines_by_panel(
+        out,
+        "auc_vs_noise.png",
+        x,
+        panels,
+        "noise proportion (% of training rows)",
+        "test AUC",
+        "Test AUC against the noise proportion (MTN paper, Figure 1)",
+    )
 
 
 def write_report(out: str, settings: Settings, scale: str, seeds: list, records) -> None:
@@ -119,17 +156,30 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, records)
         f"epoch by eval CVR AUC kept; MTN lambda {settings.lam:g}.",
     ]
     for task in ranking.TASKS:
-        sections += [f"## Table 2: test {ranking.TASK_TITLES[task]}",
-                     report.render_table(task_table(values, records, noise_levels, task)), note]
+        sections += [
+            f"## Table 2: test {ranking.TASK_TITLES[task]}",
+            report.render_table(task_table(values, records, noise_levels, task)),
+            note,
+        ]
     sections += [
         f"![test AUC against the noise proportion]({figure})",
         report.render_claims(claims(values, noise_levels), scale, len(seeds)),
-        "## Notes", "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.",
-        "## Settings", report.settings_table(settings),
+        "## Notes",
+        "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.",
+        "## Settings",
+        report.settings_table(settings),
     ]
     report.write(out, "\n\n".join(sections), records)
 
 
-EXPERIMENT = base.Experiment(NAME, "MTN paper Table 2 and Figure 1: the mtn grid at noise proportions 0-15%",
-                             SCALES, cells, run_cell, cell_config, write_report, bind_data=ranking.bind_data,
-                             prepare=prepare)
+EXPERIMENT = base.Experiment(
+    NAME,
+    "MTN paper Table 2 and Figure 1: the mtn grid at noise proportions 0-15%",
+    SCALES,
+    cells,
+    run_cell,
+    cell_config,
+    write_report,
+    bind_data=ranking.bind_data,
+    prepare=prepare,
+)

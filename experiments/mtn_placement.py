@@ -29,9 +29,13 @@ PLACEMENTS = {
     "experts": {"target": "experts", "depth": None},
     "experts_depth0": {"target": "experts", "depth": 0},
 }
-LABELS = {"none": "MMoE", "towers": "MMoE + MTN on towers, all depths",
-          "towers_depth0": "MMoE + MTN on towers, depth 0",
-          "experts": "MMoE + MTN on experts, all depths", "experts_depth0": "MMoE + MTN on experts, depth 0"}
+LABELS = {
+    "none": "MMoE",
+    "towers": "MMoE + MTN on towers, all depths",
+    "towers_depth0": "MMoE + MTN on towers, depth 0",
+    "experts": "MMoE + MTN on experts, all depths",
+    "experts_depth0": "MMoE + MTN on experts, depth 0",
+}
 
 SCALES = {
     "quick": ranking.Settings(seeds=3),
@@ -68,9 +72,15 @@ def expert_outputs(run_dir: str, transformed: str):
     network(dummy_batch(spec))
     network.load_weights(os.path.join(run_dir, "best.weights.h5"))
     tft_output = tft.TFTransformOutput(os.path.join(transformed, "transform_graph"))
-    split = inputs.load([os.path.join(transformed, "transformed", "test", "*.tfrecord.gz")],
-                        tft_output.transformed_feature_spec(), spec, categorical_cardinalities(tft_output),
-                        config.training.max_bag_length, config.training.memory_budget_gb, "test")
+    split = inputs.load(
+        [os.path.join(transformed, "transformed", "test", "*.tfrecord.gz")],
+        tft_output.transformed_feature_spec(),
+        spec,
+        categorical_cardinalities(tft_output),
+        config.training.max_bag_length,
+        config.training.memory_budget_gb,
+        "test",
+    )
     dataset, _ = split.dataset(config.training.eval_batch_size)
     for features, _ in dataset:
         yield np.asarray(network.forward(features)[1]["experts"], np.float64)
@@ -86,11 +96,14 @@ def expert_metrics(run_dir: str, transformed: str) -> dict:
         rows += len(experts)
     distances = distances / rows
     n = len(distances)
-    return {**{f"expert_distance_{i}_{j}": float(distances[i, j]) for i in range(n) for j in range(i + 1, n)},
-            "expert_norm": float(norms / rows)}
+    return {
+        **{f"expert_distance_{i}_{j}": float(distances[i, j]) for i in range(n) for j in range(i + 1, n)},
+        "expert_norm": float(norms / rows),
+    }
 
 
 # --- the report --------------------------------------------------------------------------------
+
 
 def distance_matrix(metrics: dict) -> np.ndarray:
     pairs = {tuple(map(int, k.split("_")[2:])): v for k, v in metrics.items() if k.startswith("expert_distance_")}
@@ -116,14 +129,20 @@ def relative_distance(values: dict, placement: str) -> dict:
 
 
 def auc_table(values: dict, records) -> report.Table:
-    columns = ranking.auc_columns() + (report.Column("mean expert distance"),
-                                       report.Column("distance / expert norm", digits=3))
+    columns = ranking.auc_columns() + (
+        report.Column("mean expert distance"),
+        report.Column("distance / expert norm", digits=3),
+    )
     rows = ranking.ceiling_row(records, lambda task: [ranking.TASK_TITLES[task]])
     for placement in PLACEMENTS:
         entry = values.get(placement, {})
         row = {ranking.TASK_TITLES[t]: entry.get(f"{t}_auc", {}) for t in ranking.TASKS}
-        row.update({"mean expert distance": mean_distance(values, placement),
-                    "distance / expert norm": relative_distance(values, placement)})
+        row.update(
+            {
+                "mean expert distance": mean_distance(values, placement),
+                "distance / expert norm": relative_distance(values, placement),
+            }
+        )
         rows.append(report.Row(LABELS[placement], row, baseline=None if placement == "none" else LABELS["none"]))
     return report.Table(columns, tuple(rows), first_column="model")
 
@@ -133,20 +152,40 @@ def claims(values: dict) -> list[report.Claim]:
         return values.get(placement, {}).get(f"{task}_auc", {})
 
     def beats(better, worse):
-        return tuple(report.Comparison(f"{LABELS[better]} {t.upper()}", f"{LABELS[worse]} {t.upper()}",
-                                       auc(better, t), auc(worse, t), higher_is_better=True) for t in ranking.TASKS)
+        return tuple(
+            report.Comparison(
+                f"{LABELS[better]} {t.upper()}",
+                f"{LABELS[worse]} {t.upper()}",
+                auc(better, t),
+                auc(worse, t),
+                higher_is_better=True,
+            )
+            for t in ranking.TASKS
+        )
 
     source = "MTN paper, Analysis 3"
     return [
-        report.Claim(source, "MTN on the towers (the method's placement) beats MTN on the experts, on every task.",
-                     beats("towers", "experts")),
-        report.Claim(source, "MTN on every depth (the method's multi-layer norm) beats MTN on the first depth only, "
-                             "on towers and on experts, on every task.",
-                     beats("towers", "towers_depth0") + beats("experts", "experts_depth0")),
-        report.Claim("MTN paper, Figure 3", "MTN on the experts makes the experts' outputs more alike: their mean "
-                                            "pairwise distance on the test rows is smaller than without MTN.",
-                     (report.Comparison(LABELS["experts"], LABELS["none"], mean_distance(values, "experts"),
-                                        mean_distance(values, "none")),)),
+        report.Claim(
+            source,
+            "MTN on the towers (the method's placement) beats MTN on the experts, on every task.",
+            beats("towers", "experts"),
+        ),
+        report.Claim(
+            source,
+            "MTN on every depth (the method's multi-layer norm) beats MTN on the first depth only, "
+            "on towers and on experts, on every task.",
+            beats("towers", "towers_depth0") + beats("experts", "experts_depth0"),
+        ),
+        report.Claim(
+            "MTN paper, Figure 3",
+            "MTN on the experts makes the experts' outputs more alike: their mean "
+            "pairwise distance on the test rows is smaller than without MTN.",
+            (
+                report.Comparison(
+                    LABELS["experts"], LABELS["none"], mean_distance(values, "experts"), mean_distance(values, "none")
+                ),
+            ),
+        ),
     ]
 
 
@@ -157,35 +196,55 @@ def _heatmap(out: str, records) -> str:
         matrices = [distance_matrix(r.metrics) for r in records if r.cell.regularizer == placement]
         if matrices:
             panels[LABELS[placement]] = np.mean(matrices, axis=0)
-    return figures.heatmaps(out, "expert_distances.png", panels, "expert", "mean ||e_i(x) - e_j(x)|| over test rows",
-                            "Distances between MMoE's experts' outputs (MTN paper, Figure 3)")
+    return figures.heatmaps(
+        out,
+        "expert_distances.png",
+        panels,
+        "expert",
+        "mean ||e_i(x) - e_j(x)|| over test rows",
+        "Distances between MMoE's experts' outputs (MTN paper, Figure 3)",
+    )
 
 
 def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, records) -> None:
     values = ranking.values(records, lambda cell: cell.regularizer)
     figure = _heatmap(out, records)
-    markdown = "\n\n".join([
-        f"# {NAME}: where MTN goes on MMoE (MTN paper, Analysis 3 and Figure 3)",
-        "MMoE trained by the project's Trainer without MTN and with MTN on its task towers or its experts, on "
-        "every depth or the first only (`mtn.target`, `mtn.depth`); the exported model is scored on the test split. "
-        "The two distance columns are the mean over test rows and expert pairs of ||e_i(x) - e_j(x)||, and that "
-        "distance over the mean norm of an expert's output (MTN's Frobenius term also shrinks the weights, "
-        "which alone makes outputs, and their distances, smaller).",
-        ranking.data_description(settings, records),
-        f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}); embedding {settings.embedding_dim}, "
-        f"{settings.num_experts} experts {list(settings.expert_units)}, towers {list(settings.tower_units)} (and "
-        f"the logit layer: 2 tower depths); up to {settings.epochs} epochs of batch {settings.batch_size}, the "
-        f"best epoch by eval CVR AUC kept; MTN lambda {settings.lam:g}.",
-        "## Test AUC and expert distances", report.render_table(auc_table(values, records)),
-        report.significance_note("MMoE without MTN", len(seeds)),
-        f"![distances between the experts' outputs]({figure})",
-        report.render_claims(claims(values), scale, len(seeds)),
-        "## Notes", "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.",
-        "## Settings", report.settings_table(settings),
-    ])
+    markdown = "\n\n".join(
+        [
+            f"# {NAME}: where MTN goes on MMoE (MTN paper, Analysis 3 and Figure 3)",
+            "MMoE trained by the project's Trainer without MTN and with MTN on its task towers or its experts, on "
+            "every depth or the first only (`mtn.target`, `mtn.depth`); the exported model is scored on the test "
+            "split. "
+            "The two distance columns are the mean over test rows and expert pairs of ||e_i(x) - e_j(x)||, and that "
+            "distance over the mean norm of an expert's output (MTN's Frobenius term also shrinks the weights, "
+            "which alone makes outputs, and their distances, smaller).",
+            ranking.data_description(settings, records),
+            f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}); embedding {settings.embedding_dim}, "
+            f"{settings.num_experts} experts {list(settings.expert_units)}, towers {list(settings.tower_units)} (and "
+            f"the logit layer: 2 tower depths); up to {settings.epochs} epochs of batch {settings.batch_size}, the "
+            f"best epoch by eval CVR AUC kept; MTN lambda {settings.lam:g}.",
+            "## Test AUC and expert distances",
+            report.render_table(auc_table(values, records)),
+            report.significance_note("MMoE without MTN", len(seeds)),
+            f"![distances between the experts' outputs]({figure})",
+            report.render_claims(claims(values), scale, len(seeds)),
+            "## Notes",
+            "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.",
+            "## Settings",
+            report.settings_table(settings),
+        ]
+    )
     report.write(out, markdown, records)
 
 
-EXPERIMENT = base.Experiment(NAME, "MTN paper Analysis 3 and Figure 3: MTN on towers or experts, one depth or all",
-                             SCALES, cells, run_cell, cell_config, write_report, bind_data=ranking.bind_data,
-                             prepare=ranking.prepare)
+EXPERIMENT = base.Experiment(
+    NAME,
+    "MTN paper Analysis 3 and Figure 3: MTN on towers or experts, one depth or all",
+    SCALES,
+    cells,
+    run_cell,
+    cell_config,
+    write_report,
+    bind_data=ranking.bind_data,
+    prepare=ranking.prepare,
+)

@@ -44,9 +44,18 @@ class Settings:
 
 SCALES = {
     "quick": Settings(seeds=3),
-    "full": Settings(seeds=10, correlations=(1.0, 0.9, 0.8, 0.7, 0.5, 0.3, 0.0, -0.3, -0.5, -0.9), rows=200_000,
-                     epochs=10, expert_units=(128, 64), tower_units=(32,), num_experts=8, specific_experts=2,
-                     shared_experts=4, pairs=4),
+    "full": Settings(
+        seeds=10,
+        correlations=(1.0, 0.9, 0.8, 0.7, 0.5, 0.3, 0.0, -0.3, -0.5, -0.9),
+        rows=200_000,
+        epochs=10,
+        expert_units=(128, 64),
+        tower_units=(32,),
+        num_experts=8,
+        specific_experts=2,
+        shared_experts=4,
+        pairs=4,
+    ),
 }
 
 MODELS = {"single_task": "Single-task", "shared_bottom": "Shared-bottom", "mmoe": "MMoE", "ple": "PLE", "fdn": "FDN"}
@@ -55,8 +64,11 @@ REGULARIZER = {"fdn": "aux_orth"}
 
 
 def cells(settings: Settings, seeds: list) -> list[Cell]:
-    return make_cells([(m, REGULARIZER.get(m, "none")) for m in MODELS], seeds,
-                      settings=[(("correlation", float(p)),) for p in settings.correlations])
+    return make_cells(
+        [(m, REGULARIZER.get(m, "none")) for m in MODELS],
+        seeds,
+        settings=[(("correlation", float(p)),) for p in settings.correlations],
+    )
 
 
 def _synth_config(settings: Settings, correlation: float, seed: int) -> mmoe.MmoeSynthConfig:
@@ -82,10 +94,14 @@ def _trainer_config(cell: Cell, settings: Settings):
 
 
 def cell_config(cell: Cell, settings: Settings) -> dict:
-    return {"trainer": _trainer_config(cell, settings).to_dict(),
-            "data": {"generator": "mmoe",
-                     **dataclasses.asdict(_synth_config(settings, cell.get("correlation"), cell.seed))},
-            "tasks": [1, 2]}
+    return {
+        "trainer": _trainer_config(cell, settings).to_dict(),
+        "data": {
+            "generator": "mmoe",
+            **dataclasses.asdict(_synth_config(settings, cell.get("correlation"), cell.seed)),
+        },
+        "tasks": [1, 2],
+    }
 
 
 def run_cell(cell: Cell, settings: Settings) -> dict:
@@ -94,6 +110,7 @@ def run_cell(cell: Cell, settings: Settings) -> dict:
 
 
 # --- the report --------------------------------------------------------------------------------
+
 
 def _values(records) -> dict:
     """(model, correlation) -> {metric: {seed: value}}, with "mse_mean": the two tasks' mean MSE."""
@@ -108,8 +125,9 @@ def _values(records) -> dict:
 
 def _all_seeds(values: dict, metric: str) -> list:
     """Every run's value of `metric`, in a fixed order."""
-    return [entry[metric][seed] for _, entry in sorted(values.items()) if metric in entry
-            for seed in sorted(entry[metric])]
+    return [
+        entry[metric][seed] for _, entry in sorted(values.items()) if metric in entry for seed in sorted(entry[metric])
+    ]
 
 
 def _heading(p: float) -> str:
@@ -118,9 +136,14 @@ def _heading(p: float) -> str:
 
 def loss_table(values: dict, correlations, metric: str) -> report.Table:
     columns = tuple(report.Column(_heading(p)) for p in correlations)
-    rows = [report.Row(label, {_heading(p): values.get((model, p), {}).get(metric, {}) for p in correlations},
-                       baseline=None if model == "single_task" else MODELS["single_task"])
-            for model, label in MODELS.items()]
+    rows = [
+        report.Row(
+            label,
+            {_heading(p): values.get((model, p), {}).get(metric, {}) for p in correlations},
+            baseline=None if model == "single_task" else MODELS["single_task"],
+        )
+        for model, label in MODELS.items()
+    ]
     return report.Table(columns, tuple(rows))
 
 
@@ -136,11 +159,18 @@ def transfer_summary(values: dict, correlations) -> str:
             a, b = stats.paired(own, single)
             if stats.paired_p_value(a, b) < stats.SIGNIFICANT:
                 (worse if a.mean() > b.mean() else better).append(f"{p:g}")
-        lines.append(f"- {MODELS[model]}: negative transfer at {_correlations(worse)}; "
-                     f"positive transfer at {_correlations(better)}.")
-    return "\n".join(["Mean of the two tasks' test MSE against single-task's at the same ρ: negative transfer where "
-                      "it is significantly higher, positive where significantly lower (paired t-test, p < 0.05).",
-                      ""] + lines)
+        lines.append(
+            f"- {MODELS[model]}: negative transfer at {_correlations(worse)}; "
+            f"positive transfer at {_correlations(better)}."
+        )
+    return "\n".join(
+        [
+            "Mean of the two tasks' test MSE against single-task's at the same ρ: negative transfer where "
+            "it is significantly higher, positive where significantly lower (paired t-test, p < 0.05).",
+            "",
+        ]
+        + lines
+    )
 
 
 def _correlations(values: list) -> str:
@@ -163,31 +193,69 @@ def claims(values: dict, correlations) -> list[report.Claim]:
 
     source = "MMoE paper, synthetic data"
     return [
-        report.Claim(source, f"Shared-bottom's loss (mean test MSE of the two tasks) grows as the tasks' correlation "
-                             f"falls: it is lower at ρ = {high:g} than at ρ = {low:g}.",
-                     (report.Comparison(f"Shared-bottom ρ={high:g}", f"Shared-bottom ρ={low:g}",
-                                        loss("shared_bottom", high), loss("shared_bottom", low)),)),
-        report.Claim(source, "MMoE does better than shared-bottom when the tasks are less related "
-                             f"(ρ = {', '.join(f'{p:g}' for p in low_ones)}).",
-                     tuple(report.Comparison(f"MMoE ρ={p:g}", f"Shared-bottom ρ={p:g}", loss("mmoe", p),
-                                             loss("shared_bottom", p)) for p in low_ones)),
-        report.Claim(source, f"MMoE is hurt less than shared-bottom by low correlation: its loss rises less from "
-                             f"ρ = {high:g} to ρ = {low:g}.",
-                     (report.Comparison("MMoE rise", "Shared-bottom rise", _spread(values, "mmoe", high, low),
-                                        _spread(values, "shared_bottom", high, low)),)),
-        report.Claim("FDN paper's thesis, tested beyond its paper",
-                     f"FDN suffers less negative transfer than MMoE and PLE: at ρ = {low:g} its loss is lower.",
-                     tuple(report.Comparison(f"FDN ρ={low:g}", f"{MODELS[m]} ρ={low:g}", loss("fdn", low), loss(m, low))
-                           for m in ("mmoe", "ple"))),
+        report.Claim(
+            source,
+            f"Shared-bottom's loss (mean test MSE of the two tasks) grows as the tasks' correlation "
+            f"falls: it is lower at ρ = {high:g} than at ρ = {low:g}.",
+            (
+                report.Comparison(
+                    f"Shared-bottom ρ={high:g}",
+                    f"Shared-bottom ρ={low:g}",
+                    loss("shared_bottom", high),
+                    loss("shared_bottom", low),
+                ),
+            ),
+        ),
+        report.Claim(
+            source,
+            "MMoE does better than shared-bottom when the tasks are less related "
+            f"(ρ = {', '.join(f'{p:g}' for p in low_ones)}).",
+            tuple(
+                report.Comparison(f"MMoE ρ={p:g}", f"Shared-bottom ρ={p:g}", loss("mmoe", p), loss("shared_bottom", p))
+                for p in low_ones
+            ),
+        ),
+        report.Claim(
+            source,
+            f"MMoE is hurt less than shared-bottom by low correlation: its loss rises less from "
+            f"ρ = {high:g} to ρ = {low:g}.",
+            (
+                report.Comparison(
+                    "MMoE rise",
+                    "Shared-bottom rise",
+                    _spread(values, "mmoe", high, low),
+                    _spread(values, "shared_bottom", high, low),
+                ),
+            ),
+        ),
+        report.Claim(
+            "FDN paper's thesis, tested beyond its paper",
+            f"FDN suffers less negative transfer than MMoE and PLE: at ρ = {low:g} its loss is lower.",
+            tuple(
+                report.Comparison(f"FDN ρ={low:g}", f"{MODELS[m]} ρ={low:g}", loss("fdn", low), loss(m, low))
+                for m in ("mmoe", "ple")
+            ),
+        ),
     ]
 
 
 def _figure(out: str, values: dict, correlations) -> str:
     x = sorted(correlations)
-    panels = {f"task {t}": {label: [values.get((model, p), {}).get(f"mse_{t}", {}) for p in x]
-                            for model, label in MODELS.items()} for t in (1, 2)}
-    return figures.lines_by_panel(out, "loss_vs_correlation.png", x, panels, "task correlation ρ = cos(w1, w2)",
-                                  "test MSE", "MMoE synthetic data: test MSE against task correlation")
+    panels = {
+        f"task {t}": {
+            label: [values.get((model, p), {}).get(f"mse_{t}", {}) for p in x] for model, label in MODELS.items()
+        }
+        for t in (1, 2)
+    }
+    return figures.lines_by_panel(
+        out,
+        "loss_vs_correlation.png",
+        x,
+        panels,
+        "task correlation ρ = cos(w1, w2)",
+        "test MSE",
+        "MMoE synthetic data: test MSE against task correlation",
+    )
 
 
 def write_report(out: str, settings: Settings, scale: str, seeds: list, records) -> None:
@@ -195,37 +263,54 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, records)
     correlations = list(settings.correlations)
     figure = _figure(out, values, correlations)
     note = report.significance_note("single-task", len(seeds))
-    markdown = "\n\n".join([
-        f"# {NAME}: test loss against task correlation (MMoE synthetic data)",
-        "Beyond the papers. The MMoE paper's two-task regression with ρ, the cosine between the tasks' weight "
-        "vectors (the paper's p), swept; every model is trained on both tasks and scored by test MSE per task. "
-        "A multi-task model worse than the single-task networks at some ρ suffers negative transfer there. For "
-        "one seed, every ρ shares the inputs and sine parameters; only task 2's weights change.",
-        f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {settings.rows:,} rows (80% train), "
-        f"d = {settings.dimension}, {settings.epochs} epochs, batch {settings.batch_size}, Adam "
-        f"{settings.learning_rate:g}, experts/bottom {list(settings.expert_units)}, towers "
-        f"{list(settings.tower_units)}, MMoE {settings.num_experts} experts, PLE {settings.levels} levels of "
-        f"{settings.specific_experts} task-specific + {settings.shared_experts} shared experts, FDN "
-        f"{settings.pairs} pairs per task.",
-        "## Task 1: test MSE", report.render_table(loss_table(values, correlations, "mse_1")), note,
-        "## Task 2: test MSE", report.render_table(loss_table(values, correlations, "mse_2")), note,
-        "## Mean of the two tasks' test MSE", report.render_table(loss_table(values, correlations, "mse_mean")), note,
-        "## Where each model suffers negative transfer", transfer_summary(values, correlations),
-        f"![test MSE against task correlation]({figure})",
-        report.render_claims(claims(values, correlations), scale, len(seeds)),
-        "## Notes",
-        "- Inputs are the d columns as numeric fields, appended to the network's input as they are, so the "
-        "embedding size has no effect. The two network outputs are the two regression predictions, trained "
-        f"with MSE; FDN adds its auxiliary heads (weight {settings.aux_weight:g}) and orthogonality loss "
-        f"(weight {settings.orth_weight:g}).\n"
-        "- Test-label variance, the MSE of predicting the mean (over seeds and ρ): "
-        + ", ".join(f"task {t} {stats.format_mean_std(_all_seeds(values, f'label_var_{t}'))}" for t in (1, 2)) + ".\n"
-        "- The MMoE paper's claims are about its own settings (model sizes, training length); these are ours.",
-        "## Settings",
-        report.settings_table(settings),
-    ])
+    markdown = "\n\n".join(
+        [
+            f"# {NAME}: test loss against task correlation (MMoE synthetic data)",
+            "Beyond the papers. The MMoE paper's two-task regression with ρ, the cosine between the tasks' weight "
+            "vectors (the paper's p), swept; every model is trained on both tasks and scored by test MSE per task. "
+            "A multi-task model worse than the single-task networks at some ρ suffers negative transfer there. For "
+            "one seed, every ρ shares the inputs and sine parameters; only task 2's weights change.",
+            f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {settings.rows:,} rows (80% train), "
+            f"d = {settings.dimension}, {settings.epochs} epochs, batch {settings.batch_size}, Adam "
+            f"{settings.learning_rate:g}, experts/bottom {list(settings.expert_units)}, towers "
+            f"{list(settings.tower_units)}, MMoE {settings.num_experts} experts, PLE {settings.levels} levels of "
+            f"{settings.specific_experts} task-specific + {settings.shared_experts} shared experts, FDN "
+            f"{settings.pairs} pairs per task.",
+            "## Task 1: test MSE",
+            report.render_table(loss_table(values, correlations, "mse_1")),
+            note,
+            "## Task 2: test MSE",
+            report.render_table(loss_table(values, correlations, "mse_2")),
+            note,
+            "## Mean of the two tasks' test MSE",
+            report.render_table(loss_table(values, correlations, "mse_mean")),
+            note,
+            "## Where each model suffers negative transfer",
+            transfer_summary(values, correlations),
+            f"![test MSE against task correlation]({figure})",
+            report.render_claims(claims(values, correlations), scale, len(seeds)),
+            "## Notes",
+            "- Inputs are the d columns as numeric fields, appended to the network's input as they are, so the "
+            "embedding size has no effect. The two network outputs are the two regression predictions, trained "
+            f"with MSE; FDN adds its auxiliary heads (weight {settings.aux_weight:g}) and orthogonality loss "
+            f"(weight {settings.orth_weight:g}).\n"
+            "- Test-label variance, the MSE of predicting the mean (over seeds and ρ): "
+            + ", ".join(f"task {t} {stats.format_mean_std(_all_seeds(values, f'label_var_{t}'))}" for t in (1, 2))
+            + ".\n"
+            "- The MMoE paper's claims are about its own settings (model sizes, training length); these are ours.",
+            "## Settings",
+            report.settings_table(settings),
+        ]
+    )
     report.write(out, markdown, records)
 
 
-EXPERIMENT = base.Experiment(NAME, "beyond the papers: each model's test loss against task correlation (MMoE data)",
-                             SCALES, cells, run_cell, cell_config, write_report)
+EXPERIMENT = base.Experiment(
+    NAME,
+    "beyond the papers: each model's test loss against task correlation (MMoE data)",
+    SCALES,
+    cells,
+    run_cell,
+    cell_config,
+    write_report,
+)

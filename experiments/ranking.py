@@ -81,16 +81,29 @@ class Settings:
 
 # The paper-sized setting every MTN experiment's `--scale full` starts from: the Trainer's
 # defaults (trainer/config.py) on a million synthetic rows, for a GPU.
-FULL = Settings(seeds=5, data=dataclasses.replace(DataSettings(), rows=1_000_000), embedding_dim=16,
-                expert_units=(128, 64), tower_units=(64,), num_experts=8, epochs=10, batch_size=2048,
-                learning_rate=1e-3, patience=3, xla=True, export_model=True)
+FULL = Settings(
+    seeds=5,
+    data=dataclasses.replace(DataSettings(), rows=1_000_000),
+    embedding_dim=16,
+    expert_units=(128, 64),
+    tower_units=(64,),
+    num_experts=8,
+    epochs=10,
+    batch_size=2048,
+    learning_rate=1e-3,
+    patience=3,
+    xla=True,
+    export_model=True,
+)
 
 
 def full_scale(settings_class=Settings, **changes) -> Settings:
     """FULL as an experiment's own Settings subclass (its added axes at their defaults), changed."""
     return settings_class(**{**{f.name: getattr(FULL, f.name) for f in dataclasses.fields(Settings)}, **changes})
 
+
 # --- the data ----------------------------------------------------------------------------------
+
 
 def detect_format(folder: str) -> str:
     """The ExampleGen format of a data folder, checked as ExampleGen checks it (file names and first
@@ -106,7 +119,8 @@ def detect_format(folder: str) -> str:
     if names & set(beam_pipeline.ALICCP_RAW_FILES):
         data_format = "aliccp-raw"
     elif set(beam_pipeline.ALIEXPRESS_FILES) <= names and _first_line_parses(
-            os.path.join(folder, "train.csv"), formats.detect_aliexpress):
+        os.path.join(folder, "train.csv"), formats.detect_aliexpress
+    ):
         data_format = "aliexpress"
     else:
         data_format = "aliccp-csv"
@@ -117,12 +131,16 @@ def detect_format(folder: str) -> str:
         problem = str(e).replace("--input ", "--data ")
         if data_format == "aliccp-csv":  # the fallback: say which layouts were looked for
             raw_files = ", ".join(beam_pipeline.ALICCP_RAW_FILES)
-            problem = (f"--data {folder} holds neither Ali-CCP raw files ({raw_files}), "
-                       f"nor an AliExpress train.csv and test.csv, nor Ali-CCP CSV files: {problem}")
+            problem = (
+                f"--data {folder} holds neither Ali-CCP raw files ({raw_files}), "
+                f"nor an AliExpress train.csv and test.csv, nor Ali-CCP CSV files: {problem}"
+            )
         raise DataError(problem) from None
     if "test" not in roles.values():
-        raise DataError(f"--data {folder} has no test file ({data_format}: a file with `test` in its name); "
-                        "the tables score the test split")
+        raise DataError(
+            f"--data {folder} has no test file ({data_format}: a file with `test` in its name); "
+            "the tables score the test split"
+        )
     return data_format
 
 
@@ -141,8 +159,12 @@ def bind_data(settings: Settings, data: str | None) -> Settings:
     if data is None:
         return settings
     folder = os.path.abspath(data)
-    return dataclasses.replace(settings, data=dataclasses.replace(
-        settings.data, source=folder, format=detect_format(folder), rows=None, ctr=None, cvr=None))
+    return dataclasses.replace(
+        settings,
+        data=dataclasses.replace(
+            settings.data, source=folder, format=detect_format(folder), rows=None, ctr=None, cvr=None
+        ),
+    )
 
 
 def _finished(folder: str, identity: dict) -> bool:
@@ -174,8 +196,9 @@ class Prepared:
     `transformed` and `ceiling` given up front (tests: Transform outputs made elsewhere) are used as
     they are."""
 
-    def __init__(self, settings: Settings, out: str, log=print, transformed: dict | None = None,
-                 ceiling: dict | None = None):
+    def __init__(
+        self, settings: Settings, out: str, log=print, transformed: dict | None = None, ceiling: dict | None = None
+    ):
         self.data, self.out, self.log = settings.data, os.path.abspath(out), log
         self.root = os.path.join(self.out, "data")
         self._transformed = {float(k): v for k, v in (transformed or {}).items()}
@@ -186,8 +209,9 @@ class Prepared:
             return self.data.source
         from pipeline.synth import aliccp
 
-        config = aliccp.AliccpSynthConfig(rows=self.data.rows, seed=self.data.seed, ctr=self.data.ctr,
-                                          cvr=self.data.cvr)
+        config = aliccp.AliccpSynthConfig(
+            rows=self.data.rows, seed=self.data.seed, ctr=self.data.ctr, cvr=self.data.cvr
+        )
         folder = os.path.join(self.root, "raw")
 
         def make():
@@ -202,15 +226,22 @@ class Prepared:
         raw = self._raw()
         folder = os.path.join(self.root, "examples")
         identity = {"source": raw, "format": self.data.format, "eval_fraction": self.data.eval_fraction}
-        return _done(folder, identity, lambda: dag.example_gen(raw, self.data.format, folder,
-                                                               eval_fraction=self.data.eval_fraction))
+        return _done(
+            folder,
+            identity,
+            lambda: dag.example_gen(raw, self.data.format, folder, eval_fraction=self.data.eval_fraction),
+        )
 
     def _transform_job(self, noise: float) -> tuple[str, dict, tuple]:
         """(folder, identity, `_transform`'s arguments) of the Transform at a noise proportion."""
         examples = self.examples()
         folder = os.path.join(self.root, f"transformed-noise{noise:g}")
-        identity = {"examples": examples, "noise_proportion": noise, "seed": self.data.seed,
-                    "noise_feature_prob": self.data.noise_feature_prob}
+        identity = {
+            "examples": examples,
+            "noise_proportion": noise,
+            "seed": self.data.seed,
+            "noise_feature_prob": self.data.noise_feature_prob,
+        }
         return folder, identity, (examples, folder, self.data.seed, noise, self.data.noise_feature_prob)
 
     def transformed(self, noise: float) -> str:
@@ -250,26 +281,41 @@ def prepare(settings: Settings, out: str, log=print) -> Prepared:
 
 # --- one cell ----------------------------------------------------------------------------------
 
-def trainer_config(model: str, seed: int, settings: Settings, mtn: dict | None = None,
-                   overrides: dict | None = None) -> dict:
+
+def trainer_config(
+    model: str, seed: int, settings: Settings, mtn: dict | None = None, overrides: dict | None = None
+) -> dict:
     """The Trainer config (`trainer.config`) of a cell; `mtn`: {target, depth} when MTN is on;
     `overrides`: {section: {key: value}} merged over it (`TrainerConfig.replace`), for keys the
     settings above do not cover (FDN's `fdn` section, CGC's and PLE's expert counts)."""
     from trainer.config import from_dict
 
     config = {
-        "model": {"name": model, "embedding_dim": settings.embedding_dim, "expert_units": list(settings.expert_units),
-                  "tower_units": list(settings.tower_units), "num_experts": settings.num_experts},
+        "model": {
+            "name": model,
+            "embedding_dim": settings.embedding_dim,
+            "expert_units": list(settings.expert_units),
+            "tower_units": list(settings.tower_units),
+            "num_experts": settings.num_experts,
+        },
         "mtn": None if mtn is None else {"lam": settings.lam, "alpha_floor": settings.alpha_floor, **mtn},
         # Ours, not the papers': the multi-task models train CTR and CTCVR over all impressions,
         # single-task CVR on clicked rows, equal weights (these runs' setting before the Trainer's
         # default moved on to "both").
-        "loss": {"convention": "clicked" if model in ("logistic", "single_task") else "esmm",
-                 "weights": {"ctr": 1.0, "cvr": 1.0, "ctcvr": 1.0}},
-        "training": {"epochs": settings.epochs, "batch_size": settings.batch_size,
-                     "learning_rate": settings.learning_rate, "patience": settings.patience, "seed": seed,
-                     # The MTN paper's selection: eval CVR AUC once per epoch.
-                     "monitor": "cvr_auc", "evals_per_epoch": 1},
+        "loss": {
+            "convention": "clicked" if model in ("logistic", "single_task") else "esmm",
+            "weights": {"ctr": 1.0, "cvr": 1.0, "ctcvr": 1.0},
+        },
+        "training": {
+            "epochs": settings.epochs,
+            "batch_size": settings.batch_size,
+            "learning_rate": settings.learning_rate,
+            "patience": settings.patience,
+            "seed": seed,
+            # The MTN paper's selection: eval CVR AUC once per epoch.
+            "monitor": "cvr_auc",
+            "evals_per_epoch": 1,
+        },
         # One process, one device: the same arithmetic on every machine the seed is rerun on.
         "hardware": {"xla": settings.xla, "distribute": "none"},
     }
@@ -277,12 +323,15 @@ def trainer_config(model: str, seed: int, settings: Settings, mtn: dict | None =
 
 
 def cell_config(cell: grid.Cell, settings: Settings, mtn: dict | None, overrides: dict | None = None) -> dict:
-    return {"trainer": trainer_config(cell.variant, cell.seed, settings, mtn, overrides),
-            "data": {**dataclasses.asdict(settings.data), "noise_proportion": cell.noise}}
+    return {
+        "trainer": trainer_config(cell.variant, cell.seed, settings, mtn, overrides),
+        "data": {**dataclasses.asdict(settings.data), "noise_proportion": cell.noise},
+    }
 
 
-def train_cell(cell: grid.Cell, settings: Settings, prepared: Prepared, mtn: dict | None, after=None,
-               overrides: dict | None = None) -> dict:
+def train_cell(
+    cell: grid.Cell, settings: Settings, prepared: Prepared, mtn: dict | None, after=None, overrides: dict | None = None
+) -> dict:
     """Trains the cell and returns its metrics: the test AUCs and log losses, the ceiling's AUCs
     (`bayes_*`, synthetic data only), the best epoch, and the last epoch's mean training loss terms
     (`train_task_loss`, `train_mtn_loss`: lambda times MTN's norm). `after(run_dir, transformed)`
@@ -293,8 +342,13 @@ def train_cell(cell: grid.Cell, settings: Settings, prepared: Prepared, mtn: dic
     cell_dir = os.path.join(prepared.out, "runs", cell.key)
     scratch = tempfile.mkdtemp(prefix="trainer-", dir=cell_dir)
     try:
-        result = train.train(transformed, scratch, trainer_config(cell.variant, cell.seed, settings, mtn, overrides),
-                             overwrite=True, export_model=settings.export_model)
+        result = train.train(
+            transformed,
+            scratch,
+            trainer_config(cell.variant, cell.seed, settings, mtn, overrides),
+            overwrite=True,
+            export_model=settings.export_model,
+        )
         extra = after(os.path.join(scratch, "model"), transformed) if after else {}
         shutil.copy(os.path.join(scratch, "model", "metrics.json"), os.path.join(cell_dir, "trainer.json"))
     finally:
@@ -302,9 +356,15 @@ def train_cell(cell: grid.Cell, settings: Settings, prepared: Prepared, mtn: dic
     test, last = result["test"], result["history"][-1]
     metrics = {f"{task}_{kind}": float(test[f"{task}_{kind}"]) for task in TASKS for kind in ("auc", "logloss")}
     task_loss = sum(last[name] for name in ("ctr_loss", "cvr_loss", "ctcvr_loss") if name in last)
-    metrics.update(best_epoch=result["best_epoch"], epochs_done=result["epochs_done"], train_task_loss=task_loss,
-                   train_mtn_loss=last.get("mtn_loss", 0.0), test_rows=test["rows"], test_clicks=test["clicks"],
-                   test_conversions=test["conversions"])
+    metrics.update(
+        best_epoch=result["best_epoch"],
+        epochs_done=result["epochs_done"],
+        train_task_loss=task_loss,
+        train_mtn_loss=last.get("mtn_loss", 0.0),
+        test_rows=test["rows"],
+        test_clicks=test["clicks"],
+        test_conversions=test["conversions"],
+    )
     ceiling = prepared.ceiling()
     if ceiling is not None:
         metrics.update({f"bayes_{task}_auc": float(ceiling[task]) for task in TASKS})
@@ -312,6 +372,7 @@ def train_cell(cell: grid.Cell, settings: Settings, prepared: Prepared, mtn: dic
 
 
 # --- the report --------------------------------------------------------------------------------
+
 
 def values(records, key) -> dict:
     """key(cell) -> {metric: {seed: value}} over the records."""
@@ -349,26 +410,39 @@ def data_description(settings: Settings, records) -> str:
     """One paragraph: which data the run used, and what the ceiling row is (or why there is none)."""
     data = settings.data
     test = next((r.metrics for r in records), {})
-    sizes = (f" The test split holds {test['test_rows']:,} rows, {test['test_clicks']:,} clicks and "
-             f"{test['test_conversions']:,} conversions." if "test_rows" in test else "")
+    sizes = (
+        f" The test split holds {test['test_rows']:,} rows, {test['test_clicks']:,} clicks and "
+        f"{test['test_conversions']:,} conversions."
+        if "test_rows" in test
+        else ""
+    )
     if data.source == SYNTHETIC:
-        return (f"Data: synthetic Ali-CCP (`pipeline/synth/aliccp.py`), {data.rows:,} rows (80% train file, of which "
-                f"{data.eval_fraction:.0%} is held out for early stopping; 20% test), CTR {data.ctr:g} and CVR "
-                f"{data.cvr:g} per click, drawn once with seed {data.seed}; every seed trains on this draw.{sizes} "
-                f"The row *{CEILING_LABEL}* scores the test rows with the generator's true probabilities: no model "
-                "can beat it on average, and the gap to it is what there is to learn.")
-    return (f"Data: `{data.source}` ({data.format}), read by ExampleGen ({data.eval_fraction:.0%} of the training "
-            f"files held out for early stopping).{sizes} Real data has no known Bayes-optimal ceiling, so the "
-            "tables have no ceiling row.")
+        return (
+            f"Data: synthetic Ali-CCP (`pipeline/synth/aliccp.py`), {data.rows:,} rows (80% train file, of which "
+            f"{data.eval_fraction:.0%} is held out for early stopping; 20% test), CTR {data.ctr:g} and CVR "
+            f"{data.cvr:g} per click, drawn once with seed {data.seed}; every seed trains on this draw.{sizes} "
+            f"The row *{CEILING_LABEL}* scores the test rows with the generator's true probabilities: no model "
+            "can beat it on average, and the gap to it is what there is to learn."
+        )
+    return (
+        f"Data: `{data.source}` ({data.format}), read by ExampleGen ({data.eval_fraction:.0%} of the training "
+        f"files held out for early stopping).{sizes} Real data has no known Bayes-optimal ceiling, so the "
+        "tables have no ceiling row."
+    )
 
 
 def mtn_scale_note(records) -> str:
     """How large the MTN term is against the task losses it is added to (last training epoch)."""
-    ratios = [r.metrics["train_mtn_loss"] / r.metrics["train_task_loss"] for r in records
-              if r.metrics.get("train_mtn_loss") and r.metrics.get("train_task_loss")]
+    ratios = [
+        r.metrics["train_mtn_loss"] / r.metrics["train_task_loss"]
+        for r in records
+        if r.metrics.get("train_mtn_loss") and r.metrics.get("train_task_loss")
+    ]
     if not ratios:
         return "No run had an MTN term."
     mean = sum(ratios) / len(ratios)
-    return (f"Scale of the regulariser: over the {len(ratios)} runs with MTN, lambda x mean_i R_i was "
-            f"{mean:.2e} of the task losses on average in the last epoch (from {min(ratios):.2e} to "
-            f"{max(ratios):.2e}).")
+    return (
+        f"Scale of the regulariser: over the {len(ratios)} runs with MTN, lambda x mean_i R_i was "
+        f"{mean:.2e} of the task losses on average in the last epoch (from {min(ratios):.2e} to "
+        f"{max(ratios):.2e})."
+    )

@@ -39,17 +39,34 @@ def trainer_config(model: str, seed: int, settings, regularized: bool = True) ->
     as in `trainer.config` (embedding_dim, expert_units, ..., epochs, batch_size, learning_rate,
     aux_weight, orth_weight). FDN's aux and orth terms are on when `regularized`. XLA is off: it
     compiles for about 8 s per model here, longer than these small runs train."""
-    return from_dict({
-        "model": {"name": model, "embedding_dim": settings.embedding_dim, "expert_units": list(settings.expert_units),
-                  "tower_units": list(settings.tower_units), "num_experts": settings.num_experts,
-                  "specific_experts": settings.specific_experts, "shared_experts": settings.shared_experts,
-                  "levels": settings.levels, "pairs": settings.pairs},
-        "fdn": {"aux": regularized, "orth": regularized, "aux_weight": settings.aux_weight,
-                "orth_weight": settings.orth_weight},
-        "training": {"epochs": settings.epochs, "batch_size": settings.batch_size,
-                     "learning_rate": settings.learning_rate, "seed": seed},
-        "hardware": {"xla": False, "distribute": "none"},
-    })
+    return from_dict(
+        {
+            "model": {
+                "name": model,
+                "embedding_dim": settings.embedding_dim,
+                "expert_units": list(settings.expert_units),
+                "tower_units": list(settings.tower_units),
+                "num_experts": settings.num_experts,
+                "specific_experts": settings.specific_experts,
+                "shared_experts": settings.shared_experts,
+                "levels": settings.levels,
+                "pairs": settings.pairs,
+            },
+            "fdn": {
+                "aux": regularized,
+                "orth": regularized,
+                "aux_weight": settings.aux_weight,
+                "orth_weight": settings.orth_weight,
+            },
+            "training": {
+                "epochs": settings.epochs,
+                "batch_size": settings.batch_size,
+                "learning_rate": settings.learning_rate,
+                "seed": seed,
+            },
+            "hardware": {"xla": False, "distribute": "none"},
+        }
+    )
 
 
 def numeric_spec(dimension: int) -> InputSpec:
@@ -86,8 +103,11 @@ def _build(config: TrainerConfig, spec: InputSpec) -> _Trainee:
     network = models.build(spec.to_dict(), dataclasses.asdict(config.model))
     network(as_features(np.zeros((2, len(spec.fields)), np.float32), spec))  # builds every weight
     is_fdn = config.model.name == "fdn"
-    aux_heads = (regularizers.AuxiliaryHeads(network.num_tasks, config.model.pairs, name="aux_heads")
-                 if is_fdn and config.fdn.aux else None)
+    aux_heads = (
+        regularizers.AuxiliaryHeads(network.num_tasks, config.model.pairs, name="aux_heads")
+        if is_fdn and config.fdn.aux
+        else None
+    )
     if aux_heads is not None:
         aux_heads.build((None, network.num_tasks, config.model.pairs, config.model.expert_units[-1]))
     return _Trainee(network, aux_heads, is_fdn and config.fdn.orth and config.model.shared_features)
@@ -101,10 +121,12 @@ def _loss_terms(trainee: _Trainee, config: TrainerConfig, tasks: tuple, x, y, sp
     if trainee.aux_heads is not None:
         aux = trainee.aux_heads(extras["specific"])  # [B, k, M]: one prediction per task-specific expert
         terms["aux"] = config.fdn.aux_weight * tf.add_n(
-            [tf.reduce_mean(tf.square(y[:, t, None] - aux[:, t])) for t in tasks])
+            [tf.reduce_mean(tf.square(y[:, t, None] - aux[:, t])) for t in tasks]
+        )
     if trainee.orth:
         terms["orth"] = config.fdn.orth_weight * regularizers.orthogonality_loss(
-            extras["specific"], extras["shared"], config.fdn.orth_variant)
+            extras["specific"], extras["shared"], config.fdn.orth_variant
+        )
     return terms
 
 
@@ -176,7 +198,7 @@ def _fit(trainee: _Trainee, config: TrainerConfig, tasks: tuple, data: Data, spe
         order = np.random.default_rng([training.seed, epoch]).permutation(len(x))
         sums, steps = {}, 0
         for start in range(0, len(x), training.batch_size):
-            index = order[start:start + training.batch_size]
+            index = order[start : start + training.batch_size]
             for name, value in step(tf.constant(x[index]), tf.constant(y[index])).items():
                 sums[name] = sums.get(name, 0.0) + float(value)
             steps += 1
@@ -186,8 +208,15 @@ def _fit(trainee: _Trainee, config: TrainerConfig, tasks: tuple, data: Data, spe
 
 def predict(network: keras.Model, spec: InputSpec, x: np.ndarray, xla: bool) -> np.ndarray:
     """[N, d] -> [N, 2] predictions, in batches."""
-    forward = tf.function(lambda batch: network.forward(as_features(batch, spec))[0], jit_compile=xla,
-                          input_signature=[tf.TensorSpec([None, x.shape[1]], tf.float32)])
+    forward = tf.function(
+        lambda batch: network.forward(as_features(batch, spec))[0],
+        jit_compile=xla,
+        input_signature=[tf.TensorSpec([None, x.shape[1]], tf.float32)],
+    )
     x = x.astype(np.float32)
-    return np.concatenate([np.asarray(forward(tf.constant(x[i:i + _PREDICT_BATCH])), np.float64)
-                           for i in range(0, len(x), _PREDICT_BATCH)])
+    return np.concatenate(
+        [
+            np.asarray(forward(tf.constant(x[i : i + _PREDICT_BATCH])), np.float64)
+            for i in range(0, len(x), _PREDICT_BATCH)
+        ]
+    )

@@ -58,8 +58,10 @@ def render_table(table: Table) -> str:
     """A Markdown table: one line per row, `mean ± std` per column, markers on tested cells of
     rows with a baseline."""
     by_label = {row.label: row for row in table.rows}
-    lines = ["| " + " | ".join([table.first_column] + [c.title for c in table.columns]) + " |",
-             "|---" + "|---:" * len(table.columns) + "|"]
+    lines = [
+        "| " + " | ".join([table.first_column] + [c.title for c in table.columns]) + " |",
+        "|---" + "|---:" * len(table.columns) + "|",
+    ]
     for row in table.rows:
         cells = [row.label]
         for column in table.columns:
@@ -74,8 +76,10 @@ def render_table(table: Table) -> str:
 
 
 def significance_note(baseline: str, seeds: int) -> str:
-    return (f"Mean ± standard deviation over {seeds} seeds. `*` p < 0.05, `**` p < 0.01: paired t-test "
-            f"against {baseline} over the same seeds (same data draw and initialisation seed).")
+    return (
+        f"Mean ± standard deviation over {seeds} seeds. `*` p < 0.05, `**` p < 0.01: paired t-test "
+        f"against {baseline} over the same seeds (same data draw and initialisation seed)."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +115,10 @@ class Comparison:
         b, w = better.mean(), worse.mean()
         sign = ">" if b > w else "<" if b < w else "="
         change = f", {100 * (b - w) / abs(w):+.1f}%" if w else ""
-        return (f"{self.better} {b:.{digits}f} {sign} {self.worse} {w:.{digits}f}{change}, "
-                f"{stats.format_p(self.p)} over {len(better)} seeds")
+        return (
+            f"{self.better} {b:.{digits}f} {sign} {self.worse} {w:.{digits}f}{change}, "
+            f"{stats.format_p(self.p)} over {len(better)} seeds"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,11 +140,15 @@ class Claim:
 
 
 def render_claims(claims, scale: str, seeds: int) -> str:
-    lines = ["## Claims", "",
-             f"Checked at the `{scale}` scale over {seeds} seeds. A claim **{REPRODUCED}** when every comparison "
-             f"it rests on goes the paper's way with p < 0.05 (paired t-test over the seeds), **{NOT_REPRODUCED}** "
-             f"when any goes the other way (means over the seeds), and is **{INCONCLUSIVE}** when all go the "
-             "paper's way but not all significantly.", ""]
+    lines = [
+        "## Claims",
+        "",
+        f"Checked at the `{scale}` scale over {seeds} seeds. A claim **{REPRODUCED}** when every comparison "
+        f"it rests on goes the paper's way with p < 0.05 (paired t-test over the seeds), **{NOT_REPRODUCED}** "
+        f"when any goes the other way (means over the seeds), and is **{INCONCLUSIVE}** when all go the "
+        "paper's way but not all significantly.",
+        "",
+    ]
     for i, claim in enumerate(claims, 1):
         lines.append(f"{i}. **{claim.verdict}**: {claim.text} ({claim.source})")
         lines += [f"   - {comparison.describe(claim.digits)}" for comparison in claim.comparisons]
@@ -148,8 +158,10 @@ def render_claims(claims, scale: str, seeds: int) -> str:
 def settings_table(settings) -> str:
     """The settings of the run (a dataclass or a dict), one per line, values as JSON."""
     payload = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings
-    return "\n".join(["| setting | value |", "|---|---|"]
-                     + [f"| {key} | `{json.dumps(value)}` |" for key, value in sorted(payload.items())])
+    return "\n".join(
+        ["| setting | value |", "|---|---|"]
+        + [f"| {key} | `{json.dumps(value)}` |" for key, value in sorted(payload.items())]
+    )
 
 
 def write_metrics_csv(path: str, records: list[Record]) -> None:
@@ -163,8 +175,11 @@ def write_metrics_csv(path: str, records: list[Record]) -> None:
         writer.writerow(["cell"] + axes + sorted(metrics))
         for record in records:
             cell = record.cell.as_dict()
-            writer.writerow([record.cell.key] + [cell.get(a, "") for a in axes]
-                            + [repr(record.metrics[m]) if m in record.metrics else "" for m in sorted(metrics)])
+            writer.writerow(
+                [record.cell.key]
+                + [cell.get(a, "") for a in axes]
+                + [repr(record.metrics[m]) if m in record.metrics else "" for m in sorted(metrics)]
+            )
 
 
 def write(out: str, markdown: str, records: list[Record]) -> None:

@@ -50,7 +50,7 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def format_mean_std(values, digits: int = 4, suffix: str = "", signed: bool = False) -> str:
-    """"1.2345 ± 0.0123" (one value: "1.2345"; none: "–"). `suffix` follows both numbers
+    """ "1.2345 ± 0.0123" (one value: "1.2345"; none: "–"). `suffix` follows both numbers
     ("%"); `signed` writes a "+" on positive means (gaps)."""
     mean, std = mean_std(values)
     if math.isnan(mean):

@@ -40,8 +40,9 @@ class FramedRecordSink(beam.io.filebasedsink.FileBasedSink):
 
     def __init__(self, file_path_prefix: str, gzipped_elements: bool = False):
         compression = CompressionTypes.UNCOMPRESSED if gzipped_elements else CompressionTypes.GZIP
-        super().__init__(file_path_prefix, beam.coders.BytesCoder(), file_name_suffix=".tfrecord.gz",
-                         compression_type=compression)
+        super().__init__(
+            file_path_prefix, beam.coders.BytesCoder(), file_name_suffix=".tfrecord.gz", compression_type=compression
+        )
 
     def write_encoded_record(self, file_handle, value: bytes):
         file_handle.write(value)

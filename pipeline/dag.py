@@ -26,8 +26,12 @@ def configure_logging(verbose: bool = False) -> None:
     import logging
     import sys
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     if not verbose:
         logging.getLogger().setLevel(logging.WARNING)  # a KFP executor has set the root logger to INFO
     for ours in ("mtrank", "pipeline", "transform", "trainer", "serving"):
@@ -70,8 +74,16 @@ class StageError(Exception):
 
 # --- configs ----------------------------------------------------------------------------------------
 
-def trainer_config(config: dict | None = None, *, model: str | None = None, epochs: int | None = None,
-                   batch_size: int | None = None, seed: int | None = None, mtn: float | None = None) -> dict:
+
+def trainer_config(
+    config: dict | None = None,
+    *,
+    model: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    mtn: float | None = None,
+) -> dict:
     """A trainer config (`trainer.config` sections) with the command-line overrides applied; checked."""
     from trainer.config import from_dict
 
@@ -129,6 +141,7 @@ def eval_config(raw: dict | None):
 
 # --- the stages ------------------------------------------------------------------------------------
 
+
 def _beam_stage(run, config) -> dict:
     from pipeline.beam_utils import InputError
 
@@ -138,12 +151,26 @@ def _beam_stage(run, config) -> dict:
         raise StageError(str(e)) from None
 
 
-def example_gen(data: str, data_format: str, output: str, runner: str = IN_PROCESS, beam_args=(),
-                eval_fraction: float = 0.1, overwrite: bool = True) -> dict:
+def example_gen(
+    data: str,
+    data_format: str,
+    output: str,
+    runner: str = IN_PROCESS,
+    beam_args=(),
+    eval_fraction: float = 0.1,
+    overwrite: bool = True,
+) -> dict:
     from pipeline.example_gen import beam_pipeline
 
-    config = beam_pipeline.IngestConfig(format=data_format, input=data, output=output, eval_fraction=eval_fraction,
-                                        runner=runner, overwrite=overwrite, beam_args=list(beam_args))
+    config = beam_pipeline.IngestConfig(
+        format=data_format,
+        input=data,
+        output=output,
+        eval_fraction=eval_fraction,
+        runner=runner,
+        overwrite=overwrite,
+        beam_args=list(beam_args),
+    )
     stats = _beam_stage(beam_pipeline.run, config)
     print_ingest_summary(stats, output)
     return stats
@@ -158,21 +185,39 @@ def print_ingest_summary(stats: dict, output: str) -> None:
             print(f"  {title:<9} " + "  ".join(f"{k} {v:,}" for k, v in counts.items()))
     if "common_features" in stats:
         c = stats["common_features"]
-        print(f"  common    joined {c['joined']:,}  unreferenced {c['unreferenced']:,}  "
-              + "  ".join(f"rejected/{k} {v:,}" for k, v in c["rejected"].items()))
+        print(
+            f"  common    joined {c['joined']:,}  unreferenced {c['unreferenced']:,}  "
+            + "  ".join(f"rejected/{k} {v:,}" for k, v in c["rejected"].items())
+        )
     print(f"  stats: {os.path.join(output, 'stats.json')}", flush=True)
 
 
-def transform(examples: str, output: str, *, seed: int = 0, noise_proportion: float = 0.0,
-              noise_feature_prob: float = 0.2, preprocessing: dict | None = None, runner: str = IN_PROCESS,
-              beam_args=(), overwrite: bool = True) -> dict:
+def transform(
+    examples: str,
+    output: str,
+    *,
+    seed: int = 0,
+    noise_proportion: float = 0.0,
+    noise_feature_prob: float = 0.2,
+    preprocessing: dict | None = None,
+    runner: str = IN_PROCESS,
+    beam_args=(),
+    overwrite: bool = True,
+) -> dict:
     import_tensorflow_quietly()
     from transform import beam_pipeline
 
     config = beam_pipeline.TransformConfig(
-        examples=examples, output=output, noise_proportion=noise_proportion, noise_feature_prob=noise_feature_prob,
-        seed=seed, preprocessing=dict(preprocessing or {}), runner=runner, overwrite=overwrite,
-        beam_args=list(beam_args))
+        examples=examples,
+        output=output,
+        noise_proportion=noise_proportion,
+        noise_feature_prob=noise_feature_prob,
+        seed=seed,
+        preprocessing=dict(preprocessing or {}),
+        runner=runner,
+        overwrite=overwrite,
+        beam_args=list(beam_args),
+    )
     stats = _beam_stage(beam_pipeline.run, config)
     rows = "  ".join(f"{split} {n:,}" for split, n in stats["rows"].items())
     print(f"Transform: {sum(stats['rows'].values()):,} rows in {stats['seconds']:.1f} s -> {output}")
@@ -183,13 +228,17 @@ def transform(examples: str, output: str, *, seed: int = 0, noise_proportion: fl
     if "noise" in stats:
         n = stats["noise"]
         replaced = sum(f["replaced"] for f in n["fields"].values())
-        print(f"  noise        {n['rows_selected']:,} of {n['rows']:,} training rows selected, {replaced:,} features replaced")
+        print(
+            f"  noise        {n['rows_selected']:,} of {n['rows']:,} training rows selected, "
+            f"{replaced:,} features replaced"
+        )
     print(f"  stats: {os.path.join(output, 'transformed', 'stats.json')}", flush=True)
     return stats
 
 
-def trainer(transformed: str, output: str, config: dict, *, warm_start_from: str | None = None,
-            overwrite: bool = True) -> dict:
+def trainer(
+    transformed: str, output: str, config: dict, *, warm_start_from: str | None = None, overwrite: bool = True
+) -> dict:
     """Trains into OUTPUT/model (a killed run resumes unless `overwrite`); `warm_start_from` is a
     pushed SavedModel version whose weights initialise the network (`trainer.warm_start`)."""
     for needed in ("transform_graph", os.path.join("transformed", "train"), os.path.join("transformed", "eval")):
@@ -211,13 +260,21 @@ def print_training_summary(result: dict, run_dir: str) -> None:
         return f"CTR {m['ctr_auc']:.4f}  CVR {m['cvr_auc']:.4f}  CTCVR {m['ctcvr_auc']:.4f}"
 
     stop = " (stopped early)" if result["stopped_early"] else ""
-    print(f"Trainer: {result['model']}, {result['epochs_done']:g} epochs{stop}, best at epoch {result['best_epoch']:g} "
-          f"(step {result['best_step']}, by eval {result['monitor']}) in {result['seconds']['train']:.1f} s -> {run_dir}")
+    print(
+        f"Trainer: {result['model']}, {result['epochs_done']:g} epochs{stop}, best at epoch {result['best_epoch']:g} "
+        f"(step {result['best_step']}, by eval {result['monitor']}) in {result['seconds']['train']:.1f} s -> {run_dir}"
+    )
     if result.get("warm_start"):
         w = result["warm_start"]
-        print(f"  warm start {w['from']}: " + (f"{w['copied']} of {w['variables']} variables copied, "
-                                               f"{w['embedding_rows']:,} embedding rows carried over"
-                                               if "copied" in w else f"skipped ({w['skipped']})"))
+        print(
+            f"  warm start {w['from']}: "
+            + (
+                f"{w['copied']} of {w['variables']} variables copied, "
+                f"{w['embedding_rows']:,} embedding rows carried over"
+                if "copied" in w
+                else f"skipped ({w['skipped']})"
+            )
+        )
     print(f"  eval AUC   {aucs(result['eval'])}")
     if "test" in result:
         print(f"  test AUC   {aucs(result['test'])}  (the network on Transform's test split)")
@@ -245,16 +302,29 @@ def pusher(saved_model: str, evaluated: str, serving_base: str, model_name: str)
     from pipeline import evaluator as evaluation, pusher as push
 
     if not evaluation.is_blessed(evaluated):
-        print(f"  not pushed: the model is not blessed; serving keeps "
-              f"{push.latest(os.path.join(serving_base, model_name)) or 'no version'}", flush=True)
+        print(
+            f"  not pushed: the model is not blessed; serving keeps "
+            f"{push.latest(os.path.join(serving_base, model_name)) or 'no version'}",
+            flush=True,
+        )
         return None
     pushed = push.push(saved_model, evaluated, serving_base, model_name)
     print(f"  pushed version {pushed['version']}: {pushed['path']}", flush=True)
     return pushed
 
 
-def record(output: str, arguments: dict, *, data: str, data_format: str, data_fingerprint: dict, artifacts: dict,
-           pushed: dict | None, readable: dict | None = None, beam_args=()) -> str:
+def record(
+    output: str,
+    arguments: dict,
+    *,
+    data: str,
+    data_format: str,
+    data_fingerprint: dict,
+    artifacts: dict,
+    pushed: dict | None,
+    readable: dict | None = None,
+    beam_args=(),
+) -> str:
     """OUTPUT/run.json (`pipeline.run_record`), the one builder both runners call.
 
     `artifacts`: {"examples", "transform_graph", "model", "evaluation"}: each stage's output
@@ -273,21 +343,33 @@ def record(output: str, arguments: dict, *, data: str, data_format: str, data_fi
         trainer_config = json.load(f)["trainer"]
     with open(os.path.join(readable["evaluation"], "evaluation", "metrics.json")) as f:
         evaluated = json.load(f)
-    lineage = {"examples": artifacts["examples"],
-               "transform_graph": os.path.join(artifacts["transform_graph"], "transform_graph"),
-               "model": os.path.join(artifacts["model"], "model", "serving"),
-               "evaluation": os.path.join(artifacts["evaluation"], "evaluation"),
-               "baseline": (evaluated.get("baseline") or {}).get("model"), "blessed": evaluated["blessed"],
-               "pushed": pushed}
-    return run_record.write(output, {
-        "command": "run", "arguments": arguments, "trainer_config": trainer_config,
-        "evaluator_config": evaluated["config"], "beam_args": list(beam_args),
-        "data": {"path": data, "format": data_format, "fingerprint": data_fingerprint},
-        "lineage": lineage, "warm_start": trained.get("warm_start"),
-        "metrics": {"eval": trained.get("eval"), "test": evaluated["overall"]}})
+    lineage = {
+        "examples": artifacts["examples"],
+        "transform_graph": os.path.join(artifacts["transform_graph"], "transform_graph"),
+        "model": os.path.join(artifacts["model"], "model", "serving"),
+        "evaluation": os.path.join(artifacts["evaluation"], "evaluation"),
+        "baseline": (evaluated.get("baseline") or {}).get("model"),
+        "blessed": evaluated["blessed"],
+        "pushed": pushed,
+    }
+    return run_record.write(
+        output,
+        {
+            "command": "run",
+            "arguments": arguments,
+            "trainer_config": trainer_config,
+            "evaluator_config": evaluated["config"],
+            "beam_args": list(beam_args),
+            "data": {"path": data, "format": data_format, "fingerprint": data_fingerprint},
+            "lineage": lineage,
+            "warm_start": trained.get("warm_start"),
+            "metrics": {"eval": trained.get("eval"), "test": evaluated["overall"]},
+        },
+    )
 
 
 # --- the local runner -------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class RunOptions:
@@ -341,21 +423,37 @@ def run_local(options: RunOptions, stage) -> dict:
     example_gen(data, data_format, out, options.beam_runner, options.beam_args)
     data_fingerprint = run_record.fingerprint(data)
     stage(f"Transform: {out}/examples -> {out}/transform_graph, transformed/")
-    transform(out, out, seed=options.seed, noise_proportion=preprocessing["noise_proportion"],
-              noise_feature_prob=preprocessing["noise_feature_prob"], preprocessing=preprocessing["preprocessing"],
-              runner=options.beam_runner, beam_args=options.beam_args)
+    transform(
+        out,
+        out,
+        seed=options.seed,
+        noise_proportion=preprocessing["noise_proportion"],
+        noise_feature_prob=preprocessing["noise_feature_prob"],
+        preprocessing=preprocessing["preprocessing"],
+        runner=options.beam_runner,
+        beam_args=options.beam_args,
+    )
     warm = warm_start_source(options.serving_base, options.model_name, options.warm_start)
     stage(f"Trainer: {out}/transformed -> {out}/model" + (f", warm-started from {warm}" if warm else ""))
     trained = trainer(out, out, options.trainer_config, warm_start_from=warm)
     model_base = os.path.join(options.serving_base, options.model_name)
     baseline = push.latest(model_base)
-    stage(f"Evaluator: {trained['serving_model_dir']} on the test split"
-          + (f", against the last pushed model {baseline}" if baseline else ""))
+    stage(
+        f"Evaluator: {trained['serving_model_dir']} on the test split"
+        + (f", against the last pushed model {baseline}" if baseline else "")
+    )
     evaluation = evaluator(trained["serving_model_dir"], out, out, config, baseline)
     stage(f"Pusher: -> {model_base}/<next version>/")
     pushed = pusher(trained["serving_model_dir"], out, options.serving_base, options.model_name)
-    path = record(out, {**dataclasses.asdict(options), "runner": "local"}, data=data, data_format=data_format,
-                  data_fingerprint=data_fingerprint, pushed=pushed, beam_args=options.beam_args,
-                  artifacts={"examples": out, "transform_graph": out, "model": out, "evaluation": out})
+    path = record(
+        out,
+        {**dataclasses.asdict(options), "runner": "local"},
+        data=data,
+        data_format=data_format,
+        data_fingerprint=data_fingerprint,
+        pushed=pushed,
+        beam_args=options.beam_args,
+        artifacts={"examples": out, "transform_graph": out, "model": out, "evaluation": out},
+    )
     print(f"  run record: {path}", flush=True)
     return {"examples": out, "pushed": pushed, "evaluation": evaluation, "trained": trained, "record": path}

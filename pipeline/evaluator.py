@@ -36,13 +36,21 @@ class EvalConfig:
     def from_dict(cls, raw: dict) -> "EvalConfig":
         unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"evaluator: unknown key(s) {sorted(unknown)}; known: slice_features, thresholds, tolerance")
+            raise ValueError(
+                f"evaluator: unknown key(s) {sorted(unknown)}; known: slice_features, thresholds, tolerance"
+            )
         thresholds = raw.get("thresholds", {})
-        if not isinstance(thresholds, dict) or set(thresholds) - set(AUCS) or not all(
-                v is None or isinstance(v, (int, float)) for v in thresholds.values()):
+        if (
+            not isinstance(thresholds, dict)
+            or set(thresholds) - set(AUCS)
+            or not all(v is None or isinstance(v, (int, float)) for v in thresholds.values())
+        ):
             raise ValueError(f"evaluator.thresholds must map some of {', '.join(AUCS)} to numbers (or null: not gated)")
-        return cls(slice_features=tuple(raw.get("slice_features", cls.slice_features)),
-                   thresholds={**cls().thresholds, **thresholds}, tolerance=float(raw.get("tolerance", cls.tolerance)))
+        return cls(
+            slice_features=tuple(raw.get("slice_features", cls.slice_features)),
+            thresholds={**cls().thresholds, **thresholds},
+            tolerance=float(raw.get("tolerance", cls.tolerance)),
+        )
 
 
 def _sliced(scores: dict, labels: dict, feature: str) -> dict:
@@ -61,8 +69,13 @@ def _sliced(scores: dict, labels: dict, feature: str) -> dict:
 
 def _metrics(scores: dict, labels: dict, mask=None) -> dict:
     pick = (lambda a: a) if mask is None else (lambda a: a[mask])
-    return task_metrics(pick(labels["click"]), pick(labels["conversion"]), pick(scores["ctr"]), pick(scores["cvr"]),
-                        pick(scores["ctcvr"]))
+    return task_metrics(
+        pick(labels["click"]),
+        pick(labels["conversion"]),
+        pick(scores["ctr"]),
+        pick(scores["cvr"]),
+        pick(scores["ctcvr"]),
+    )
 
 
 def _judge(metrics: dict, baseline: dict | None, config: EvalConfig) -> list[str]:
@@ -75,13 +88,16 @@ def _judge(metrics: dict, baseline: dict | None, config: EvalConfig) -> list[str
         if math.isnan(value) or value < config.thresholds[name]:
             reasons.append(f"{name} {value:.4f} is below the threshold {config.thresholds[name]}")
         if baseline is not None and not math.isnan(baseline[name]) and value < baseline[name] - config.tolerance:
-            reasons.append(f"{name} {value:.4f} is worse than the last pushed model's {baseline[name]:.4f} "
-                           f"by more than {config.tolerance}")
+            reasons.append(
+                f"{name} {value:.4f} is worse than the last pushed model's {baseline[name]:.4f} "
+                f"by more than {config.tolerance}"
+            )
     return reasons
 
 
-def evaluate(saved_model: str, examples: str, output: str, config: EvalConfig = EvalConfig(),
-             baseline_model: str | None = None) -> dict:
+def evaluate(
+    saved_model: str, examples: str, output: str, config: EvalConfig = EvalConfig(), baseline_model: str | None = None
+) -> dict:
     """Evaluates `saved_model` on `examples`/examples/test (ExampleGen's raw output) against
     thresholds and `baseline_model`; writes OUTPUT/evaluation/ and returns its metrics.json."""
     from trainer.export import score_examples
@@ -91,9 +107,13 @@ def evaluate(saved_model: str, examples: str, output: str, config: EvalConfig = 
     if not files:
         raise ValueError(f"{examples}/examples/test holds no examples to evaluate on")
     scores, labels = score_examples(saved_model, files, columns=config.slice_features)
-    result = {"model": saved_model, "examples": files, "config": dataclasses.asdict(config),
-              "overall": _metrics(scores, labels),
-              "slices": {feature: _sliced(scores, labels, feature) for feature in config.slice_features}}
+    result = {
+        "model": saved_model,
+        "examples": files,
+        "config": dataclasses.asdict(config),
+        "overall": _metrics(scores, labels),
+        "slices": {feature: _sliced(scores, labels, feature) for feature in config.slice_features},
+    }
     baseline = None
     if baseline_model is not None:
         base_scores, base_labels = score_examples(baseline_model, files)
@@ -124,8 +144,13 @@ def table(result: dict) -> str:
         rows.append(("last pushed model", result["baseline"]["overall"]))
     for feature, slices in result["slices"].items():
         rows.extend((f"{feature} = {value}", m) for value, m in slices.items())
-    lines = ["| rows | CTR AUC | CVR AUC | CTCVR AUC | CTR logloss | CVR logloss | slice |", "|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| rows | CTR AUC | CVR AUC | CTCVR AUC | CTR logloss | CVR logloss | slice |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for name, m in rows:
-        lines.append(f"| {m['rows']:,} | {m['ctr_auc']:.4f} | {m['cvr_auc']:.4f} | {m['ctcvr_auc']:.4f} "
-                     f"| {m['ctr_logloss']:.4f} | {m['cvr_logloss']:.4f} | {name} |")
+        lines.append(
+            f"| {m['rows']:,} | {m['ctr_auc']:.4f} | {m['cvr_auc']:.4f} | {m['ctcvr_auc']:.4f} "
+            f"| {m['ctr_logloss']:.4f} | {m['cvr_logloss']:.4f} | {name} |"
+        )
     return "\n".join(lines)

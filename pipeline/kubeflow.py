@@ -30,6 +30,7 @@ PIPELINE_NAME = "mtrank"
 
 # --- component bodies: self-contained (KFP ships each function's source), calling pipeline.dag ----------
 
+
 def example_gen(data: str, data_format: str, beam_runner: str, beam_args: list, examples: Output[Dataset]) -> dict:
     from pipeline import dag, run_record
 
@@ -40,8 +41,15 @@ def example_gen(data: str, data_format: str, beam_runner: str, beam_args: list, 
     return run_record.fingerprint(data)  # of the data as read now, for the run record
 
 
-def transform(examples: Input[Dataset], seed: int, noise_proportion: float, transform_config: str, beam_runner: str,
-              beam_args: list, transform_graph: Output[Artifact]):
+def transform(
+    examples: Input[Dataset],
+    seed: int,
+    noise_proportion: float,
+    transform_config: str,
+    beam_runner: str,
+    beam_args: list,
+    transform_graph: Output[Artifact],
+):
     import json
 
     from pipeline import dag
@@ -52,27 +60,53 @@ def transform(examples: Input[Dataset], seed: int, noise_proportion: float, tran
         section["noise_proportion"] = noise_proportion
     options = dag.transform_config(section)
     remote = beam_runner != "in-process"  # remote Beam workers read and write the artifacts' URIs
-    dag.transform(examples.uri if remote else examples.path, transform_graph.uri if remote else transform_graph.path,
-                  seed=seed, noise_proportion=options["noise_proportion"],
-                  noise_feature_prob=options["noise_feature_prob"], preprocessing=options["preprocessing"],
-                  runner=beam_runner, beam_args=beam_args)
+    dag.transform(
+        examples.uri if remote else examples.path,
+        transform_graph.uri if remote else transform_graph.path,
+        seed=seed,
+        noise_proportion=options["noise_proportion"],
+        noise_feature_prob=options["noise_feature_prob"],
+        preprocessing=options["preprocessing"],
+        runner=beam_runner,
+        beam_args=beam_args,
+    )
 
 
-def trainer(transform_graph: Input[Artifact], trainer_config: str, model_choice: str, mtn_lambda: float, epochs: int,
-            warm_start: bool, serving_base: str, model_name: str, model: Output[Model]):
+def trainer(
+    transform_graph: Input[Artifact],
+    trainer_config: str,
+    model_choice: str,
+    mtn_lambda: float,
+    epochs: int,
+    warm_start: bool,
+    serving_base: str,
+    model_name: str,
+    model: Output[Model],
+):
     import json
 
     from pipeline import dag
 
     dag.configure_logging()
-    config = dag.trainer_config(json.loads(trainer_config), model=model_choice or None, epochs=epochs or None,
-                                mtn=mtn_lambda or None)
-    dag.trainer(transform_graph.path, model.path, config,
-                warm_start_from=dag.warm_start_source(serving_base, model_name, warm_start))
+    config = dag.trainer_config(
+        json.loads(trainer_config), model=model_choice or None, epochs=epochs or None, mtn=mtn_lambda or None
+    )
+    dag.trainer(
+        transform_graph.path,
+        model.path,
+        config,
+        warm_start_from=dag.warm_start_source(serving_base, model_name, warm_start),
+    )
 
 
-def evaluator(model: Input[Model], examples: Input[Dataset], eval_config: str, serving_base: str, model_name: str,
-              evaluation: Output[Artifact]) -> bool:
+def evaluator(
+    model: Input[Model],
+    examples: Input[Dataset],
+    eval_config: str,
+    serving_base: str,
+    model_name: str,
+    evaluation: Output[Artifact],
+) -> bool:
     import os
 
     import json
@@ -81,15 +115,34 @@ def evaluator(model: Input[Model], examples: Input[Dataset], eval_config: str, s
 
     dag.configure_logging()
     baseline = pusher.latest(os.path.join(serving_base, model_name))
-    result = dag.evaluator(os.path.join(model.path, "model", "serving"), examples.path, evaluation.path,
-                           dag.eval_config(json.loads(eval_config)), baseline)
+    result = dag.evaluator(
+        os.path.join(model.path, "model", "serving"),
+        examples.path,
+        evaluation.path,
+        dag.eval_config(json.loads(eval_config)),
+        baseline,
+    )
     return result["blessed"]
 
 
-def pusher(model: Input[Model], evaluation: Input[Artifact], examples: Input[Dataset],
-           transform_graph: Input[Artifact], data: str, data_format: str, data_fingerprint: dict,
-           serving_base: str, model_name: str, noise_proportion: float, seed: int, warm_start: bool,
-           beam_runner: str, beam_args: list, runner: str, pushed: Output[Artifact]) -> int:
+def pusher(
+    model: Input[Model],
+    evaluation: Input[Artifact],
+    examples: Input[Dataset],
+    transform_graph: Input[Artifact],
+    data: str,
+    data_format: str,
+    data_fingerprint: dict,
+    serving_base: str,
+    model_name: str,
+    noise_proportion: float,
+    seed: int,
+    warm_start: bool,
+    beam_runner: str,
+    beam_args: list,
+    runner: str,
+    pushed: Output[Artifact],
+) -> int:
     import os
 
     from pipeline import dag
@@ -98,20 +151,38 @@ def pusher(model: Input[Model], evaluation: Input[Artifact], examples: Input[Dat
     saved_model = os.path.join(model.path, "model", "serving")
     result = dag.pusher(saved_model, evaluation.path, serving_base, model_name)
     os.makedirs(pushed.path, exist_ok=True)
-    arguments = {"data": data, "data_format": data_format, "serving_base": serving_base, "model_name": model_name,
-                 "noise_proportion": noise_proportion, "seed": seed, "warm_start": warm_start,
-                 "beam_runner": beam_runner, "runner": runner}
+    arguments = {
+        "data": data,
+        "data_format": data_format,
+        "serving_base": serving_base,
+        "model_name": model_name,
+        "noise_proportion": noise_proportion,
+        "seed": seed,
+        "warm_start": warm_start,
+        "beam_runner": beam_runner,
+        "runner": runner,
+    }
     artifacts = {"examples": examples, "transform_graph": transform_graph, "model": model, "evaluation": evaluation}
-    dag.record(pushed.path, arguments, data=data, data_format=data_format, data_fingerprint=data_fingerprint,
-               pushed=result, beam_args=beam_args, artifacts={k: a.uri for k, a in artifacts.items()},
-               readable={k: a.path for k, a in artifacts.items()})
+    dag.record(
+        pushed.path,
+        arguments,
+        data=data,
+        data_format=data_format,
+        data_fingerprint=data_fingerprint,
+        pushed=result,
+        beam_args=beam_args,
+        artifacts={k: a.uri for k, a in artifacts.items()},
+        readable={k: a.path for k, a in artifacts.items()},
+    )
     return result["version"] if result else 0
 
 
 # --- the pipeline ---------------------------------------------------------------------------------------
 
+
 def build(image: str = IMAGE, claims: bool = True):
     """The pipeline function. `claims`: mount the data and models claims (a cluster; off locally)."""
+
     def component(func):
         return dsl.component(func, base_image=image, install_kfp_package=False)
 
@@ -124,36 +195,87 @@ def build(image: str = IMAGE, claims: bool = True):
             kubernetes.mount_pvc(task, pvc_name=claim, mount_path=path)
         return task
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="ExampleGen -> Transform -> Trainer -> Evaluator -> Pusher "
-                                                  "for multi-task CTR/CVR ranking")
-    def mtrank(data: str = f"{DATA_MOUNT}/latest", data_format: str = "aliccp-raw",
-               serving_base: str = MODELS_MOUNT, model_name: str = "mtrank", model: str = "", mtn_lambda: float = 0.0,
-               noise_proportion: float = 0.0, epochs: int = 0, seed: int = 0, warm_start: bool = True,
-               trainer_config: str = "{}", eval_config: str = "{}", transform_config: str = "{}",
-               beam_runner: str = "in-process",
-               beam_args: list = [], runner: str = "kubeflow") -> Artifact:
-        gen = mount(steps["example_gen"](data=data, data_format=data_format, beam_runner=beam_runner,
-                                         beam_args=beam_args), DATA_CLAIM, DATA_MOUNT)
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="ExampleGen -> Transform -> Trainer -> Evaluator -> Pusher for multi-task CTR/CVR ranking",
+    )
+    def mtrank(
+        data: str = f"{DATA_MOUNT}/latest",
+        data_format: str = "aliccp-raw",
+        serving_base: str = MODELS_MOUNT,
+        model_name: str = "mtrank",
+        model: str = "",
+        mtn_lambda: float = 0.0,
+        noise_proportion: float = 0.0,
+        epochs: int = 0,
+        seed: int = 0,
+        warm_start: bool = True,
+        trainer_config: str = "{}",
+        eval_config: str = "{}",
+        transform_config: str = "{}",
+        beam_runner: str = "in-process",
+        beam_args: list = [],
+        runner: str = "kubeflow",
+    ) -> Artifact:
+        gen = mount(
+            steps["example_gen"](data=data, data_format=data_format, beam_runner=beam_runner, beam_args=beam_args),
+            DATA_CLAIM,
+            DATA_MOUNT,
+        )
         gen.set_display_name("ExampleGen").set_cpu_request("2").set_memory_request("8G")
-        transformed = steps["transform"](examples=gen.outputs["examples"], seed=seed, noise_proportion=noise_proportion,
-                                         transform_config=transform_config, beam_runner=beam_runner,
-                                         beam_args=beam_args)
+        transformed = steps["transform"](
+            examples=gen.outputs["examples"],
+            seed=seed,
+            noise_proportion=noise_proportion,
+            transform_config=transform_config,
+            beam_runner=beam_runner,
+            beam_args=beam_args,
+        )
         transformed.set_display_name("Transform").set_cpu_request("2").set_memory_request("8G")
-        train = mount(steps["trainer"](transform_graph=transformed.outputs["transform_graph"], trainer_config=trainer_config,
-                                       model_choice=model, mtn_lambda=mtn_lambda, epochs=epochs,
-                                       warm_start=warm_start, serving_base=serving_base, model_name=model_name),
-                      MODELS_CLAIM, MODELS_MOUNT)
+        train = mount(
+            steps["trainer"](
+                transform_graph=transformed.outputs["transform_graph"],
+                trainer_config=trainer_config,
+                model_choice=model,
+                mtn_lambda=mtn_lambda,
+                epochs=epochs,
+                warm_start=warm_start,
+                serving_base=serving_base,
+                model_name=model_name,
+            ),
+            MODELS_CLAIM,
+            MODELS_MOUNT,
+        )
         train.set_display_name("Trainer").set_cpu_request("4").set_memory_request("16G")
-        evaluate = mount(steps["evaluator"](model=train.outputs["model"], examples=gen.outputs["examples"],
-                                            eval_config=eval_config, serving_base=serving_base, model_name=model_name),
-                         MODELS_CLAIM, MODELS_MOUNT)
+        evaluate = mount(
+            steps["evaluator"](
+                model=train.outputs["model"],
+                examples=gen.outputs["examples"],
+                eval_config=eval_config,
+                serving_base=serving_base,
+                model_name=model_name,
+            ),
+            MODELS_CLAIM,
+            MODELS_MOUNT,
+        )
         evaluate.set_display_name("Evaluator").set_cpu_request("2").set_memory_request("8G")
-        push = steps["pusher"](model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
-                               examples=gen.outputs["examples"], transform_graph=transformed.outputs["transform_graph"],
-                               data=data, data_format=data_format, data_fingerprint=gen.outputs["Output"],
-                               serving_base=serving_base, model_name=model_name, noise_proportion=noise_proportion,
-                               seed=seed, warm_start=warm_start, beam_runner=beam_runner, beam_args=beam_args,
-                               runner=runner)
+        push = steps["pusher"](
+            model=train.outputs["model"],
+            evaluation=evaluate.outputs["evaluation"],
+            examples=gen.outputs["examples"],
+            transform_graph=transformed.outputs["transform_graph"],
+            data=data,
+            data_format=data_format,
+            data_fingerprint=gen.outputs["Output"],
+            serving_base=serving_base,
+            model_name=model_name,
+            noise_proportion=noise_proportion,
+            seed=seed,
+            warm_start=warm_start,
+            beam_runner=beam_runner,
+            beam_args=beam_args,
+            runner=runner,
+        )
         mount(push, MODELS_CLAIM, MODELS_MOUNT).set_display_name("Pusher")
         for task in (gen, transformed, train, evaluate, push):
             task.set_caching_options(False)
@@ -187,8 +309,10 @@ def run_local(options, stage) -> dict:
     dag.eval_config(options.eval_config)  # a bad section fails here, not in a component
     dag.transform_config(options.transform_config)
     root = os.path.join(options.output, "kfp")
-    stage(f"Kubeflow Pipelines local runner: ExampleGen -> Transform -> Trainer -> Evaluator -> Pusher, "
-          f"artifacts under {root}")
+    stage(
+        f"Kubeflow Pipelines local runner: ExampleGen -> Transform -> Trainer -> Evaluator -> Pusher, "
+        f"artifacts under {root}"
+    )
     workspace = os.path.join(root, ".workspace")
     os.makedirs(workspace, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, workspace_root=workspace)
@@ -197,12 +321,21 @@ def run_local(options, stage) -> dict:
     # The components import the project: make sure they find this checkout even when it is not installed.
     project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH")) if p)
-    arguments = dict(data=data, data_format=data_format, serving_base=options.serving_base,
-                     model_name=options.model_name, noise_proportion=options.noise_proportion, seed=options.seed,
-                     warm_start=options.warm_start, trainer_config=json.dumps(options.trainer_config),
-                     eval_config=json.dumps(options.eval_config),
-                     transform_config=json.dumps(options.transform_config), beam_runner=options.beam_runner,
-                     beam_args=list(options.beam_args), runner="kfp-local")
+    arguments = dict(
+        data=data,
+        data_format=data_format,
+        serving_base=options.serving_base,
+        model_name=options.model_name,
+        noise_proportion=options.noise_proportion,
+        seed=options.seed,
+        warm_start=options.warm_start,
+        trainer_config=json.dumps(options.trainer_config),
+        eval_config=json.dumps(options.eval_config),
+        transform_config=json.dumps(options.transform_config),
+        beam_runner=options.beam_runner,
+        beam_args=list(options.beam_args),
+        runner="kfp-local",
+    )
     try:
         task = build(claims=False)(**arguments)
     except RuntimeError as e:  # KFP has logged the failing component's output above
@@ -215,8 +348,9 @@ def run_local(options, stage) -> dict:
     return {"examples": record["lineage"]["examples"], "pushed": record["lineage"]["pushed"], "record": record_path}
 
 
-def schedule(host: str, pipeline_file: str, cron: str, experiment: str, job_name: str, parameters: dict,
-             client=None) -> dict:
+def schedule(
+    host: str, pipeline_file: str, cron: str, experiment: str, job_name: str, parameters: dict, client=None
+) -> dict:
     """A KFP recurring run of the compiled pipeline: at most one run at a time, no catch-up of
     missed runs. `client` defaults to `kfp.Client(host)`."""
     import kfp
@@ -229,11 +363,19 @@ def schedule(host: str, pipeline_file: str, cron: str, experiment: str, job_name
     existing = client.list_recurring_runs(experiment_id=experiment_id, page_size=1000).recurring_runs or []
     same = [r.recurring_run_id for r in existing if r.display_name == job_name]
     if same:
-        raise dag.StageError(f"experiment {experiment!r} already has a recurring run {job_name!r} ({', '.join(same)}); "
-                             "delete it in the KFP UI (or with kfp.Client().delete_recurring_run) before scheduling "
-                             "another, or pick another --job-name")
+        raise dag.StageError(
+            f"experiment {experiment!r} already has a recurring run {job_name!r} ({', '.join(same)}); "
+            "delete it in the KFP UI (or with kfp.Client().delete_recurring_run) before scheduling "
+            "another, or pick another --job-name"
+        )
     job = client.create_recurring_run(
-        experiment_id=experiment_id, job_name=job_name, cron_expression=cron, max_concurrency=1, no_catchup=True,
-        pipeline_package_path=pipeline_file, params=parameters, enable_caching=False)
+        experiment_id=experiment_id,
+        job_name=job_name,
+        cron_expression=cron,
+        max_concurrency=1,
+        no_catchup=True,
+        pipeline_package_path=pipeline_file,
+        params=parameters,
+        enable_caching=False,
+    )
     return {"experiment_id": experiment_id, "recurring_run_id": getattr(job, "recurring_run_id", None)}
-

@@ -61,8 +61,16 @@ def push(saved_model: str, run_output: str, serving_base: str, model_name: str =
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(saved_model, staging)
         with open(os.path.join(staging, "push.json"), "w") as f:
-            json.dump({"version": version, "model": os.path.abspath(saved_model), "run": os.path.abspath(run_output),
-                       "evaluation": os.path.abspath(os.path.join(blessing, "metrics.json")),
-                       "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f, indent=2)
+            json.dump(
+                {
+                    "version": version,
+                    "model": os.path.abspath(saved_model),
+                    "run": os.path.abspath(run_output),
+                    "evaluation": os.path.abspath(os.path.join(blessing, "metrics.json")),
+                    "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+                f,
+                indent=2,
+            )
         os.rename(staging, os.path.join(model_base, str(version)))
     return {"version": version, "path": os.path.join(model_base, str(version))}

@@ -10,8 +10,17 @@ import os
 import sys
 import time
 
-PACKAGES = ("mtrank", "tensorflow", "keras", "tensorflow-transform", "tfx-bsl", "apache-beam", "kfp",
-            "tensorflow-serving-api", "numpy")
+PACKAGES = (
+    "mtrank",
+    "tensorflow",
+    "keras",
+    "tensorflow-transform",
+    "tfx-bsl",
+    "apache-beam",
+    "kfp",
+    "tensorflow-serving-api",
+    "numpy",
+)
 
 
 def package_versions() -> dict:
@@ -29,8 +38,11 @@ def fingerprint(path: str) -> dict:
     (gs://...) is not read again here: its record says so."""
     if "://" in path:
         return {"skipped": "remote data is not fingerprinted"}
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    files = (
+        [path]
+        if os.path.isfile(path)
+        else sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    )
     digest = hashlib.sha256()
     size = 0
     for file in files:
@@ -44,7 +56,11 @@ def fingerprint(path: str) -> dict:
 
 def write(output: str, record: dict) -> str:
     """Writes OUTPUT/run.json (atomically) with the package versions and the time added."""
-    record = {"written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "packages": package_versions(), **record}
+    record = {
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "packages": package_versions(),
+        **record,
+    }
     path = os.path.join(output, "run.json")
     with open(path + ".tmp", "w") as f:
         json.dump(record, f, indent=2, default=str)

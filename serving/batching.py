@@ -103,7 +103,7 @@ class Batcher:
                 return
             offset = 0
             for _, rows, future in items:
-                _settle(future, {k: v[offset:offset + rows] for k, v in outputs.items()})
+                _settle(future, {k: v[offset : offset + rows] for k, v in outputs.items()})
                 offset += rows
         finally:
             for _, _, future in items:  # whatever went wrong above, no request is left waiting

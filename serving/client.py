@@ -36,8 +36,9 @@ def _model_path(model: str, version: int | None, label: str | None) -> str:
 
 
 class RestClient:
-    def __init__(self, url: str, model: str, version: int | None = None, label: str | None = None,
-                 timeout: float = 30.0):
+    def __init__(
+        self, url: str, model: str, version: int | None = None, label: str | None = None, timeout: float = 30.0
+    ):
         self.url = url.rstrip("/")
         self.path = _model_path(model, version, label)
         self.timeout = timeout
@@ -70,8 +71,10 @@ class RestClient:
 
     def predict_examples(self, examples: list[bytes]) -> dict:
         """{output: array} for serialized raw tf.Examples, through `serving_default`."""
-        body = {"signature_name": "serving_default",
-                "instances": [{"b64": base64.b64encode(e).decode()} for e in examples]}
+        body = {
+            "signature_name": "serving_default",
+            "instances": [{"b64": base64.b64encode(e).decode()} for e in examples],
+        }
         return _columns(self.predict(body)["predictions"])
 
 
@@ -82,13 +85,16 @@ def _columns(predictions: list[dict]) -> dict:
 class GrpcClient:
     """PredictionService and ModelService over gRPC (TF Serving's port 8500)."""
 
-    def __init__(self, target: str, model: str, version: int | None = None, label: str | None = None,
-                 timeout: float = 30.0):
+    def __init__(
+        self, target: str, model: str, version: int | None = None, label: str | None = None, timeout: float = 30.0
+    ):
         import grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 * 2**20),
-                                                               ("grpc.max_send_message_length", 64 * 2**20)])
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)],
+        )
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self.model, self.version, self.label, self.timeout = model, version, label, timeout

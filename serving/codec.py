@@ -35,11 +35,16 @@ def parse_body(body: bytes) -> tuple[str | None, str, object]:
         raise BadRequest(f"JSON Value: the request body must be a JSON object, got {type(request).__name__}")
     unknown = set(request) - {"signature_name", ROW, COLUMNAR}
     if unknown:
-        raise BadRequest(f"unknown key(s) {', '.join(sorted(map(repr, unknown)))}: a predict request has "
-                         "'signature_name' and one of 'instances' or 'inputs'")
+        raise BadRequest(
+            f"unknown key(s) {', '.join(sorted(map(repr, unknown)))}: a predict request has "
+            "'signature_name' and one of 'instances' or 'inputs'"
+        )
     if (ROW in request) == (COLUMNAR in request):
-        raise BadRequest("Missing 'inputs' or 'instances' key" if ROW not in request
-                         else "Not both 'inputs' and 'instances' can be set")
+        raise BadRequest(
+            "Missing 'inputs' or 'instances' key"
+            if ROW not in request
+            else "Not both 'inputs' and 'instances' can be set"
+        )
     signature = request.get("signature_name")
     if signature is not None and not isinstance(signature, str):
         raise BadRequest(f"'signature_name' must be a string, got {json.dumps(signature)[:40]}")
@@ -73,8 +78,11 @@ def _numeric(values, dtype: tf.DType, name: str, rows_in: str) -> np.ndarray:
     except ValueError:
         array = np.array(None, dtype=object)
     if array.dtype == object and _all_numbers(values):
-        raise BadRequest(f"input '{name}': a value does not fit {dtype.name}" if _flat_ok(values)
-                         else f"input '{name}': {rows_in} have different shapes (pad lists to one length)")
+        raise BadRequest(
+            f"input '{name}': a value does not fit {dtype.name}"
+            if _flat_ok(values)
+            else f"input '{name}': {rows_in} have different shapes (pad lists to one length)"
+        )
     kind = array.dtype.kind
     fits = kind in "iu" or (kind == "f" and (dtype.is_floating or np.all(np.mod(array, 1) == 0)))
     if array.size and not fits:
@@ -110,8 +118,11 @@ def _first_misfit(values, dtype: tf.DType) -> str:
         value = stack.pop(0)
         if isinstance(value, list):
             stack[:0] = value
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                dtype.is_integer and not float(value).is_integer()):
+        elif (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (dtype.is_integer and not float(value).is_integer())
+        ):
             return json.dumps(value)[:40]
     return "a non-number"
 
@@ -121,8 +132,9 @@ def _array(values, spec: tf.TensorSpec, name: str, rows_in: str) -> np.ndarray:
     try:
         return _checked_array(values, spec, name, rows_in)
     except RecursionError:
-        raise BadRequest(f"input '{name}' is nested too deeply: the signature expects rank "
-                         f"{spec.shape.rank - 1} per row") from None
+        raise BadRequest(
+            f"input '{name}' is nested too deeply: the signature expects rank {spec.shape.rank - 1} per row"
+        ) from None
 
 
 def _checked_array(values, spec: tf.TensorSpec, name: str, rows_in: str) -> np.ndarray:
@@ -138,8 +150,10 @@ def _checked_array(values, spec: tf.TensorSpec, name: str, rows_in: str) -> np.n
         array = _numeric(values, spec.dtype, name, rows_in)
     expected = spec.shape
     if array.ndim != expected.rank:
-        raise BadRequest(f"input '{name}' has rank {array.ndim - 1} per row, the signature expects "
-                         f"{expected.rank - 1} (shape {expected.as_list()[1:]})")
+        raise BadRequest(
+            f"input '{name}' has rank {array.ndim - 1} per row, the signature expects "
+            f"{expected.rank - 1} (shape {expected.as_list()[1:]})"
+        )
     for axis, size in enumerate(expected.as_list()[1:], start=1):
         if size is not None and array.shape[axis] != size:
             raise BadRequest(f"input '{name}': dimension {axis} is {array.shape[axis]}, the signature expects {size}")
@@ -205,7 +219,9 @@ def check_tensors(tensors: dict, inputs: dict) -> int:
         if array.dtype != expected and not (spec.dtype == tf.string and array.dtype.kind == "S"):
             raise BadRequest(f"input '{name}' is {array.dtype}, the signature expects {spec.dtype.name}")
         if array.ndim != spec.shape.rank or not spec.shape.is_compatible_with(array.shape):
-            raise BadRequest(f"input '{name}' has shape {list(array.shape)}, the signature expects {spec.shape.as_list()}")
+            raise BadRequest(
+                f"input '{name}' has shape {list(array.shape)}, the signature expects {spec.shape.as_list()}"
+            )
         sizes.add(array.shape[0])
     if len(sizes) != 1:
         raise BadRequest(f"inputs have different batch sizes: {sorted(sizes)}")
@@ -218,8 +234,10 @@ def check_tensors(tensors: dict, inputs: dict) -> int:
 def _check_names(given: set, inputs: dict, where: str) -> None:
     unknown = sorted(given - set(inputs))
     if unknown:
-        raise BadRequest(f"{where}: unknown input(s) {', '.join(map(repr, unknown[:5]))}; the signature takes "
-                         f"{', '.join(sorted(inputs))}")
+        raise BadRequest(
+            f"{where}: unknown input(s) {', '.join(map(repr, unknown[:5]))}; the signature takes "
+            f"{', '.join(sorted(inputs))}"
+        )
 
 
 def encode_response(form: str, outputs: dict) -> bytes:

@@ -45,7 +45,7 @@ class VersionPolicy:
             return sorted(available)
         if self.kind == "specific":
             return sorted(set(available) & set(self.versions))
-        return sorted(available)[-self.num_versions:]
+        return sorted(available)[-self.num_versions :]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +121,8 @@ def parse_model_config(text: str, source: str = "model config") -> tuple[ModelSp
         policy = VersionPolicy(
             kind=which,
             num_versions=(policy_message.latest.num_versions or 1) if which == "latest" else 1,
-            versions=tuple(policy_message.specific.versions) if which == "specific" else ())
+            versions=tuple(policy_message.specific.versions) if which == "specific" else (),
+        )
         labels = tuple(sorted(model.version_labels.items()))
         specs.append(ModelSpec(model.name, model.base_path, policy, labels))
     return tuple(specs)

@@ -44,11 +44,13 @@ def _json_row(text: str, line: int, dtypes: dict) -> Row:
             return Row(line, sample_id, None, f"unknown field {key!r}; the model takes {', '.join(sorted(dtypes))}")
         items = value if isinstance(value, list) else [value]
         if dtypes[key] == "int64":
-            if not all(isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63 for v in items):
+            if not all(isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in items):
                 return Row(line, sample_id, None, f"field {key!r} takes int64 ids, got {json.dumps(value)[:40]}")
             int64s[key] = items
         else:
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= _FLOAT32_MAX for v in items):
+            if not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= _FLOAT32_MAX for v in items
+            ):
                 return Row(line, sample_id, None, f"field {key!r} takes float32 numbers, got {json.dumps(value)[:40]}")
             floats[key] = items
     return Row(line, sample_id, records.example_from_features(records.encode_features(int64s, floats)))
@@ -99,7 +101,9 @@ def signature_dtypes(client: RestClient) -> dict:
     definitions = client.metadata()["metadata"]["signature_def"]["signature_def"]
     if "predict" not in definitions:
         return {}
-    return {name: _JSON_DTYPES.get(spec["dtype"], spec["dtype"]) for name, spec in definitions["predict"]["inputs"].items()}
+    return {
+        name: _JSON_DTYPES.get(spec["dtype"], spec["dtype"]) for name, spec in definitions["predict"]["inputs"].items()
+    }
 
 
 def score(client: RestClient, path: str, out, batch_size: int = 1000, progress=None) -> dict:

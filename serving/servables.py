@@ -56,8 +56,10 @@ class Servable:
     def signature(self, name: str | None) -> Signature:
         name = name or DEFAULT_SIGNATURE
         if name not in self.signatures:
-            raise NotFound(f"Serving signature name: \"{name}\" not found in signature def "
-                           f"(model {self.model} version {self.version} has {', '.join(sorted(self.signatures))})")
+            raise NotFound(
+                f'Serving signature name: "{name}" not found in signature def '
+                f"(model {self.model} version {self.version} has {', '.join(sorted(self.signatures))})"
+            )
         return self.signatures[name]
 
 
@@ -182,8 +184,13 @@ class ModelManager:
             servable = self._loader(spec.name, version, path)
         except Exception as e:  # noqa: BLE001 - a broken version must not stop the others
             self._failed[(spec.name, version)] = fingerprint
-            _LOG.warning("%s version %d at %s did not load (tried again when it changes): %s",
-                         spec.name, version, path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            _LOG.warning(
+                "%s version %d at %s did not load (tried again when it changes): %s",
+                spec.name,
+                version,
+                path,
+                str(e).splitlines()[0] if str(e) else type(e).__name__,
+            )
             return False
         self._failed.pop((spec.name, version), None)
         with self._lock:
@@ -197,6 +204,7 @@ class ModelManager:
 
     def start(self, poll_seconds: float) -> None:
         """Polls in a background thread until `stop()`."""
+
         def loop():
             while not self._stop.wait(poll_seconds):
                 try:

@@ -24,8 +24,14 @@ import prometheus_client
 import tensorflow as tf
 from aiohttp import web
 from google.protobuf import json_format
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from serving import codec
 from serving.batching import Batcher
@@ -38,24 +44,38 @@ _LOG = logging.getLogger(__name__)
 METRICS_PATH = "/monitoring/prometheus/metrics"
 _MODEL_PATH = re.compile(
     r"/v1/models/(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
-    r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?")
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?"
+)
 
 
 class _Metrics:
     def __init__(self):
         self.registry = prometheus_client.CollectorRegistry()
         self.requests = prometheus_client.Counter(
-            "serving_requests", "Requests by model, API and response code.", ["model", "api", "code"],
-            registry=self.registry)
+            "serving_requests",
+            "Requests by model, API and response code.",
+            ["model", "api", "code"],
+            registry=self.registry,
+        )
         self.errors = prometheus_client.Counter(
-            "serving_request_errors", "Requests answered with an error.", ["model", "api", "code"],
-            registry=self.registry)
+            "serving_request_errors",
+            "Requests answered with an error.",
+            ["model", "api", "code"],
+            registry=self.registry,
+        )
         self.latency = prometheus_client.Histogram(
-            "serving_request_latency_seconds", "Time from request to response.", ["model", "api"],
-            buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5), registry=self.registry)
+            "serving_request_latency_seconds",
+            "Time from request to response.",
+            ["model", "api"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
         self.batch_rows = prometheus_client.Histogram(
-            "serving_batch_rows", "Rows per model call after server-side batching.",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096), registry=self.registry)
+            "serving_batch_rows",
+            "Rows per model call after server-side batching.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
+            registry=self.registry,
+        )
 
     def observe(self, model: str, api: str, code: int, seconds: float) -> None:
         self.requests.labels(model, api, str(code)).inc()
@@ -89,7 +109,9 @@ class PredictionServer:
             raise NotFound(f"Could not find any versions of model {model}")
         response = get_model_status_pb2.GetModelStatusResponse()
         for number in sorted(served):
-            status = response.model_version_status.add(version=number, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+            status = response.model_version_status.add(
+                version=number, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE
+            )
             status.status.error_code = 0
         return response
 
@@ -102,15 +124,19 @@ class PredictionServer:
 
     async def predict(self, signature, tensors: dict, rows: int) -> dict:
         if rows > self.config.max_request_rows:
-            raise BadRequest(f"the request holds {rows:,} rows; a request holds at most "
-                             f"{self.config.max_request_rows:,} rows: split it")
+            raise BadRequest(
+                f"the request holds {rows:,} rows; a request holds at most "
+                f"{self.config.max_request_rows:,} rows: split it"
+            )
         try:
             return await self.batcher.run(signature, tensors, rows)
         except tf.errors.InvalidArgumentError as e:
             raise BadRequest(e.message.splitlines()[0]) from None
         except UnicodeDecodeError:  # TensorFlow's own message quoted the undecodable input
-            raise BadRequest(f"signature {signature.name}: the model rejected the input "
-                             f"(for '{next(iter(signature.inputs))}': a value is not a serialized tf.Example)") from None
+            raise BadRequest(
+                f"signature {signature.name}: the model rejected the input "
+                f"(for '{next(iter(signature.inputs))}': a value is not a serialized tf.Example)"
+            ) from None
 
 
 # ------------------------------------------------------------------------------------------ REST
@@ -121,9 +147,16 @@ def _json_error(status: int, message: str) -> web.Response:
 
 
 def _status_json(response) -> dict:
-    return {"model_version_status": [
-        {"version": str(s.version), "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
-         "status": {"error_code": "OK", "error_message": ""}} for s in response.model_version_status]}
+    return {
+        "model_version_status": [
+            {
+                "version": str(s.version),
+                "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+            for s in response.model_version_status
+        ]
+    }
 
 
 def _signature_map(servable: Servable) -> get_model_metadata_pb2.SignatureDefMap:
@@ -134,9 +167,12 @@ def _signature_map(servable: Servable) -> get_model_metadata_pb2.SignatureDefMap
 
 
 def _metadata_json(servable: Servable) -> dict:
-    return {"model_spec": {"name": servable.model, "signature_name": "", "version": str(servable.version)},
-            "metadata": {"signature_def": json_format.MessageToDict(_signature_map(servable),
-                                                                    preserving_proto_field_name=True)}}
+    return {
+        "model_spec": {"name": servable.model, "signature_name": "", "version": str(servable.version)},
+        "metadata": {
+            "signature_def": json_format.MessageToDict(_signature_map(servable), preserving_proto_field_name=True)
+        },
+    }
 
 
 def rest_app(server: PredictionServer) -> web.Application:
@@ -153,8 +189,9 @@ def rest_app(server: PredictionServer) -> web.Application:
             code = response.status
             return response
         finally:
-            server.metrics.observe(model if model in server.manager.model_names else "", api, code,
-                                   time.perf_counter() - started)
+            server.metrics.observe(
+                model if model in server.manager.model_names else "", api, code, time.perf_counter() - started
+            )
 
     async def _models(request, match, model, label, api) -> web.Response:
         try:
@@ -182,8 +219,10 @@ def rest_app(server: PredictionServer) -> web.Application:
             return _json_error(e.status, e.text or e.reason)
 
     async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(body=prometheus_client.generate_latest(server.metrics.registry),
-                            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=prometheus_client.generate_latest(server.metrics.registry),
+            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+        )
 
     @web.middleware
     async def errors_as_json(request, handler):
@@ -205,7 +244,9 @@ def rest_app(server: PredictionServer) -> web.Application:
 
 def _allow(request: web.Request, method: str) -> None:
     if request.method != method:
-        raise web.HTTPMethodNotAllowed(request.method, [method], text=f"{request.path} takes {method}, not {request.method}")
+        raise web.HTTPMethodNotAllowed(
+            request.method, [method], text=f"{request.path} takes {method}, not {request.method}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ gRPC
@@ -236,8 +277,10 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         async def run():
             servable = self._server.manager.find(request.model_spec.name, *_model_spec(request.model_spec))
             signature = servable.signature(request.model_spec.signature_name or None)
-            tensors = {name: _ndarray(name, proto, self._server.config.max_request_rows)
-                       for name, proto in request.inputs.items()}
+            tensors = {
+                name: _ndarray(name, proto, self._server.config.max_request_rows)
+                for name, proto in request.inputs.items()
+            }
             outputs = await self._server.predict(signature, tensors, codec.check_tensors(tensors, signature.inputs))
             unknown = set(request.output_filter) - set(outputs)
             if unknown:
@@ -257,7 +300,9 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         async def run():
             if list(request.metadata_field) != ["signature_def"]:
                 raise BadRequest(f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}")
-            return self._server.metadata(self._server.manager.find(request.model_spec.name, *_model_spec(request.model_spec)))
+            return self._server.metadata(
+                self._server.manager.find(request.model_spec.name, *_model_spec(request.model_spec))
+            )
 
         return await _grpc_call(self._server, request.model_spec.name, "metadata", run, context)
 
@@ -288,8 +333,9 @@ async def _grpc_call(server: PredictionServer, model: str, api: str, run, contex
         code = 500
         raise
     finally:
-        server.metrics.observe(model if model in server.manager.model_names else "", "grpc_" + api, code,
-                               time.perf_counter() - started)
+        server.metrics.observe(
+            model if model in server.manager.model_names else "", "grpc_" + api, code, time.perf_counter() - started
+        )
 
 
 # ------------------------------------------------------------------------------------- running
@@ -331,6 +377,7 @@ async def start(config: ServerConfig, manager: ModelManager | None = None) -> Ru
 
 def serve_forever(config: ServerConfig, on_ready=None) -> None:
     """`mtrank serve`: runs until SIGINT or SIGTERM."""
+
     async def main():
         running = await start(config)
         stop = asyncio.Event()

@@ -21,8 +21,15 @@ SHARED_DATA = pathlib.Path(os.environ.get("MTRANK_SHARED_DATA", REPO.parent / "s
 
 # `make test` hands whole files to two xdist workers in this order (--no-loadscope-reorder): the
 # longest first, so the run does not end with one long file running alone on one worker.
-LONGEST_FIRST = ("test_transform.py", "test_training.py", "test_retraining.py", "test_distributed.py",
-                 "test_experiments_ranking.py", "test_serving.py", "test_evaluator_pusher.py")
+LONGEST_FIRST = (
+    "test_transform.py",
+    "test_training.py",
+    "test_retraining.py",
+    "test_distributed.py",
+    "test_experiments_ranking.py",
+    "test_serving.py",
+    "test_evaluator_pusher.py",
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -102,7 +109,9 @@ def shared_data() -> pathlib.Path:
 def synthetic_raw(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     """5,000 rows of raw Ali-CCP with 1% malformed lines of every kind."""
     out = tmp_path_factory.mktemp("synthetic_raw")
-    manifest = aliccp.generate(aliccp.AliccpSynthConfig(rows=5_000, seed=7, malformed_rate=0.01), str(out), progress=False)
+    manifest = aliccp.generate(
+        aliccp.AliccpSynthConfig(rows=5_000, seed=7, malformed_rate=0.01), str(out), progress=False
+    )
     return out, manifest
 
 
@@ -117,7 +126,10 @@ def aliexpress_folders(tmp_path_factory, shared_data) -> dict[str, pathlib.Path]
     root = tmp_path_factory.mktemp("aliexpress_folders")
     layouts = {
         "fuxictr": ("fuxictr_tiny_mtl_train_1000.csv", "fuxictr_tiny_mtl_test_1000.csv"),
-        "torchrechub": ("torchrechub_aliexpress_train_sample.csv", "torchrechub_aliexpress_test_sample_orig_labels.csv"),
+        "torchrechub": (
+            "torchrechub_aliexpress_train_sample.csv",
+            "torchrechub_aliexpress_test_sample_orig_labels.csv",
+        ),
         "torchrechub_edited": ("torchrechub_aliexpress_train_sample.csv", "torchrechub_aliexpress_test_sample.csv"),
     }
     folders = {}
@@ -154,7 +166,9 @@ def transform(tmp_root: pathlib.Path, name: str, examples: pathlib.Path, **optio
     from transform import beam_pipeline as transform_pipeline
 
     output = tmp_root / name
-    return output, transform_pipeline.run(transform_pipeline.TransformConfig(examples=str(examples), output=str(output), **options))
+    return output, transform_pipeline.run(
+        transform_pipeline.TransformConfig(examples=str(examples), output=str(output), **options)
+    )
 
 
 # One Transform pipeline per fixture (about 35 s of fixed cost each here), shared by all tests.
@@ -174,16 +188,26 @@ def transformed_synthetic_noisy(tmp_path_factory, ingested_synthetic):
 @session_fixture
 def transformed_torchrechub(tmp_path_factory, ingested_shared):
     """torch-rechub's Ali-CCP CSV layout, with a frequency threshold and two OOV buckets."""
-    return transform(tmp_path_factory.mktemp("transform"), "torchrechub", ingested_shared["torchrechub_aliccp"][0],
-                     preprocessing={"frequency_threshold": 2, "num_oov_buckets": 2})
+    return transform(
+        tmp_path_factory.mktemp("transform"),
+        "torchrechub",
+        ingested_shared["torchrechub_aliccp"][0],
+        preprocessing={"frequency_threshold": 2, "num_oov_buckets": 2},
+    )
 
 
 @session_fixture
 def transformed_aliexpress(tmp_path_factory, ingested_shared):
     """AliExpress with two numeric fields normalised (the rest already scaled), and noise."""
-    return transform(tmp_path_factory.mktemp("transform"), "aliexpress", ingested_shared["aliexpress_fuxictr"][0],
-                     preprocessing={"numeric": {"numerical_1": ["log1p", "z_score"], "numerical_2": ["z_score"]}},
-                     noise_proportion=0.3, noise_feature_prob=0.3, seed=5)
+    return transform(
+        tmp_path_factory.mktemp("transform"),
+        "aliexpress",
+        ingested_shared["aliexpress_fuxictr"][0],
+        preprocessing={"numeric": {"numerical_1": ["log1p", "z_score"], "numerical_2": ["z_score"]}},
+        noise_proportion=0.3,
+        noise_feature_prob=0.3,
+        seed=5,
+    )
 
 
 @session_fixture
@@ -191,8 +215,9 @@ def trainable_synthetic(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     """30,000 clean synthetic rows with high label rates (so 2,400 eval rows hold enough conversions
     for a CVR AUC), ingested and transformed: (Transform's output folder, the generator's manifest)."""
     root = tmp_path_factory.mktemp("trainable")
-    manifest = aliccp.generate(aliccp.AliccpSynthConfig(rows=30_000, seed=3, ctr=0.2, cvr=0.3), str(root / "raw"),
-                               progress=False)
+    manifest = aliccp.generate(
+        aliccp.AliccpSynthConfig(rows=30_000, seed=3, ctr=0.2, cvr=0.3), str(root / "raw"), progress=False
+    )
     examples, _ = ingest(root, "examples", "aliccp-raw", root / "raw")
     output, _ = transform(root, "transformed", examples)
     return output, manifest

@@ -23,29 +23,47 @@ def test_help_lists_the_subcommands():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", [["run"], ["ingest"], ["transform"], ["train"], ["synth"], ["synth", "aliccp"], ["synth", "fdn"], ["synth", "mmoe"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run"],
+        ["ingest"],
+        ["transform"],
+        ["train"],
+        ["synth"],
+        ["synth", "aliccp"],
+        ["synth", "fdn"],
+        ["synth", "mmoe"],
+    ],
+)
 def test_every_subcommand_has_help(command):
     result = run(*command, "--help")
     assert result.returncode == 0 and "usage: mtrank" in result.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["ingest", "--format", "parquet", "--input", "x", "--output", "y"], "invalid choice"),
-    (["ingest", "--format", "aliexpress", "--input", "/no/such/folder", "--output", "/tmp/y"], "does not exist"),
-    (["ingest", "--format", "aliccp-csv", "--input", "x", "--output", "y", "--eval-fraction", "1.5"], "not in [0, 1)"),
-    (["synth", "aliccp", "--rows", "-3", "--out", "/tmp/x"], "not a positive integer"),
-    (["synth", "mmoe", "--correlation", "2", "--out", "/tmp/mmoe-bad"], "must be in [-1, 1]"),
-    (["run", "--data", "/tmp"], "--data needs --format"),
-    (["frobnicate"], "invalid choice"),
-    (["transform", "--examples", "/no/such/folder", "--output", "/tmp/y"], "is not ExampleGen output"),
-    (["transform", "--examples", "x", "--output", "y", "--noise-proportion", "1.5"], "not in [0, 1]"),
-    (["transform", "--examples", "x", "--output", "y", "--oov-buckets", "0"], "not a positive integer"),
-    (["transform", "--examples", "x", "--output", "y", "--config", "/no/such.json"], "--config /no/such.json"),
-    (["train", "--transformed", "/no/such/folder"], "has no transform_graph/"),
-    (["train", "--transformed", "x", "--model", "xgboost"], "invalid choice"),
-    (["train", "--transformed", "x", "--epochs", "0"], "not a positive integer"),
-    (["run", "--model", "mmoe", "--mtn", "-1"], "mtn.lam must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["ingest", "--format", "parquet", "--input", "x", "--output", "y"], "invalid choice"),
+        (["ingest", "--format", "aliexpress", "--input", "/no/such/folder", "--output", "/tmp/y"], "does not exist"),
+        (
+            ["ingest", "--format", "aliccp-csv", "--input", "x", "--output", "y", "--eval-fraction", "1.5"],
+            "not in [0, 1)",
+        ),
+        (["synth", "aliccp", "--rows", "-3", "--out", "/tmp/x"], "not a positive integer"),
+        (["synth", "mmoe", "--correlation", "2", "--out", "/tmp/mmoe-bad"], "must be in [-1, 1]"),
+        (["run", "--data", "/tmp"], "--data needs --format"),
+        (["frobnicate"], "invalid choice"),
+        (["transform", "--examples", "/no/such/folder", "--output", "/tmp/y"], "is not ExampleGen output"),
+        (["transform", "--examples", "x", "--output", "y", "--noise-proportion", "1.5"], "not in [0, 1]"),
+        (["transform", "--examples", "x", "--output", "y", "--oov-buckets", "0"], "not a positive integer"),
+        (["transform", "--examples", "x", "--output", "y", "--config", "/no/such.json"], "--config /no/such.json"),
+        (["train", "--transformed", "/no/such/folder"], "has no transform_graph/"),
+        (["train", "--transformed", "x", "--model", "xgboost"], "invalid choice"),
+        (["train", "--transformed", "x", "--epochs", "0"], "not a positive integer"),
+        (["run", "--model", "mmoe", "--mtn", "-1"], "mtn.lam must be >= 0"),
+    ],
+)
 def test_bad_arguments_fail_with_one_line(args, message):
     result = run(*args)
     assert result.returncode == 2
@@ -55,9 +73,20 @@ def test_bad_arguments_fail_with_one_line(args, message):
 
 def test_an_output_that_is_a_file_is_one_line(tmp_path, shared_data):
     (tmp_path / "a_file").write_text("")
-    result = run("ingest", "--format", "aliccp-csv", "--input", str(shared_data / "ali_ccp" / "aitm_csv"),
-                 "--output", str(tmp_path / "a_file"))
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "not a writable folder" in result.stderr
+    result = run(
+        "ingest",
+        "--format",
+        "aliccp-csv",
+        "--input",
+        str(shared_data / "ali_ccp" / "aitm_csv"),
+        "--output",
+        str(tmp_path / "a_file"),
+    )
+    assert (
+        result.returncode == 2
+        and len(result.stderr.strip().splitlines()) == 1
+        and "not a writable folder" in result.stderr
+    )
 
 
 def test_missing_raw_files_are_named(tmp_path):
@@ -95,11 +124,14 @@ def test_a_bad_trainer_config_names_the_key(tmp_path):
     assert "model.num_experts must be a number" in result.stderr
 
 
-@pytest.mark.parametrize("section, message", [
-    ({"frequency_threshold": 0}, "transform.frequency_threshold must be an integer >= 1"),
-    ({"noise_feature_prob": 1.5}, "transform.noise_feature_prob must be a number in [0, 1]"),
-    ({"oov": 2}, "unknown keys ['oov']"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"frequency_threshold": 0}, "transform.frequency_threshold must be an integer >= 1"),
+        ({"noise_feature_prob": 1.5}, "transform.noise_feature_prob must be a number in [0, 1]"),
+        ({"oov": 2}, "unknown keys ['oov']"),
+    ],
+)
 def test_a_bad_transform_section_of_run_names_the_key_before_anything_runs(tmp_path, section, message):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"transform": section}))
@@ -111,8 +143,17 @@ def test_a_bad_transform_section_of_run_names_the_key_before_anything_runs(tmp_p
 def test_a_config_that_is_not_an_object_is_one_line(tmp_path):
     config = tmp_path / "list.json"
     config.write_text("[1, 2]")
-    result = run("transform", "--examples", str(tmp_path), "--output", str(tmp_path / "out"), "--config", str(config),
-                 "--oov-buckets", "2")
+    result = run(
+        "transform",
+        "--examples",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "out"),
+        "--config",
+        str(config),
+        "--oov-buckets",
+        "2",
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "JSON object" in result.stderr
 
 

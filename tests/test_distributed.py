@@ -20,9 +20,19 @@ from trainer.config import from_dict
 SMALL = {"name": "mmoe", "embedding_dim": 8, "expert_units": [32, 16], "tower_units": [16], "num_experts": 4}
 BATCH = 512
 # XLA off: its compile costs ~15 s per process here (with XLA on, the workers train the same model).
-CONFIG = {"model": SMALL, "training": {"batch_size": BATCH, "epochs": 2, "eval_batch_size": 4096, "learning_rate": 0.005,
-                                      "evals_per_epoch": 1, "embedding_l2": 0.0},  # per share on each worker (README)
-          "hardware": {"xla": False}, "loss": {"convention": "clicked"}}  # clicked: CVR's mean counts the global batch's clicks
+CONFIG = {
+    "model": SMALL,
+    "training": {
+        "batch_size": BATCH,
+        "epochs": 2,
+        "eval_batch_size": 4096,
+        "learning_rate": 0.005,
+        "evals_per_epoch": 1,
+        "embedding_l2": 0.0,
+    },  # per share on each worker (README)
+    "hardware": {"xla": False},
+    "loss": {"convention": "clicked"},
+}  # clicked: CVR's mean counts the global batch's clicks
 TIMEOUT = 420  # seconds for the whole run: generous, the machine is shared
 
 
@@ -36,7 +46,9 @@ TWO = ["localhost:1111", "localhost:2222"]
 
 def test_a_multi_task_cluster_picks_multi_worker_mirrored_strategy():
     assert distribute.choose("auto", _tf_config(TWO, index=1), gpus=0) == (
-        distribute.MULTI_WORKER, distribute.Role(workers=2, index=1, task_type="worker", task_id=1))
+        distribute.MULTI_WORKER,
+        distribute.Role(workers=2, index=1, task_type="worker", task_id=1),
+    )
     # A chief task is worker 0; the workers follow it.
     name, role = distribute.choose("auto", _tf_config(TWO, "worker", 0, chief=["localhost:3333"]), gpus=2)
     assert name == distribute.MULTI_WORKER and (role.workers, role.index, role.is_chief) == (3, 1, False)
@@ -44,8 +56,15 @@ def test_a_multi_task_cluster_picks_multi_worker_mirrored_strategy():
     assert (role.index, role.name) == (0, "chief")
 
 
-@pytest.mark.parametrize("tf_config", [None, "", _tf_config(["localhost:1111"]),
-                                       json.dumps({"cluster": {"chief": ["localhost:1"]}, "task": {"type": "chief"}})])
+@pytest.mark.parametrize(
+    "tf_config",
+    [
+        None,
+        "",
+        _tf_config(["localhost:1111"]),
+        json.dumps({"cluster": {"chief": ["localhost:1"]}, "task": {"type": "chief"}}),
+    ],
+)
 def test_no_cluster_or_a_single_task_is_ignored(tf_config):
     assert distribute.choose("auto", tf_config, gpus=0) == (distribute.DEFAULT, distribute.Role())
     assert distribute.choose("auto", tf_config, gpus=2)[0] == distribute.MIRRORED
@@ -55,12 +74,15 @@ def test_distribute_none_ignores_tf_config():
     assert distribute.choose("none", _tf_config(TWO, index=1), gpus=2) == (distribute.DEFAULT, distribute.Role())
 
 
-@pytest.mark.parametrize("tf_config, words", [
-    ("{not json", "not JSON"),
-    (json.dumps({"cluster": {"worker": TWO, "ps": ["localhost:3"]}, "task": {"type": "ps", "index": 0}}), "ps"),
-    (_tf_config(TWO, index=2), "index 2"),
-    (json.dumps({"cluster": {"worker": TWO, "chief": ["a:1", "b:2"]}, "task": {"type": "chief"}}), "at most one"),
-])
+@pytest.mark.parametrize(
+    "tf_config, words",
+    [
+        ("{not json", "not JSON"),
+        (json.dumps({"cluster": {"worker": TWO, "ps": ["localhost:3"]}, "task": {"type": "ps", "index": 0}}), "ps"),
+        (_tf_config(TWO, index=2), "index 2"),
+        (json.dumps({"cluster": {"worker": TWO, "chief": ["a:1", "b:2"]}, "task": {"type": "chief"}}), "at most one"),
+    ],
+)
 def test_a_cluster_we_cannot_train_on_is_refused(tf_config, words):
     with pytest.raises(distribute.ClusterError, match=words):
         distribute.choose("auto", tf_config, gpus=0)
@@ -68,16 +90,24 @@ def test_a_cluster_we_cannot_train_on_is_refused(tf_config, words):
 
 def test_the_strategy_made_for_a_single_task_or_distribute_none_is_the_default():
     """In processes of their own, as MultiWorkerMirroredStrategy needs: neither waits for a cluster."""
-    code = ("import json, os, tensorflow as tf\n"
-            "from trainer import train\n"
-            "from trainer.config import from_dict\n"
-            "w = train._strategy(from_dict({'hardware': {'distribute': os.environ['DISTRIBUTE']}}))\n"
-            "print(json.dumps([w.name, w.count, w.is_chief, w.strategy is tf.distribute.get_strategy()]))\n")
+    code = (
+        "import json, os, tensorflow as tf\n"
+        "from trainer import train\n"
+        "from trainer.config import from_dict\n"
+        "w = train._strategy(from_dict({'hardware': {'distribute': os.environ['DISTRIBUTE']}}))\n"
+        "print(json.dumps([w.name, w.count, w.is_chief, w.strategy is tf.distribute.get_strategy()]))\n"
+    )
     cases = ((_tf_config(["localhost:1111"]), "auto"), (_tf_config(TWO, index=1), "none"))
-    processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env={**os.environ, "TF_CONFIG": tf_config, "DISTRIBUTE": setting,
-                                       "CUDA_VISIBLE_DEVICES": ""})
-                 for tf_config, setting in cases]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TF_CONFIG": tf_config, "DISTRIBUTE": setting, "CUDA_VISIBLE_DEVICES": ""},
+        )
+        for tf_config, setting in cases
+    ]
     for process in processes:
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-3000:]
@@ -95,14 +125,26 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _train_command(transformed, output, config_file) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", "train", "--transformed", str(transformed), "--output", str(output),
-            "--config", str(config_file)]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "train",
+        "--transformed",
+        str(transformed),
+        "--output",
+        str(output),
+        "--config",
+        str(config_file),
+    ]
 
 
 def _run_workers(commands_and_envs) -> list[tuple[int, str, str]]:
     """(exit status, stdout, stderr) of each process, all killed when any is still running after TIMEOUT."""
-    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for command, env in commands_and_envs]
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for command, env in commands_and_envs
+    ]
     deadline = time.time() + TIMEOUT
     outputs = []
     try:
@@ -134,7 +176,8 @@ def test_when_the_chief_cannot_start_the_other_worker_stops_too(tmp_path, transf
     (run / "state.json").write_text(json.dumps({"evals_done": 1}))
     envs = _worker_envs(2)
     (chief, chief_out, chief_err), (worker, _, worker_err) = _run_workers(
-        [(_train_command(transformed_synthetic[0], tmp_path / f"worker{i}", config_file), envs[i]) for i in range(2)])
+        [(_train_command(transformed_synthetic[0], tmp_path / f"worker{i}", config_file), envs[i]) for i in range(2)]
+    )
     assert chief == 2 and "different config (model.num_experts" in chief_err, chief_err[-3000:]
     assert worker == 2, worker_err[-3000:]
     assert "the chief (worker 0) stopped: TrainingError:" in worker_err and "model.num_experts" in worker_err
@@ -151,8 +194,10 @@ def test_two_workers_train_one_model(tmp_path, transformed_synthetic):
     envs[1]["TMPDIR"] = str(scratch)
     reference_env = {k: v for k, v in envs[0].items() if k != "TF_CONFIG"}
     # The same run in one process, alongside: the workers must train the model it trains.
-    runs = _run_workers([(_train_command(transformed, outputs[i], config_file), envs[i]) for i in range(2)]
-                        + [(_train_command(transformed, tmp_path / "single", config_file), reference_env)])
+    runs = _run_workers(
+        [(_train_command(transformed, outputs[i], config_file), envs[i]) for i in range(2)]
+        + [(_train_command(transformed, tmp_path / "single", config_file), reference_env)]
+    )
     for i, (status, _, err) in enumerate(runs):
         assert status == 0, f"process {i} exited {status}:\n{err[-4000:]}"
     (_, _, chief_err), (_, worker_out, worker_err), _ = runs

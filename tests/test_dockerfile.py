@@ -37,6 +37,7 @@ UID = 1000  # the manifests' runAsUser / fsGroup
 
 # --- the Dockerfile's instructions ----------------------------------------------------------------
 
+
 def parse_dockerfile(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) in order: comment lines dropped (also inside a continued instruction),
     lines ending in a backslash joined, as Docker's parser does with the default escape character."""
@@ -118,13 +119,14 @@ def _pip_installs() -> list[list[str]]:
     for rest in _all("RUN"):
         for words in _shell_commands(rest):
             if words[:2] == ["pip", "install"] or words[:4] == ["python", "-m", "pip", "install"]:
-                found.append(words[words.index("install") + 1:])
+                found.append(words[words.index("install") + 1 :])
             else:
                 assert "pip" not in words[0], f"{' '.join(words)}: only `pip install` is expected"
     return found
 
 
 # --- .dockerignore, with Docker's rules --------------------------------------------------------------
+
 
 def dockerignore_patterns(text: str) -> list[tuple[bool, re.Pattern]]:
     """(exclusion?, regex) per line: comments and blank lines skipped, a leading ! re-includes, each
@@ -150,7 +152,7 @@ def dockerignore_patterns(text: str) -> list[tuple[bool, re.Pattern]]:
                 regex, i = regex + "[^/]", i + 1
             elif pattern[i] == "[":
                 end = pattern.index("]", i + 1)
-                body = pattern[i + 1:end]
+                body = pattern[i + 1 : end]
                 regex, i = regex + "[" + ("^" + body[1:] if body.startswith(("!", "^")) else body) + "]", end + 1
             elif pattern[i] == "\\" and i + 1 < len(pattern):
                 regex, i = regex + re.escape(pattern[i + 1]), i + 2
@@ -192,6 +194,7 @@ def context_files() -> frozenset[str]:
 
 # --- the image's files, by replaying COPY ------------------------------------------------------------
 
+
 def image_files() -> dict[str, dict]:
     """{absolute path in the image: state} for the files the COPY instructions put there, with the
     WORKDIR of each RUN: {"runs": [(workdir, RUN arguments, files present then)]}."""
@@ -225,8 +228,11 @@ def image_files() -> dict[str, dict]:
 
 def _project_install() -> tuple[str, dict]:
     """(WORKDIR, files present) of the RUN that installs the project itself."""
-    found = [(workdir, files) for workdir, rest, files in image_files()["runs"]
-             if any(words[:2] == ["pip", "install"] and "." in words for words in _shell_commands(rest))]
+    found = [
+        (workdir, files)
+        for workdir, rest, files in image_files()["runs"]
+        if any(words[:2] == ["pip", "install"] and "." in words for words in _shell_commands(rest))
+    ]
     assert len(found) == 1, "one RUN installs the project"
     return found[0]
 
@@ -237,12 +243,14 @@ def _packages() -> list[str]:
 
     find = PYPROJECT["tool"]["setuptools"]["packages"]["find"]
     finder = PEP420PackageFinder if find.get("namespaces", True) else FlatLayoutPackageFinder
-    found = finder.find(str(REPO / find.get("where", ["."])[0]), include=find.get("include", ("*",)),
-                        exclude=find.get("exclude", ()))
+    found = finder.find(
+        str(REPO / find.get("where", ["."])[0]), include=find.get("include", ("*",)), exclude=find.get("exclude", ())
+    )
     return [p for p in found if "__pycache__" not in p.split(".")]
 
 
 # --- tests -------------------------------------------------------------------------------------------
+
 
 def test_parser_reads_continuations_and_comments():
     text = "FROM a\n# c\nRUN x \\\n  # inside\n  && y\nUSER 1\n"
@@ -270,7 +278,7 @@ def test_installs_exactly_the_lock_then_the_project():
     installs = _pip_installs()
     assert installs == [["--no-cache-dir", "-r", "requirements.lock"], ["--no-cache-dir", "--no-deps", "."]]
     # The lock's path resolves, in the RUN's WORKDIR, to the repository's requirements.lock.
-    (workdir, files), = [(w, f) for w, rest, f in image_files()["runs"] if "requirements.lock" in rest]
+    ((workdir, files),) = [(w, f) for w, rest, f in image_files()["runs"] if "requirements.lock" in rest]
     assert files.get(str(pathlib.PurePosixPath(workdir, "requirements.lock"))) == "requirements.lock"
 
 
@@ -296,8 +304,9 @@ def test_lock_holds_every_dependency_of_the_project():
         requirement = Requirement(text)
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{requirement.name} is a dependency but not in requirements.lock"
-        assert requirement.specifier.contains(pins[name], prereleases=True), \
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
             f"{name}=={pins[name]} is not {requirement}"
+        )
 
 
 def test_lock_tensorflow_is_the_tf_serving_version():
@@ -326,8 +335,15 @@ def test_copy_sources_exist_and_are_in_the_context():
 
 
 def test_dockerignore_leaves_out_what_it_should():
-    for path in (".venv/bin/python", "runs/default/run.json", "bench/.data/x.csv", ".git/HEAD",
-                 "pipeline/__pycache__/cli.cpython-311.pyc", "mtrank.egg-info/PKG-INFO", ".pytest_cache/v/x"):
+    for path in (
+        ".venv/bin/python",
+        "runs/default/run.json",
+        "bench/.data/x.csv",
+        ".git/HEAD",
+        "pipeline/__pycache__/cli.cpython-311.pyc",
+        "mtrank.egg-info/PKG-INFO",
+        ".pytest_cache/v/x",
+    ):
         assert ignored(path), path
     for path in ("pipeline/cli.py", "trainer/models/mmoe.py", "requirements.lock", "pyproject.toml", "bench/run.py"):
         assert not ignored(path), path
@@ -336,9 +352,19 @@ def test_dockerignore_leaves_out_what_it_should():
 def test_dockerignore_matcher():
     """The matcher follows Docker's rules on the cases that matter here."""
     patterns = dockerignore_patterns("runs/\n/build\n**/__pycache__\n*.md\n!README.md\ndocs/**/*.png\n")
-    cases = {"runs/a/b.json": True, "x/runs/a": False, "build/lib/x.py": True, "__pycache__/a.pyc": True,
-             "a/b/__pycache__/c.pyc": True, "NOTES.md": True, "README.md": False, "k8s/README.md": False,
-             "docs/a.png": True, "docs/x/y/a.png": True, "docs/a.jpg": False}
+    cases = {
+        "runs/a/b.json": True,
+        "x/runs/a": False,
+        "build/lib/x.py": True,
+        "__pycache__/a.pyc": True,
+        "a/b/__pycache__/c.pyc": True,
+        "NOTES.md": True,
+        "README.md": False,
+        "k8s/README.md": False,
+        "docs/a.png": True,
+        "docs/x/y/a.png": True,
+        "docs/a.jpg": False,
+    }
     assert {path: ignored(path, patterns) for path in cases} == cases
 
 
@@ -346,8 +372,11 @@ def test_project_files_reach_the_image():
     """Every module of every package that pyproject.toml's discovery includes, and pyproject.toml,
     are in the folder `pip install .` runs in, at the same relative paths."""
     workdir, files = _project_install()
-    here = {str(pathlib.PurePosixPath(f).relative_to(workdir)): source for f, source in files.items()
-            if pathlib.PurePosixPath(f).is_relative_to(workdir)}
+    here = {
+        str(pathlib.PurePosixPath(f).relative_to(workdir)): source
+        for f, source in files.items()
+        if pathlib.PurePosixPath(f).is_relative_to(workdir)
+    }
     assert here.get("pyproject.toml") == "pyproject.toml"
     packages = _packages()
     assert {p.split(".")[0] for p in packages} == {"pipeline", "transform", "trainer", "serving", "experiments"}
@@ -374,9 +403,24 @@ def test_wheel_builds_from_the_copied_files(tmp_path):
             dest = source / pathlib.PurePosixPath(target).relative_to(workdir)
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes((REPO / origin).read_bytes())
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                            "--quiet", "--wheel-dir", str(tmp_path / "dist"), str(source)],
-                           capture_output=True, text=True, timeout=120)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("mtrank-*.whl")
     assert wheel.name.startswith(f"mtrank-{PYPROJECT['project']['version']}-")

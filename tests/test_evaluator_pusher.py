@@ -44,9 +44,16 @@ def test_metrics_and_slices_are_the_saved_models(tmp_path, ranked):
     assert sum(m["rows"] for m in slices.values()) == len(labels["click"])
     value, metrics = next(iter(slices.items()))
     mask = labels["f301"] == int(value)
-    assert metrics["ctr_auc"] == pytest.approx(task_metrics(labels["click"][mask], labels["conversion"][mask],
-                                                            scores["ctr"][mask], scores["cvr"][mask],
-                                                            scores["ctcvr"][mask])["ctr_auc"], nan_ok=True)
+    assert metrics["ctr_auc"] == pytest.approx(
+        task_metrics(
+            labels["click"][mask],
+            labels["conversion"][mask],
+            scores["ctr"][mask],
+            scores["cvr"][mask],
+            scores["ctcvr"][mask],
+        )["ctr_auc"],
+        nan_ok=True,
+    )
     assert result["blessed"] and (tmp_path / "evaluation" / "BLESSED").exists()
     saved = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
     assert saved["overall"]["rows"] == result["overall"]["rows"] and "| overall |" in evaluator.table(result)
@@ -95,10 +102,15 @@ def test_concurrent_pushes_get_distinct_complete_versions(tmp_path, ranked):
     examples, model, _ = ranked
     run = tmp_path / "run"
     evaluator.evaluate(model, examples, str(run), evaluator.EvalConfig(thresholds=OPEN))
-    code = ("import sys; from pipeline import pusher; "
-            "print(pusher.push(sys.argv[1], sys.argv[2], sys.argv[3])['version'])")
-    procs = [subprocess.Popen([sys.executable, "-c", code, model, str(run), str(tmp_path / "serving")],
-                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    code = (
+        "import sys; from pipeline import pusher; print(pusher.push(sys.argv[1], sys.argv[2], sys.argv[3])['version'])"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, model, str(run), str(tmp_path / "serving")], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
     versions = sorted(int(p.communicate()[0]) for p in procs)
     assert versions == [1, 2, 3, 4]
     base = tmp_path / "serving" / "mtrank"

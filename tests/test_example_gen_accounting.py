@@ -45,7 +45,9 @@ def test_rejected_lines_are_kept_with_file_line_and_reason(synthetic_raw, ingest
     counted = sum(stats["samples"]["rejected"].values()) + sum(stats["common_features"]["rejected"].values())
     assert len(rejected) == counted
     by_reason = collections.Counter(r["reason"] for r in rejected)
-    assert by_reason == collections.Counter(stats["samples"]["rejected"]) + collections.Counter(stats["common_features"]["rejected"])
+    assert by_reason == collections.Counter(stats["samples"]["rejected"]) + collections.Counter(
+        stats["common_features"]["rejected"]
+    )
     files = {}
     for row in rejected:
         path = pathlib.Path(row["file"])
@@ -58,7 +60,17 @@ def test_rejected_lines_are_kept_with_file_line_and_reason(synthetic_raw, ingest
 def test_split_hash_is_pinned():
     """The same ids land in the same split on every run, process and runner (not Python's hash())."""
     assert [beam_pipeline.split_of("train", str(i), 0.1) for i in range(30, 40)] == [
-        "train", "train", "eval", "eval", "train", "train", "train", "eval", "eval", "train"]
+        "train",
+        "train",
+        "eval",
+        "eval",
+        "train",
+        "train",
+        "train",
+        "eval",
+        "eval",
+        "train",
+    ]
     assert beam_pipeline.split_of("test", "32", 0.1) == "test"
 
 
@@ -91,7 +103,9 @@ def test_repeated_ids_point_to_their_first_line():
     ids = ["a", "b", "a", "c", "b", "a"]
     positions = np.zeros(len(ids), beam_pipeline._POSITION)
     for i, sample_id in enumerate(ids):
-        digest = np.frombuffer(beam_pipeline.sample_id_digest("train", sample_id), dtype=[("low", "<u8"), ("high", "<u8")])[0]
+        digest = np.frombuffer(
+            beam_pipeline.sample_id_digest("train", sample_id), dtype=[("low", "<u8"), ("high", "<u8")]
+        )[0]
         positions[i] = (digest["low"], digest["high"], i % 2, 10 - i)  # (file, line)
     combine = beam_pipeline._FirstOfRepeatedIds()
     halves = [combine.add_input(combine.create_accumulator(), part) for part in (positions[:3], positions[3:])]

@@ -21,7 +21,10 @@ SKELETON_TRAIN = [
     f"3,1,1,cfiB,2,{_entries(('205', 102, '1'), ('301', 9351665, '1'))}",
 ]
 COMMON_TRAIN = [
-    f"cfiA,5,{_entries(('101', 7, '1'), ('109_14', 11, '1.386294'), ('109_14', 12, '0.693147'), ('109_14', 13, '2'), ('124', 1, '1'))}",
+    "cfiA,5,"
+    + _entries(
+        ("101", 7, "1"), ("109_14", 11, "1.386294"), ("109_14", 12, "0.693147"), ("109_14", 13, "2"), ("124", 1, "1")
+    ),
     # 205 also on the user side: merged with the sample's, user values first.
     f"cfiB,2,{_entries(('101', 8, '1'), ('205', 999, '0.25'))}",
 ]
@@ -32,15 +35,23 @@ COMMON_TEST = ["cfiT,0,"]
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
     raw = tmp_path_factory.mktemp("handmade")
-    for name, lines in (("sample_skeleton_train.csv", SKELETON_TRAIN), ("common_features_train.csv", COMMON_TRAIN),
-                        ("sample_skeleton_test.csv", SKELETON_TEST), ("common_features_test.csv", COMMON_TEST)):
+    for name, lines in (
+        ("sample_skeleton_train.csv", SKELETON_TRAIN),
+        ("common_features_train.csv", COMMON_TRAIN),
+        ("sample_skeleton_test.csv", SKELETON_TEST),
+        ("common_features_test.csv", COMMON_TEST),
+    ):
         (raw / name).write_text("\n".join(lines) + "\n")
     from pipeline.example_gen import beam_pipeline
 
     output = tmp_path_factory.mktemp("handmade_out")
-    stats = beam_pipeline.run(beam_pipeline.IngestConfig("aliccp-raw", str(raw), str(output), eval_fraction=0.0, overwrite=True))
+    stats = beam_pipeline.run(
+        beam_pipeline.IngestConfig("aliccp-raw", str(raw), str(output), eval_fraction=0.0, overwrite=True)
+    )
     assert stats["rejected"] == 0 and stats["written"] == 4
-    found = {(split, e[F.SAMPLE_ID][0].decode()): e for split in ("train", "test") for e in read_examples(output, split)}
+    found = {
+        (split, e[F.SAMPLE_ID][0].decode()): e for split in ("train", "test") for e in read_examples(output, split)
+    }
     return found
 
 
@@ -51,12 +62,18 @@ def _features(example):
 def test_multi_valued_fields_keep_every_id_and_weight(examples):
     first = examples[("train", "1")]
     assert _features(first) == {
-        "f205": [100], "f205_weight": [1.0],
-        "f210": [501, 502], "f210_weight": [0.5, 1.5],
-        "f508": [900], "f508_weight": pytest.approx([2.302585]),
-        "f101": [7], "f101_weight": [1.0],
-        "f109_14": [11, 12, 13], "f109_14_weight": pytest.approx([1.386294, 0.693147, 2.0]),
-        "f124": [1], "f124_weight": [1.0],
+        "f205": [100],
+        "f205_weight": [1.0],
+        "f210": [501, 502],
+        "f210_weight": [0.5, 1.5],
+        "f508": [900],
+        "f508_weight": pytest.approx([2.302585]),
+        "f101": [7],
+        "f101_weight": [1.0],
+        "f109_14": [11, 12, 13],
+        "f109_14_weight": pytest.approx([1.386294, 0.693147, 2.0]),
+        "f124": [1],
+        "f124_weight": [1.0],
     }
     assert (first[F.CLICK], first[F.CONVERSION]) == ([1], [0])
     assert first[F.COMMON_FEATURE_INDEX] == [b"cfiA"]

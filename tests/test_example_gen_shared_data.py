@@ -43,7 +43,9 @@ def test_counts_and_labels(ingested_shared, name):
 
 def test_torchrechub_values_round_trip(ingested_shared, shared_data):
     output, _ = ingested_shared["torchrechub_aliccp"]
-    examples = {e[F.SAMPLE_ID][0].decode(): e for split in ("train", "eval", "test") for e in read_examples(output, split)}
+    examples = {
+        e[F.SAMPLE_ID][0].decode(): e for split in ("train", "eval", "test") for e in read_examples(output, split)
+    }
     path = shared_data / "ali_ccp" / "preprocessed_csv" / "torchrechub_ali_ccp_val_sample.csv"
     with open(path) as f:
         for line_no, row in enumerate(csv.DictReader(f), start=2):

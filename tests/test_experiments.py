@@ -19,18 +19,34 @@ from scipy import stats as scipy_stats
 
 from experiments import base, cli, fdn_synthetic, grid, negative_transfer, regression, report, stats
 
-TINY = dataclasses.replace(fdn_synthetic.SCALES["quick"], seeds=2, rows=60, dimension=3, epochs=1, batch_size=32,
-                           expert_units=(4,), tower_units=(2,), num_experts=2, specific_experts=1, shared_experts=1,
-                           levels=2, pairs=1)
+TINY = dataclasses.replace(
+    fdn_synthetic.SCALES["quick"],
+    seeds=2,
+    rows=60,
+    dimension=3,
+    epochs=1,
+    batch_size=32,
+    expert_units=(4,),
+    tower_units=(2,),
+    num_experts=2,
+    specific_experts=1,
+    shared_experts=1,
+    levels=2,
+    pairs=1,
+)
 
 
 # --- statistics and tables ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("differences, expected", [
-    ([0.5, -0.4, 0.3, -0.2], ""),
-    ([0.1, 0.3, 0.2, 0.4], "*"),
-    ([1.0, 1.1, 0.9, 1.05], "**"),
-])
+
+@pytest.mark.parametrize(
+    "differences, expected",
+    [
+        ([0.5, -0.4, 0.3, -0.2], ""),
+        ([0.1, 0.3, 0.2, 0.4], "*"),
+        ([1.0, 1.1, 0.9, 1.05], "**"),
+    ],
+)
 def test_paired_t_test_and_its_markers_follow_scipy(differences, expected):
     a = np.array([1.0, 2.0, 3.0, 4.0])
     b = a + np.array(differences)
@@ -55,7 +71,8 @@ def test_table_gives_mean_and_std_per_column_and_marks_rows_against_their_baseli
     gaps = {s: 100 * (better[s] - baseline[s]) / baseline[s] for s in better}
     table = report.Table(
         (report.Column("AUC"), report.Column("gap", digits=1, suffix="%", signed=True, tested=False)),
-        (report.Row("Base", {"AUC": baseline}), report.Row("Better", {"AUC": better, "gap": gaps}, baseline="Base")))
+        (report.Row("Base", {"AUC": baseline}), report.Row("Better", {"AUC": better, "gap": gaps}, baseline="Base")),
+    )
     lines = report.render_table(table).splitlines()
     p = scipy_stats.ttest_rel(list(better.values()), list(baseline.values())).pvalue
     assert p < 0.01
@@ -90,7 +107,7 @@ def _record(variant: str, seed: int, metrics: dict, setting=()) -> grid.Record:
 
 def _claims_section(path) -> list[str]:
     text = path.read_text()
-    return [line for line in text[text.index("## Claims"):].splitlines() if line[:1].isdigit()]
+    return [line for line in text[text.index("## Claims") :].splitlines() if line[:1].isdigit()]
 
 
 def test_fdn_synthetic_report_says_did_not_reproduce_when_the_numbers_say_so(tmp_path):
@@ -99,10 +116,14 @@ def test_fdn_synthetic_report_says_did_not_reproduce_when_the_numbers_say_so(tmp
     spread = {"oracle_a": 1, "oracle_b": 1, "mmoe": 2, "cgc": 3, "ple": 4, "fdn": 5}  # differences vary by seed
     records = []
     for seed in seeds:
-        records += [_record("oracle_a", seed, {"mse_1": 1.0 + 0.01 * seed}),
-                    _record("oracle_b", seed, {"mse_2": 1.0 + 0.01 * seed})]
-        records += [_record(v, seed, {"mse_1": m + 0.01 * seed * spread[v], "mse_2": m + 0.01 * seed * spread[v]})
-                    for v, m in mse.items()]
+        records += [
+            _record("oracle_a", seed, {"mse_1": 1.0 + 0.01 * seed}),
+            _record("oracle_b", seed, {"mse_2": 1.0 + 0.01 * seed}),
+        ]
+        records += [
+            _record(v, seed, {"mse_1": m + 0.01 * seed * spread[v], "mse_2": m + 0.01 * seed * spread[v]})
+            for v, m in mse.items()
+        ]
     fdn_synthetic.write_report(str(tmp_path), TINY, "quick", seeds, records)
     claims = _claims_section(tmp_path / "report.md")
     assert claims[0].startswith(f"1. **{report.REPRODUCED}**: Trained on Dataset-I")  # every baseline above the oracle
@@ -117,10 +138,20 @@ def test_fdn_synthetic_report_says_did_not_reproduce_when_the_numbers_say_so(tmp
 def test_negative_transfer_report_says_did_not_reproduce_when_the_numbers_say_so(tmp_path):
     settings = dataclasses.replace(negative_transfer.SCALES["quick"], correlations=(1.0, 0.0))
     loss = {("shared_bottom", 1.0): 1.5, ("shared_bottom", 0.0): 1.0}  # shared-bottom better at low correlation
-    records = [_record(model, seed, {"mse_1": loss.get((model, p), 1.2) + 0.01 * seed * (i + 1),
-                                     "mse_2": loss.get((model, p), 1.2) - 0.02 * seed * (i + 1)},
-                       setting=(("correlation", p),))
-               for seed in (0, 1, 2) for p in (1.0, 0.0) for i, model in enumerate(negative_transfer.MODELS)]
+    records = [
+        _record(
+            model,
+            seed,
+            {
+                "mse_1": loss.get((model, p), 1.2) + 0.01 * seed * (i + 1),
+                "mse_2": loss.get((model, p), 1.2) - 0.02 * seed * (i + 1),
+            },
+            setting=(("correlation", p),),
+        )
+        for seed in (0, 1, 2)
+        for p in (1.0, 0.0)
+        for i, model in enumerate(negative_transfer.MODELS)
+    ]
     negative_transfer.write_report(str(tmp_path), settings, "quick", [0, 1, 2], records)
     claims = _claims_section(tmp_path / "report.md")
     assert claims[0].startswith(f"1. **{report.NOT_REPRODUCED}**: Shared-bottom's loss")
@@ -132,9 +163,13 @@ def test_negative_transfer_report_says_did_not_reproduce_when_the_numbers_say_so
 
 # --- the grid runner ---------------------------------------------------------------------------
 
+
 def test_grid_records_each_cell_skips_finished_ones_and_refuses_another_config(tmp_path):
     cells = grid.make_cells([("a", "none"), ("b", "mtn")], seeds=[0, 1], settings=[(("correlation", 0.5),)])
-    assert [c.key for c in cells[:2]] == ["a__none__noise0__correlation0.5__seed0", "b__mtn__noise0__correlation0.5__seed0"]
+    assert [c.key for c in cells[:2]] == [
+        "a__none__noise0__correlation0.5__seed0",
+        "b__mtn__noise0__correlation0.5__seed0",
+    ]
     lines, ran = [], []
 
     def run_cell(cell):
@@ -168,8 +203,14 @@ def test_tiny_grid_writes_the_report_resumes_after_a_kill_and_reruns_identically
 
     resumed = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
-        base.run(dataclasses.replace(experiment, run_cell=killed_after_five), "tiny", None, str(resumed),
-                 log=lambda line: None, settings=TINY)
+        base.run(
+            dataclasses.replace(experiment, run_cell=killed_after_five),
+            "tiny",
+            None,
+            str(resumed),
+            log=lambda line: None,
+            settings=TINY,
+        )
     assert (resumed / "runs" / keys[5] / "config.json").exists()
     assert not (resumed / "runs" / keys[5] / "metrics.json").exists()
 
@@ -180,8 +221,9 @@ def test_tiny_grid_writes_the_report_resumes_after_a_kill_and_reruns_identically
         ran.append(cell.key)
         return fdn_synthetic.run_cell(cell, settings)
 
-    base.run(dataclasses.replace(experiment, run_cell=counted), "tiny", None, str(resumed), log=lines.append,
-             settings=TINY)
+    base.run(
+        dataclasses.replace(experiment, run_cell=counted), "tiny", None, str(resumed), log=lines.append, settings=TINY
+    )
     assert ran == keys[5:]
     assert sum("finished before, skipped" in line for line in lines) == 5
 
@@ -200,8 +242,14 @@ def test_tiny_grid_writes_the_report_resumes_after_a_kill_and_reruns_identically
     def must_not_run(cell, settings):
         raise AssertionError(f"{cell.key} ran again")
 
-    base.run(dataclasses.replace(experiment, run_cell=must_not_run), "tiny", None, str(fresh),
-             log=lambda line: None, settings=TINY)
+    base.run(
+        dataclasses.replace(experiment, run_cell=must_not_run),
+        "tiny",
+        None,
+        str(fresh),
+        log=lambda line: None,
+        settings=TINY,
+    )
     assert (fresh / "report.md").read_text() == report_text
     with pytest.raises(grid.GridError, match="other settings"):
         base.run(experiment, "tiny", None, str(fresh), settings=dataclasses.replace(TINY, epochs=2))
@@ -220,6 +268,7 @@ def test_compiled_training_is_deterministic_for_a_seed():
 
 
 # --- the command -------------------------------------------------------------------------------
+
 
 def test_command_arguments_and_bad_input(tmp_path, capsys):
     parser = argparse.ArgumentParser()

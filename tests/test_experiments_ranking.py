@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 
-import numpy as np
 import pytest
 
 from experiments import base, cli, grid, mtn, mtn_noise, mtn_placement, ranking, report, stats
@@ -23,8 +21,14 @@ CEILING = {"ctr": 0.80, "cvr": 0.75, "ctcvr": 0.85}
 
 def _metrics(auc: dict, seed: int, ceiling: bool = True, **extra) -> dict:
     metrics = {f"{t}_auc": auc[t] for t in ranking.TASKS}
-    metrics.update(train_task_loss=0.5, train_mtn_loss=0.001 if extra.pop("mtn", False) else 0.0,
-                   test_rows=1000, test_clicks=100, test_conversions=20, **extra)
+    metrics.update(
+        train_task_loss=0.5,
+        train_mtn_loss=0.001 if extra.pop("mtn", False) else 0.0,
+        test_rows=1000,
+        test_clicks=100,
+        test_conversions=20,
+        **extra,
+    )
     if ceiling:
         metrics.update({f"bayes_{t}_auc": v for t, v in CEILING.items()})
     return metrics
@@ -33,16 +37,25 @@ def _metrics(auc: dict, seed: int, ceiling: bool = True, **extra) -> dict:
 def _mtn_records(ceiling: bool = True, noise: float = 0.0) -> list[grid.Record]:
     """MTN lifts MMoE clearly (differences vary by seed), lowers ESMM's CTR, and leaves
     Shared-bottom's CVR mixed."""
-    lift = {("mmoe", "ctr"): [0.010, 0.012, 0.011], ("esmm", "ctr"): [-0.02, -0.03, -0.025],
-            ("shared_bottom", "cvr"): [0.01, -0.012, 0.002]}
+    lift = {
+        ("mmoe", "ctr"): [0.010, 0.012, 0.011],
+        ("esmm", "ctr"): [-0.02, -0.03, -0.025],
+        ("shared_bottom", "cvr"): [0.01, -0.012, 0.002],
+    }
     records = []
     for seed in SEEDS:
         for model, regularizer in mtn.ARMS:
             auc = {t: 0.70 + 0.01 * seed + 0.001 * i for i, t in enumerate(ranking.TASKS)}
             if regularizer == "mtn":
                 auc = {t: v + lift.get((model, t), [0.001, 0.004, -0.0005])[seed] for t, v in auc.items()}
-            records.append(grid.Record(grid.Cell(model, regularizer, noise=noise, seed=seed), {},
-                                       _metrics(auc, seed, ceiling, mtn=regularizer == "mtn"), 1.0))
+            records.append(
+                grid.Record(
+                    grid.Cell(model, regularizer, noise=noise, seed=seed),
+                    {},
+                    _metrics(auc, seed, ceiling, mtn=regularizer == "mtn"),
+                    1.0,
+                )
+            )
     return records
 
 
@@ -68,7 +81,7 @@ def test_mtn_report_has_every_row_and_column_marks_from_t_tests_and_claims(tmp_p
             assert column == expected, (model, regularizer, task)
     assert _row(text, "MMoE + MTN")[1].endswith("**")  # a steady lift
     assert not _row(text, "Shared-bottom + MTN")[2].endswith("*")  # a mixed one
-    claims = [line for line in text[text.index("## Claims"):].splitlines() if line[:1].isdigit()]
+    claims = [line for line in text[text.index("## Claims") :].splitlines() if line[:1].isdigit()]
     # CTR lifted significantly, CVR and CTCVR not.
     assert claims[0].startswith(f"1. **{report.INCONCLUSIVE}**: MTN improves MMoE's")
     assert claims[1].startswith(f"2. **{report.NOT_REPRODUCED}**: MTN improves ESMM's")
@@ -77,8 +90,12 @@ def test_mtn_report_has_every_row_and_column_marks_from_t_tests_and_claims(tmp_p
 
 
 def test_real_data_report_has_no_ceiling_row_and_says_why(tmp_path):
-    settings = dataclasses.replace(mtn.SCALES["quick"], data=dataclasses.replace(
-        ranking.DataSettings(), source="/data/aliccp", format="aliccp-csv", rows=None, ctr=None, cvr=None))
+    settings = dataclasses.replace(
+        mtn.SCALES["quick"],
+        data=dataclasses.replace(
+            ranking.DataSettings(), source="/data/aliccp", format="aliccp-csv", rows=None, ctr=None, cvr=None
+        ),
+    )
     mtn.write_report(str(tmp_path), settings, "quick", SEEDS, _mtn_records(ceiling=False))
     text = (tmp_path / "report.md").read_text()
     assert f"| {ranking.CEILING_LABEL}" not in text
@@ -97,9 +114,10 @@ def test_mtn_noise_report_tables_per_task_figure_and_claims(tmp_path):
         assert text.count(f"| {mtn.label(model, regularizer)} |") == 3
     assert text.count(f"| {ranking.CEILING_LABEL} | 0.8000 ± 0.0000 | 0.8000") == 1  # the CTR table's
     assert (tmp_path / "figures" / "auc_vs_noise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    claims = [line for line in text[text.index("## Claims"):].splitlines() if line[:1].isdigit()]
-    assert len(claims) == 4 and claims[1].startswith(f"2. **{report.NOT_REPRODUCED}**: With noise, MTN still "
-                                                     "improves ESMM")
+    claims = [line for line in text[text.index("## Claims") :].splitlines() if line[:1].isdigit()]
+    assert len(claims) == 4 and claims[1].startswith(
+        f"2. **{report.NOT_REPRODUCED}**: With noise, MTN still improves ESMM"
+    )
     # The same lift at every noise proportion: the gain does not grow.
     assert claims[3].startswith(f"4. **{report.NOT_REPRODUCED}**: MTN's gain")
 
@@ -109,11 +127,20 @@ def test_placement_distances_table_and_heatmap(tmp_path):
     for seed in SEEDS:
         for placement in mtn_placement.PLACEMENTS:
             closer = 0.5 if placement.startswith("experts") else 1.0
-            distances = {f"expert_distance_{i}_{j}": closer * (i + j + 1) * (1 + 0.01 * seed)
-                         for i in range(3) for j in range(i + 1, 3)}
+            distances = {
+                f"expert_distance_{i}_{j}": closer * (i + j + 1) * (1 + 0.01 * seed)
+                for i in range(3)
+                for j in range(i + 1, 3)
+            }
             auc = {t: 0.7 + 0.01 * seed for t in ranking.TASKS}
-            records.append(grid.Record(grid.Cell("mmoe", placement, seed=seed), {},
-                                       _metrics(auc, seed, mtn=placement != "none", expert_norm=2.0, **distances), 1.0))
+            records.append(
+                grid.Record(
+                    grid.Cell("mmoe", placement, seed=seed),
+                    {},
+                    _metrics(auc, seed, mtn=placement != "none", expert_norm=2.0, **distances),
+                    1.0,
+                )
+            )
     mtn_placement.write_report(str(tmp_path), mtn_placement.SCALES["quick"], "quick", SEEDS, records)
     text = (tmp_path / "report.md").read_text()
     assert "| model | CTR AUC | CVR AUC | CTCVR AUC | mean expert distance | distance / expert norm |" in text
@@ -121,14 +148,14 @@ def test_placement_distances_table_and_heatmap(tmp_path):
         assert f"| {label} |" in text
     matrix = mtn_placement.distance_matrix(records[0].metrics)
     assert matrix.shape == (3, 3) and matrix[0, 2] == matrix[2, 0] == 3.0 and matrix[1, 1] == 0.0
-    assert _row(text, mtn_placement.LABELS["none"])[4] == stats.format_mean_std(
-        [3.0 * (1 + 0.01 * s) for s in SEEDS])
-    claims = [line for line in text[text.index("## Claims"):].splitlines() if line[:1].isdigit()]
+    assert _row(text, mtn_placement.LABELS["none"])[4] == stats.format_mean_std([3.0 * (1 + 0.01 * s) for s in SEEDS])
+    claims = [line for line in text[text.index("## Claims") :].splitlines() if line[:1].isdigit()]
     assert claims[2].startswith(f"3. **{report.REPRODUCED}**: MTN on the experts makes")
     assert (tmp_path / "figures" / "expert_distances.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --- the data folder ---------------------------------------------------------------------------
+
 
 def test_data_folders_are_recognised_by_format(shared_data, aliexpress_folders, synthetic_raw):
     assert ranking.detect_format(str(shared_data / "ali_ccp" / "preprocessed_csv")) == "aliccp-csv"
@@ -136,8 +163,11 @@ def test_data_folders_are_recognised_by_format(shared_data, aliexpress_folders, 
     assert ranking.detect_format(str(aliexpress_folders["fuxictr"])) == "aliexpress"
     assert ranking.detect_format(str(synthetic_raw[0])) == "aliccp-raw"
     bound = ranking.bind_data(mtn.SCALES["quick"], str(aliexpress_folders["fuxictr"]))
-    assert (bound.data.source, bound.data.format, bound.data.rows) == (str(aliexpress_folders["fuxictr"]),
-                                                                       "aliexpress", None)
+    assert (bound.data.source, bound.data.format, bound.data.rows) == (
+        str(aliexpress_folders["fuxictr"]),
+        "aliexpress",
+        None,
+    )
     assert ranking.bind_data(mtn.SCALES["quick"], None) == mtn.SCALES["quick"]
 
 
@@ -167,16 +197,18 @@ def test_only_the_ranking_experiments_take_data():
 
 # --- one tiny grid, trained ------------------------------------------------------------------------
 
-TINY = ranking.Settings(seeds=2, embedding_dim=4, expert_units=(8, 4), tower_units=(4,), num_experts=3, epochs=1,
-                        batch_size=512, patience=1)
+TINY = ranking.Settings(
+    seeds=2, embedding_dim=4, expert_units=(8, 4), tower_units=(4,), num_experts=3, epochs=1, batch_size=512, patience=1
+)
 
 
 def test_tiny_placement_grid_trains_resumes_and_reruns_identically(tmp_path, transformed_synthetic, synthetic_raw):
     transformed, manifest = str(transformed_synthetic[0]), synthetic_raw[1]
 
     def given_data(settings, out, log):
-        return ranking.Prepared(settings, out, log, transformed={0.0: transformed},
-                                ceiling=manifest["bayes_auc"]["test"])
+        return ranking.Prepared(
+            settings, out, log, transformed={0.0: transformed}, ceiling=manifest["bayes_auc"]["test"]
+        )
 
     experiment = dataclasses.replace(mtn_placement.EXPERIMENT, prepare=given_data)
     out = tmp_path / "run"

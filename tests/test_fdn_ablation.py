@@ -21,36 +21,59 @@ SEEDS = [0, 1, 2]
 CEILING = {"ctr": 0.80, "cvr": 0.75, "ctcvr": 0.85}
 # arm -> AUC change against full FDN per seed: no_aux clearly lower everywhere, no_orth mixed,
 # no_shared higher on CVR.
-CHANGE = {"full": [0.0, 0.0, 0.0], "no_aux": [-0.010, -0.012, -0.011], "no_orth": [0.006, -0.004, 0.002],
-          "no_shared": [-0.002, 0.010, -0.003]}
-PARAMS = {"mmoe": 1000, "cgc": 1100, "ple": 1300, "fdn_full": 1500, "fdn_no_aux": 1500, "fdn_no_orth": 1500,
-          "fdn_no_shared": 900}
+CHANGE = {
+    "full": [0.0, 0.0, 0.0],
+    "no_aux": [-0.010, -0.012, -0.011],
+    "no_orth": [0.006, -0.004, 0.002],
+    "no_shared": [-0.002, 0.010, -0.003],
+}
+PARAMS = {
+    "mmoe": 1000,
+    "cgc": 1100,
+    "ple": 1300,
+    "fdn_full": 1500,
+    "fdn_no_aux": 1500,
+    "fdn_no_orth": 1500,
+    "fdn_no_shared": 900,
+}
 
 
 def _records() -> list[grid.Record]:
     records = []
     for seed in SEEDS:
         for arm in fa.ARMS:
-            metrics = {f"{t}_auc": 0.70 + 0.01 * seed + 0.001 * i + CHANGE[arm][seed]
-                       for i, t in enumerate(ranking.TASKS)}
-            metrics.update({f"bayes_{t}_auc": v for t, v in CEILING.items()}, train_task_loss=0.6 + 0.01 * seed,
-                           test_rows=1000, test_clicks=100, test_conversions=20)
+            metrics = {
+                f"{t}_auc": 0.70 + 0.01 * seed + 0.001 * i + CHANGE[arm][seed] for i, t in enumerate(ranking.TASKS)
+            }
+            metrics.update(
+                {f"bayes_{t}_auc": v for t, v in CEILING.items()},
+                train_task_loss=0.6 + 0.01 * seed,
+                test_rows=1000,
+                test_clicks=100,
+                test_conversions=20,
+            )
             if arm != "no_aux":
                 metrics["train_aux_loss"] = 0.07
             if arm in ("full", "no_aux"):
                 metrics["train_orth_loss"] = 0.003
             if arm == "full":
                 for key, count in PARAMS.items():
-                    metrics.update({f"params_{key}": count, f"params_{key}_embedding": 400,
-                                    f"params_{key}_regularizer_only": 24 if key in ("fdn_full", "fdn_no_orth",
-                                                                                     "fdn_no_shared") else 0})
+                    metrics.update(
+                        {
+                            f"params_{key}": count,
+                            f"params_{key}_embedding": 400,
+                            f"params_{key}_regularizer_only": 24
+                            if key in ("fdn_full", "fdn_no_orth", "fdn_no_shared")
+                            else 0,
+                        }
+                    )
             records.append(grid.Record(grid.Cell("fdn", arm, seed=seed), {}, metrics, 1.0))
     return records
 
 
 def _row(text: str, label: str, after: str = "") -> list[str]:
     """The cells of the first table row labelled `label` after the heading `after`."""
-    line = next(line for line in text[text.index(after):].splitlines() if line.startswith(f"| {label} |"))
+    line = next(line for line in text[text.index(after) :].splitlines() if line.startswith(f"| {label} |"))
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
@@ -85,7 +108,7 @@ def test_report_has_table_3_loss_terms_parameter_table_marks_and_claims(tmp_path
         row = _row(text, labels[key], "## Table 2")
         assert row[1:3] == [str(count), "400"], key  # one number: the same on every seed
 
-    claims = [line for line in text[text.index("## Claims"):].splitlines() if line[:1].isdigit()]
+    claims = [line for line in text[text.index("## Claims") :].splitlines() if line[:1].isdigit()]
     assert len(claims) == 3
     assert claims[0].startswith(f"1. **{report.REPRODUCED}**: Removing the auxiliary heads")
     assert claims[1].startswith(f"2. **{report.NOT_REPRODUCED}**: Removing the orthogonality loss")
@@ -109,8 +132,20 @@ def test_each_arm_changes_only_what_it_is_named_after():
 
 # --- one tiny grid, trained ------------------------------------------------------------------------
 
-TINY = fa.Settings(seeds=1, embedding_dim=4, expert_units=(8, 4), tower_units=(4,), num_experts=3, specific_experts=1,
-                   shared_experts=2, levels=2, pairs=2, epochs=1, batch_size=512, patience=1)
+TINY = fa.Settings(
+    seeds=1,
+    embedding_dim=4,
+    expert_units=(8, 4),
+    tower_units=(4,),
+    num_experts=3,
+    specific_experts=1,
+    shared_experts=2,
+    levels=2,
+    pairs=2,
+    epochs=1,
+    batch_size=512,
+    patience=1,
+)
 
 
 def _input_spec(transformed: str) -> dict:
@@ -122,9 +157,15 @@ def _input_spec(transformed: str) -> dict:
 
     tft_output = tft.TFTransformOutput(os.path.join(transformed, "transform_graph"))
     training = fa.ranking.trainer_config("fdn", 0, TINY)["training"]
-    split = inputs.load([os.path.join(transformed, "transformed", "train", "*.tfrecord.gz")],
-                        tft_output.transformed_feature_spec(), None, categorical_cardinalities(tft_output),
-                        training["max_bag_length"], training["memory_budget_gb"], "train")
+    split = inputs.load(
+        [os.path.join(transformed, "transformed", "train", "*.tfrecord.gz")],
+        tft_output.transformed_feature_spec(),
+        None,
+        categorical_cardinalities(tft_output),
+        training["max_bag_length"],
+        training["memory_budget_gb"],
+        "train",
+    )
     return split.spec.to_dict()
 
 
@@ -136,14 +177,16 @@ def test_tiny_grid_trains_each_arm_and_counts_the_built_models(tmp_path, transfo
     transformed, manifest = str(transformed_synthetic[0]), synthetic_raw[1]
 
     def given_data(settings, out, log):
-        return ranking.Prepared(settings, out, log, transformed={0.0: transformed},
-                                ceiling=manifest["bayes_auc"]["test"])
+        return ranking.Prepared(
+            settings, out, log, transformed={0.0: transformed}, ceiling=manifest["bayes_auc"]["test"]
+        )
 
     experiment = dataclasses.replace(fa.EXPERIMENT, prepare=given_data)
     out = tmp_path / "run"
     base.run(experiment, "tiny", None, str(out), log=lambda line: None, settings=TINY)
-    metrics = {arm: json.loads((out / "runs" / grid.Cell("fdn", arm).key / "metrics.json").read_text())
-               for arm in fa.ARMS}
+    metrics = {
+        arm: json.loads((out / "runs" / grid.Cell("fdn", arm).key / "metrics.json").read_text()) for arm in fa.ARMS
+    }
     for arm, m in metrics.items():
         assert 0.0 < m["ctr_auc"] < 1.0 and m["train_task_loss"] > 0, arm
     # The loss terms the Trainer ran with: each ablation lacks the one it is named after.

@@ -13,31 +13,34 @@ VALID = "7,1,0,abcd,3,205\x02100\x031.0\x01210\x02501\x030.5\x01210\x02502\x031.
 COMMON = "abcd,2,101\x027\x031\x01109_14\x0211\x031.386294"
 
 
-@pytest.mark.parametrize("raw,reason", [
-    (b"", r.EMPTY_LINE),
-    (b"   ", r.EMPTY_LINE),
-    (b"7,1,0,abcd,1,205\x02100\x03\xff", r.BAD_ENCODING),
-    (b"7,1,0,abcd,205\x02100\x031.0", r.WRONG_COLUMN_COUNT),
-    (b"7,2,0,abcd,1,205\x02100\x031.0", r.BAD_LABEL),
-    (b"7,1,x,abcd,1,205\x02100\x031.0", r.BAD_LABEL),
-    (b",1,0,abcd,1,205\x02100\x031.0", r.BAD_SAMPLE_ID),
-    (b"7,1,0,abcd,2,205\x02100\x031.0", r.FEATURE_NUM_MISMATCH),
-    (b"7,1,0,abcd,two,205\x02100\x031.0", r.FEATURE_NUM_MISMATCH),
-    (b"7,1,0,abcd,1,205\x021001.0", r.MALFORMED_ENTRY),
-    (b"7,1,0,abcd,1,205\x03100\x021.0", r.MALFORMED_ENTRY),
-    (b"7,1,0,abcd,1,999\x02100\x031.0", r.UNKNOWN_FIELD),
-    (b"7,1,0,abcd,1,205\x0210a\x031.0", r.UNPARSABLE_ID),
-    (b"7,1,0,abcd,1,205\x0299999999999999999999\x031.0", r.UNPARSABLE_ID),
-    (b"7,1,0,abcd,1,205\x02100\x03one", r.UNPARSABLE_WEIGHT),
-    (b"7,1,0,abcd,1,205\x02100\x03nan", r.UNPARSABLE_WEIGHT),
-    (b"7,1,0,abcd,1,205\x02100\x031e999", r.UNPARSABLE_WEIGHT),
-    # int() and float() would take these; the data never holds them, so they are errors.
-    (b"7,1,0,abcd,1,205\x021_4\x031.0", r.UNPARSABLE_ID),
-    (b"7,1,0,abcd,1,205\x02 12 \x031.0", r.UNPARSABLE_ID),
-    ("7,1,0,abcd,1,205\x02١٢\x031.0".encode(), r.UNPARSABLE_ID),
-    (b"7,1,0,abcd,1,205\x0212\x031_0", r.UNPARSABLE_WEIGHT),
-    (b"7,1,0,abcd, 1 ,205\x0212\x031.0", r.FEATURE_NUM_MISMATCH),
-])
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (b"", r.EMPTY_LINE),
+        (b"   ", r.EMPTY_LINE),
+        (b"7,1,0,abcd,1,205\x02100\x03\xff", r.BAD_ENCODING),
+        (b"7,1,0,abcd,205\x02100\x031.0", r.WRONG_COLUMN_COUNT),
+        (b"7,2,0,abcd,1,205\x02100\x031.0", r.BAD_LABEL),
+        (b"7,1,x,abcd,1,205\x02100\x031.0", r.BAD_LABEL),
+        (b",1,0,abcd,1,205\x02100\x031.0", r.BAD_SAMPLE_ID),
+        (b"7,1,0,abcd,2,205\x02100\x031.0", r.FEATURE_NUM_MISMATCH),
+        (b"7,1,0,abcd,two,205\x02100\x031.0", r.FEATURE_NUM_MISMATCH),
+        (b"7,1,0,abcd,1,205\x021001.0", r.MALFORMED_ENTRY),
+        (b"7,1,0,abcd,1,205\x03100\x021.0", r.MALFORMED_ENTRY),
+        (b"7,1,0,abcd,1,999\x02100\x031.0", r.UNKNOWN_FIELD),
+        (b"7,1,0,abcd,1,205\x0210a\x031.0", r.UNPARSABLE_ID),
+        (b"7,1,0,abcd,1,205\x0299999999999999999999\x031.0", r.UNPARSABLE_ID),
+        (b"7,1,0,abcd,1,205\x02100\x03one", r.UNPARSABLE_WEIGHT),
+        (b"7,1,0,abcd,1,205\x02100\x03nan", r.UNPARSABLE_WEIGHT),
+        (b"7,1,0,abcd,1,205\x02100\x031e999", r.UNPARSABLE_WEIGHT),
+        # int() and float() would take these; the data never holds them, so they are errors.
+        (b"7,1,0,abcd,1,205\x021_4\x031.0", r.UNPARSABLE_ID),
+        (b"7,1,0,abcd,1,205\x02 12 \x031.0", r.UNPARSABLE_ID),
+        ("7,1,0,abcd,1,205\x02١٢\x031.0".encode(), r.UNPARSABLE_ID),
+        (b"7,1,0,abcd,1,205\x0212\x031_0", r.UNPARSABLE_WEIGHT),
+        (b"7,1,0,abcd, 1 ,205\x0212\x031.0", r.FEATURE_NUM_MISMATCH),
+    ],
+)
 @pytest.mark.parametrize("encode", [True, False])
 def test_each_malformation_has_its_reason(raw, reason, encode):
     with pytest.raises(r.Malformed) as caught:
@@ -58,7 +61,25 @@ def test_validation_and_encoding_accept_the_same_lines():
     """The validate-only fast path (a regex) never accepts a line the exact parser rejects."""
     parser = formats.AliccpRawParser()
     rng = random.Random(3)
-    alphabet = ["205", "210", "999", "\x01", "\x02", "\x03", "1", "0", ".", "-", "e", "5", "nan", "_", " ", "1e99", "1e400"]
+    alphabet = [
+        "205",
+        "210",
+        "999",
+        "\x01",
+        "\x02",
+        "\x03",
+        "1",
+        "0",
+        ".",
+        "-",
+        "e",
+        "5",
+        "nan",
+        "_",
+        " ",
+        "1e99",
+        "1e400",
+    ]
     for _ in range(3000):
         feature_list = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
         line = f"1,0,0,c,{feature_list.count(chr(1)) + 1},{feature_list}"
@@ -90,15 +111,18 @@ def test_tfrecord_framing_is_what_tensorflow_reads(tmp_path):
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == payloads
 
 
-@pytest.mark.parametrize("first_line,expected", [
-    ("click,purchase,101,121", None),
-    ("0,0,x,1", None),
-    (",".join(["0"] * 21), None),
-    ("1,0,0,205:1,206:2", "aliccp-kv"),
-    (",".join(["0"] * 20), "aliccp-aitm"),
-    (",".join(["0"] * 33), "aliccp-torchrechub"),
-    (",".join(formats.AITM_COLUMNS), "aliccp-aitm"),
-])
+@pytest.mark.parametrize(
+    "first_line,expected",
+    [
+        ("click,purchase,101,121", None),
+        ("0,0,x,1", None),
+        (",".join(["0"] * 21), None),
+        ("1,0,0,205:1,206:2", "aliccp-kv"),
+        (",".join(["0"] * 20), "aliccp-aitm"),
+        (",".join(["0"] * 33), "aliccp-torchrechub"),
+        (",".join(formats.AITM_COLUMNS), "aliccp-aitm"),
+    ],
+)
 def test_aliccp_csv_layout_detection(first_line, expected):
     if expected is None:
         with pytest.raises(ValueError):
@@ -113,4 +137,6 @@ def test_a_reordered_header_maps_columns_by_name():
     assert parser.has_header
     values = {name: str(i + 2) for i, name in enumerate(columns)} | {"click": "1", "purchase": "0"}
     example = records.parse_example(parser.parse(",".join(values[c] for c in columns), "x:2").example)
-    assert example["f101"] == [int(values["101"])] and example["click"] == [1] and example["f301"] == [int(values["301"])]
+    assert (
+        example["f101"] == [int(values["101"])] and example["click"] == [1] and example["f301"] == [int(values["301"])]
+    )

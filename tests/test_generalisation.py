@@ -1,5 +1,6 @@
 """What makes the models generalise, against numpy: the touched-rows embedding L2, the per-group
-optimiser, the learning-rate schedule, the logit biases' prior, the hash dropout, the logistic model and the wide part."""
+optimiser, the learning-rate schedule, the logit biases' prior, the hash dropout, the logistic
+model and the wide part."""
 
 from __future__ import annotations
 
@@ -56,8 +57,12 @@ def test_field_embedding_row_ids_name_the_table_rows_it_reads():
 
 def test_the_embedding_l2_term_joins_the_loss_only_when_asked():
     def trainee(**training):
-        config = C.from_dict({"model": {k: list(v) if isinstance(v, tuple) else v
-                                        for k, v in _model_config("mmoe").items()}, "training": training})
+        config = C.from_dict(
+            {
+                "model": {k: list(v) if isinstance(v, tuple) else v for k, v in _model_config("mmoe").items()},
+                "training": training,
+            }
+        )
         network = models.build(SPEC.to_dict(), dataclasses.asdict(config.model))
         return TrainingModel(network, SPEC, config)
 
@@ -97,21 +102,27 @@ def test_per_group_optimizer_steps_tables_and_dense_layers_with_their_own_rules(
 def test_warm_up_and_cosine_decay_follow_their_formula_and_reach_both_groups():
     rates = optimizers.WarmupCosine(1e-2, warmup_steps=4, decay_steps=10, floor=0.2)
     steps = np.arange(20)
-    expected = 1e-2 * np.minimum(1.0, (steps + 1) / 4) * (
-        0.2 + 0.8 * 0.5 * (1 + np.cos(np.pi * np.clip((steps - 4) / 10, 0, 1))))
+    expected = (
+        1e-2
+        * np.minimum(1.0, (steps + 1) / 4)
+        * (0.2 + 0.8 * 0.5 * (1 + np.cos(np.pi * np.clip((steps - 4) / 10, 0, 1))))
+    )
     got = [float(rates(step)) for step in steps]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert got[-1] == pytest.approx(2e-3)  # held at the floor after the decay
     assert optimizers.WarmupCosine.from_config(rates.get_config()).get_config() == rates.get_config()
 
-    training = C.TrainingConfig(warmup_steps=2, decay_steps=15, embedding_optimizer="adagrad",
-                                embedding_learning_rate=0.1)
+    training = C.TrainingConfig(
+        warmup_steps=2, decay_steps=15, embedding_optimizer="adagrad", embedding_learning_rate=0.1
+    )
     grouped = optimizers.for_model(_network(), training)
     for optimizer, peak in ((grouped.dense_optimizer, 1e-3), (grouped.embedding_optimizer, 0.1)):
         schedule = optimizer._learning_rate
         assert (schedule.peak, schedule.warmup_steps, schedule.decay_steps) == (peak, 2, 15)
-    assert not isinstance(optimizers.for_model(_network(), C.TrainingConfig(decay_steps=None))._learning_rate,
-                          keras.optimizers.schedules.LearningRateSchedule)  # no schedule by default
+    assert not isinstance(
+        optimizers.for_model(_network(), C.TrainingConfig(decay_steps=None))._learning_rate,
+        keras.optimizers.schedules.LearningRateSchedule,
+    )  # no schedule by default
     assert C.from_dict({"training": {"decay_steps": None}}).training.decay_steps is None  # a constant rate
     for bad in ({"warmup_steps": -1}, {"warmup_steps": 1.5}, {"decay_steps": 0}, {"decay_floor": 2}):
         with pytest.raises(ValueError, match="training." + next(iter(bad))):
@@ -154,8 +165,11 @@ def test_the_wide_part_adds_a_linear_models_logits():
     for source, target in zip(deep.weights, [w for w in wide.weights if "wide" not in w.path]):
         target.assign(source)
     batch = _batch()
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(wide.forward(batch)[0]),
-                               keras.ops.convert_to_numpy(deep.forward(batch)[0]), rtol=1e-6)  # zero wide weights
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(wide.forward(batch)[0]),
+        keras.ops.convert_to_numpy(deep.forward(batch)[0]),
+        rtol=1e-6,
+    )  # zero wide weights
     wide.wide.bias.assign([1.0, -2.0])
     shift = keras.ops.convert_to_numpy(wide.forward(batch)[0] - deep.forward(batch)[0])
     np.testing.assert_allclose(shift, np.tile([1.0, -2.0], (16, 1)), rtol=1e-5)

@@ -58,6 +58,7 @@ IMAGE_UID = 1000  # the Dockerfile's USER (tests/test_dockerfile.py checks that 
 
 # --- loading --------------------------------------------------------------------------------------
 
+
 def _manifest_files() -> list[pathlib.Path]:
     return sorted(p for p in K8S.rglob("*") if p.suffix in (".yaml", ".yml") and p.name != "kustomization.yaml")
 
@@ -89,8 +90,11 @@ CUSTOM = [(i, d) for i, d in DOCUMENTS if _group(d) in CRD_GROUPS]
 
 def _one(kind: str, group: str | None = None, folder: str = "tfserving") -> dict:
     """The one object of a kind in k8s/<folder>/ (other folders may hold objects of the same kind)."""
-    matches = [d for i, d in DOCUMENTS
-               if i.startswith(folder + "/") and d["kind"] == kind and (group is None or _group(d) == group)]
+    matches = [
+        d
+        for i, d in DOCUMENTS
+        if i.startswith(folder + "/") and d["kind"] == kind and (group is None or _group(d) == group)
+    ]
     assert len(matches) == 1, f"expected one {kind} in k8s/{folder}, found {len(matches)}"
     return matches[0]
 
@@ -121,8 +125,13 @@ def _config_text(key: str) -> str:
 
 
 def _schema_dir() -> pathlib.Path:
-    return pathlib.Path(str(importlib.resources.files("kubernetes_validate")
-                            .joinpath("kubernetes-json-schema", f"v{K8S_VERSION}.0-local-strict")))
+    return pathlib.Path(
+        str(
+            importlib.resources.files("kubernetes_validate").joinpath(
+                "kubernetes-json-schema", f"v{K8S_VERSION}.0-local-strict"
+            )
+        )
+    )
 
 
 @functools.cache
@@ -132,6 +141,7 @@ def _definitions() -> dict:
 
 # --- the schema version and the documents found ----------------------------------------------------
 
+
 def test_kubernetes_version_is_bundled():
     assert K8S_VERSION in {major_minor(v) for v in all_versions()}
     assert (_schema_dir() / "deployment-apps-v1.json").is_file()
@@ -139,8 +149,16 @@ def test_kubernetes_version_is_bundled():
 
 def test_documents_found():
     kinds = {d["kind"] for _, d in DOCUMENTS}
-    assert {"ConfigMap", "PersistentVolumeClaim", "Deployment", "Service", "HorizontalPodAutoscaler",
-            "InferenceService", "CronJob", "TFJob"} <= kinds
+    assert {
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "InferenceService",
+        "CronJob",
+        "TFJob",
+    } <= kinds
     for doc_id, doc in DOCUMENTS:
         name = doc.get("metadata", {}).get("name", "")
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, doc_id
@@ -152,6 +170,7 @@ def test_names_are_unique_per_kind():
 
 
 # --- core objects: strict schema validation -------------------------------------------------------
+
 
 @pytest.mark.parametrize("doc", [d for _, d in CORE], ids=[i for i, _ in CORE])
 def test_core_object_validates(doc):
@@ -175,12 +194,16 @@ def _misspelled_spec_field(dep):
     dep["spec"]["replica"] = 2
 
 
-@pytest.mark.parametrize("breakage, validator, path_tail, words", [
-    (_misspelled_probe, "additionalProperties", ["containers", 0], "'readinesProbe' was unexpected"),
-    (_string_port, "type", ["ports", 0, "containerPort"], "is not of type 'integer'"),
-    (_boolean_annotation, "type", ["annotations", "prometheus.io/scrape"], "is not of type 'string'"),
-    (_misspelled_spec_field, "additionalProperties", ["spec"], "'replica' was unexpected"),
-], ids=["misspelled-field", "string-containerPort", "boolean-annotation", "misspelled-spec-field"])
+@pytest.mark.parametrize(
+    "breakage, validator, path_tail, words",
+    [
+        (_misspelled_probe, "additionalProperties", ["containers", 0], "'readinesProbe' was unexpected"),
+        (_string_port, "type", ["ports", 0, "containerPort"], "is not of type 'integer'"),
+        (_boolean_annotation, "type", ["annotations", "prometheus.io/scrape"], "is not of type 'string'"),
+        (_misspelled_spec_field, "additionalProperties", ["spec"], "'replica' was unexpected"),
+    ],
+    ids=["misspelled-field", "string-containerPort", "boolean-annotation", "misspelled-spec-field"],
+)
 def test_broken_copy_fails_validation(breakage, validator, path_tail, words):
     """The validation is not vacuous: a broken Deployment fails, at the broken field, for that reason."""
     broken = copy.deepcopy(_deployment())
@@ -189,7 +212,7 @@ def test_broken_copy_fails_validation(breakage, validator, path_tail, words):
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
     error = caught.value
     assert error.validator == validator
-    assert list(error.path)[-len(path_tail):] == path_tail
+    assert list(error.path)[-len(path_tail) :] == path_tail
     assert words in error.message
 
 
@@ -197,9 +220,25 @@ def test_broken_copy_fails_validation(breakage, validator, path_tail, words):
 
 KUSTOMIZATIONS = sorted(K8S.rglob("kustomization.yaml"))
 
-KUSTOMIZATION_KEYS = {"apiVersion", "kind", "metadata", "resources", "namespace", "namePrefix", "nameSuffix",
-                      "labels", "commonLabels", "commonAnnotations", "images", "patches", "replicas",
-                      "configMapGenerator", "secretGenerator", "generatorOptions", "components"}
+KUSTOMIZATION_KEYS = {
+    "apiVersion",
+    "kind",
+    "metadata",
+    "resources",
+    "namespace",
+    "namePrefix",
+    "nameSuffix",
+    "labels",
+    "commonLabels",
+    "commonAnnotations",
+    "images",
+    "patches",
+    "replicas",
+    "configMapGenerator",
+    "secretGenerator",
+    "generatorOptions",
+    "components",
+}
 
 
 def test_kustomizations_found():
@@ -228,8 +267,9 @@ def test_kustomize_builds(path):
     built = subprocess.run(["kubectl", "kustomize", str(path.parent)], capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
     objects = sorted((d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(built.stdout) if d)
-    folder = sorted((d["kind"], d["metadata"]["name"]) for i, d in DOCUMENTS
-                    if (K8S / i.split("#")[0]).parent == path.parent)
+    folder = sorted(
+        (d["kind"], d["metadata"]["name"]) for i, d in DOCUMENTS if (K8S / i.split("#")[0]).parent == path.parent
+    )
     assert objects == folder
 
 
@@ -240,11 +280,35 @@ def test_kustomize_builds(path):
 # ComponentExtensionSpec fields (the rest of a predictor is an inlined core/v1 PodSpec).
 KSERVE_EXTENSION_KEYS = {"storageUri", "runtimeVersion", "protocolVersion", "storage"}
 KSERVE_PROTOCOLS = {"v1", "v2", "grpc-v1", "grpc-v2"}
-KSERVE_FRAMEWORKS = {"sklearn", "xgboost", "tensorflow", "pytorch", "triton", "onnx", "huggingface", "pmml",
-                     "lightgbm", "paddle", "model"}
-KSERVE_COMPONENT_KEYS = {"minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "containerConcurrency",
-                         "timeout", "canaryTrafficPercent", "logger", "batcher", "labels", "annotations",
-                         "deploymentStrategy", "storageUris", "workerSpec"}
+KSERVE_FRAMEWORKS = {
+    "sklearn",
+    "xgboost",
+    "tensorflow",
+    "pytorch",
+    "triton",
+    "onnx",
+    "huggingface",
+    "pmml",
+    "lightgbm",
+    "paddle",
+    "model",
+}
+KSERVE_COMPONENT_KEYS = {
+    "minReplicas",
+    "maxReplicas",
+    "scaleTarget",
+    "scaleMetric",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "labels",
+    "annotations",
+    "deploymentStrategy",
+    "storageUris",
+    "workerSpec",
+}
 KSERVE_CONTAINER_NAME = "kserve-container"  # what KServe's defaulting names the predictor container
 
 
@@ -255,8 +319,10 @@ def _inference_service() -> dict:
 def _container_validator() -> jsonschema.Draft202012Validator:
     definitions = _definitions()
     registry = Registry().with_resource(definitions["$id"], Resource.from_contents(definitions))
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
-              "$ref": definitions["$id"] + "#/$defs/io.k8s.api.core.v1.Container"}
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": definitions["$id"] + "#/$defs/io.k8s.api.core.v1.Container",
+    }
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
@@ -267,8 +333,10 @@ def _container_part(tensorflow: dict) -> dict:
 
 
 def test_custom_resources_are_known():
-    assert sorted((_group(d), d["kind"]) for _, d in CUSTOM) == [("kubeflow.org", "TFJob"),
-                                                                 ("serving.kserve.io", "InferenceService")]
+    assert sorted((_group(d), d["kind"]) for _, d in CUSTOM) == [
+        ("kubeflow.org", "TFJob"),
+        ("serving.kserve.io", "InferenceService"),
+    ]
 
 
 def test_inference_service_header():
@@ -309,10 +377,14 @@ def test_inference_service_predictor():
     assert "resources" in tensorflow
 
 
-@pytest.mark.parametrize("breakage, words", [
-    (lambda t: t.__setitem__("resource", t.pop("resources")), "'resource' was unexpected"),
-    (lambda t: t["resources"].__setitem__("limits", ["2"]), "is not of type 'object'"),
-], ids=["misspelled-resources", "limits-as-list"])
+@pytest.mark.parametrize(
+    "breakage, words",
+    [
+        (lambda t: t.__setitem__("resource", t.pop("resources")), "'resource' was unexpected"),
+        (lambda t: t["resources"].__setitem__("limits", ["2"]), "is not of type 'object'"),
+    ],
+    ids=["misspelled-resources", "limits-as-list"],
+)
 def test_broken_predictor_container_fails(breakage, words):
     tensorflow = copy.deepcopy(_inference_service()["spec"]["predictor"]["tensorflow"])
     breakage(tensorflow)
@@ -323,14 +395,17 @@ def test_broken_predictor_container_fails(breakage, words):
 
 # --- TF Serving's config files --------------------------------------------------------------------
 
+
 def _model_server_config() -> model_server_config_pb2.ModelServerConfig:
     return text_format.Parse(_config_text("models.config"), model_server_config_pb2.ModelServerConfig())
 
 
 def test_proto_module_does_not_import_tensorflow():
-    code = ("import sys; import tensorflow_serving.config.model_server_config_pb2; "
-            "from pipeline import cli; cli.build_parser(); "
-            "sys.exit(bool({'tensorflow', 'apache_beam', 'keras'} & set(sys.modules)))")
+    code = (
+        "import sys; import tensorflow_serving.config.model_server_config_pb2; "
+        "from pipeline import cli; cli.build_parser(); "
+        "sys.exit(bool({'tensorflow', 'apache_beam', 'keras'} & set(sys.modules)))"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
 
 
@@ -374,7 +449,7 @@ def _tokens(text: str) -> list[str]:
     while position < len(text):
         match = _TOKEN.match(text, position)
         if not match:
-            raise ProtoTextError(f"cannot read {text[position:position + 20]!r}")
+            raise ProtoTextError(f"cannot read {text[position : position + 20]!r}")
         if match.group("tok"):
             tokens.append(match.group("tok"))
         position = match.end()
@@ -458,11 +533,17 @@ def parse_proto_text(text: str, schema: dict) -> dict:
 # tensorflow_serving/servables/tensorflow/session_bundle_config.proto: BatchingParameters, whose
 # numbers are google.protobuf wrappers (`name { value: N }`).
 _INT64_VALUE = {"value": int}
-BATCHING_SCHEMA = {"max_batch_size": _INT64_VALUE, "batch_timeout_micros": _INT64_VALUE,
-                   "max_enqueued_batches": _INT64_VALUE, "num_batch_threads": _INT64_VALUE,
-                   "thread_pool_name": {"value": str}, "allowed_batch_sizes": [int],
-                   "pad_variable_length_inputs": bool, "enable_large_batch_splitting": bool,
-                   "max_execution_batch_size": _INT64_VALUE}
+BATCHING_SCHEMA = {
+    "max_batch_size": _INT64_VALUE,
+    "batch_timeout_micros": _INT64_VALUE,
+    "max_enqueued_batches": _INT64_VALUE,
+    "num_batch_threads": _INT64_VALUE,
+    "thread_pool_name": {"value": str},
+    "allowed_batch_sizes": [int],
+    "pad_variable_length_inputs": bool,
+    "enable_large_batch_splitting": bool,
+    "max_execution_batch_size": _INT64_VALUE,
+}
 # tensorflow_serving/config/monitoring_config.proto: MonitoringConfig.
 MONITORING_SCHEMA = {"prometheus_config": {"enable": bool, "path": str}}
 
@@ -487,19 +568,49 @@ def test_monitoring_config():
     assert monitoring == {"prometheus_config": {"enable": True, "path": "/monitoring/prometheus/metrics"}}
 
 
-@pytest.mark.parametrize("key, schema, old, new, words", [
-    ("batching.config", BATCHING_SCHEMA, "max_batch_size {", "max_batch_sise {", "unknown field 'max_batch_sise'"),
-    ("batching.config", BATCHING_SCHEMA, "{ value: 4096 }", "{ valeu: 4096 }", "unknown field 'max_batch_size.valeu'"),
-    ("batching.config", BATCHING_SCHEMA, "max_batch_size { value: 4096 }", "max_batch_size: 4096", "is a message"),
-    ("batching.config", BATCHING_SCHEMA, "enable_large_batch_splitting: true", "enable_large_batch_splitting: yes",
-     "expected true or false"),
-    ("batching.config", BATCHING_SCHEMA, "num_batch_threads { value: 2 }",
-     "num_batch_threads { value: 2 }\nnum_batch_threads { value: 4 }", "given twice"),
-    ("monitoring.config", MONITORING_SCHEMA, "enable: true", "enabled: true",
-     "unknown field 'prometheus_config.enabled'"),
-    ("monitoring.config", MONITORING_SCHEMA, '"/monitoring/prometheus/metrics"', "metrics",
-     "expected a quoted string"),
-], ids=["field", "wrapper-field", "scalar-for-message", "bool", "twice", "monitoring-field", "unquoted"])
+@pytest.mark.parametrize(
+    "key, schema, old, new, words",
+    [
+        ("batching.config", BATCHING_SCHEMA, "max_batch_size {", "max_batch_sise {", "unknown field 'max_batch_sise'"),
+        (
+            "batching.config",
+            BATCHING_SCHEMA,
+            "{ value: 4096 }",
+            "{ valeu: 4096 }",
+            "unknown field 'max_batch_size.valeu'",
+        ),
+        ("batching.config", BATCHING_SCHEMA, "max_batch_size { value: 4096 }", "max_batch_size: 4096", "is a message"),
+        (
+            "batching.config",
+            BATCHING_SCHEMA,
+            "enable_large_batch_splitting: true",
+            "enable_large_batch_splitting: yes",
+            "expected true or false",
+        ),
+        (
+            "batching.config",
+            BATCHING_SCHEMA,
+            "num_batch_threads { value: 2 }",
+            "num_batch_threads { value: 2 }\nnum_batch_threads { value: 4 }",
+            "given twice",
+        ),
+        (
+            "monitoring.config",
+            MONITORING_SCHEMA,
+            "enable: true",
+            "enabled: true",
+            "unknown field 'prometheus_config.enabled'",
+        ),
+        (
+            "monitoring.config",
+            MONITORING_SCHEMA,
+            '"/monitoring/prometheus/metrics"',
+            "metrics",
+            "expected a quoted string",
+        ),
+    ],
+    ids=["field", "wrapper-field", "scalar-for-message", "bool", "twice", "monitoring-field", "unquoted"],
+)
 def test_proto_text_typo_fails(key, schema, old, new, words):
     text = _config_text(key)
     assert old in text
@@ -508,6 +619,7 @@ def test_proto_text_typo_fails(key, schema, old, new, words):
 
 
 # --- cross-checks ---------------------------------------------------------------------------------
+
 
 def _port_number(container: dict, port) -> int:
     """A probe's or Service's target port (number or name) as the container's port number."""
@@ -621,7 +733,10 @@ def test_autoscaler_targets_the_deployment():
     deployment = _deployment()
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["apiVersion"], target["kind"], target["name"]) == (
-        "apps/v1", "Deployment", deployment["metadata"]["name"])
+        "apps/v1",
+        "Deployment",
+        deployment["metadata"]["name"],
+    )
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
@@ -667,6 +782,7 @@ def test_inference_service_uses_the_same_model_folder():
 
 # --- every pod template: volumes, claims, the project's image ---------------------------------------
 
+
 def _pod_templates() -> list[tuple[str, dict]]:
     """(where, pod template) of every workload under k8s/ (custom resources included)."""
     found = []
@@ -700,18 +816,21 @@ def _check_pod_volumes(template: dict) -> None:
         paths = [m["mountPath"] for m in container.get("volumeMounts", [])]
         assert len(paths) == len(set(paths)), f"{container['name']}: a mount path is used twice"
         for mount in container.get("volumeMounts", []):
-            assert mount["name"] in volumes, \
+            assert mount["name"] in volumes, (
                 f"{container['name']} mounts {mount['name']!r}, which is not a volume of the pod"
+            )
             mounted.add(mount["name"])
             claim = volumes[mount["name"]].get("persistentVolumeClaim")
             if claim and claim.get("readOnly"):
-                assert mount.get("readOnly") is True, \
+                assert mount.get("readOnly") is True, (
                     f"{mount['name']}: the claim is read-only, say so at the mount too"
+                )
     assert mounted == set(volumes), f"volumes never mounted: {set(volumes) - mounted}"
     for volume in volumes.values():
         if "persistentVolumeClaim" in volume:
-            assert volume["persistentVolumeClaim"]["claimName"] in _claims(), \
+            assert volume["persistentVolumeClaim"]["claimName"] in _claims(), (
                 f"claim {volume['persistentVolumeClaim']['claimName']!r} is not among the manifests"
+            )
 
 
 def test_pod_templates_found():
@@ -724,12 +843,18 @@ def test_mounts_reference_declared_volumes_and_claims(template):
     _check_pod_volumes(template)
 
 
-@pytest.mark.parametrize("breakage, words", [
-    (lambda spec: spec["containers"][0]["volumeMounts"][0].__setitem__("name", "modles"), "which is not a volume"),
-    (lambda spec: spec["volumes"][0]["persistentVolumeClaim"].__setitem__("claimName", "mtrank-model"),
-     "is not among the manifests"),
-    (lambda spec: spec["containers"][0]["volumeMounts"].pop(0), "never mounted"),
-], ids=["unknown-volume", "unknown-claim", "unmounted-volume"])
+@pytest.mark.parametrize(
+    "breakage, words",
+    [
+        (lambda spec: spec["containers"][0]["volumeMounts"][0].__setitem__("name", "modles"), "which is not a volume"),
+        (
+            lambda spec: spec["volumes"][0]["persistentVolumeClaim"].__setitem__("claimName", "mtrank-model"),
+            "is not among the manifests",
+        ),
+        (lambda spec: spec["containers"][0]["volumeMounts"].pop(0), "never mounted"),
+    ],
+    ids=["unknown-volume", "unknown-claim", "unmounted-volume"],
+)
 def test_broken_mounts_fail(breakage, words):
     template = copy.deepcopy(_cronjob()["spec"]["jobTemplate"]["spec"]["template"])
     breakage(template["spec"])
@@ -760,8 +885,12 @@ def test_claims_shared_across_nodes_are_read_write_many():
 
 
 def _mtrank_containers() -> list[tuple[str, dict]]:
-    return [(where, c) for where, t in POD_TEMPLATES for c in t["spec"]["containers"]
-            if not c["image"].startswith("tensorflow/serving:")]
+    return [
+        (where, c)
+        for where, t in POD_TEMPLATES
+        for c in t["spec"]["containers"]
+        if not c["image"].startswith("tensorflow/serving:")
+    ]
 
 
 def test_project_image_everywhere():
@@ -771,14 +900,18 @@ def test_project_image_everywhere():
     assert len(found) == 3
     for where, container in found:
         assert container["image"] == IMAGE, where
-        assert container.get("imagePullPolicy") == "IfNotPresent", \
+        assert container.get("imagePullPolicy") == "IfNotPresent", (
             f"{where}: a versioned tag needs no re-pull, and an image loaded into the node is used as it is"
+        )
     for where, template in POD_TEMPLATES:
         security = template["spec"].get("securityContext", {})
         assert security.get("runAsNonRoot") is True, where
         assert security.get("runAsUser") == IMAGE_UID, where
-        writes = any(not m.get("readOnly") and "persistentVolumeClaim" in _pod_volumes(template)[m["name"]]
-                     for c in template["spec"]["containers"] for m in c.get("volumeMounts", []))
+        writes = any(
+            not m.get("readOnly") and "persistentVolumeClaim" in _pod_volumes(template)[m["name"]]
+            for c in template["spec"]["containers"]
+            for m in c.get("volumeMounts", [])
+        )
         if writes:
             assert security.get("fsGroup") == IMAGE_UID, f"{where}: writes a claim, so the volume must be its group's"
 
@@ -786,9 +919,14 @@ def test_project_image_everywhere():
 def _expand(args: list[str], env: dict[str, str]) -> list[str]:
     """Kubernetes' expansion of $(VAR) in a container's args: a defined VAR is replaced, $$ escapes,
     an undefined reference is left as it stands."""
+
     def one(text: str) -> str:
-        return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-                      lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+        return re.sub(
+            r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+            lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+            text,
+        )
+
     return [one(a) for a in args]
 
 
@@ -811,6 +949,7 @@ def _under(path: str, mount: dict) -> bool:
 
 # --- the retraining CronJob ------------------------------------------------------------------------
 
+
 def _cronjob() -> dict:
     return _one("CronJob", "batch", folder="retraining")
 
@@ -820,8 +959,12 @@ def _cron_pod(cronjob: dict) -> dict:
 
 
 RUN_ID = "mtrank-retrain-29000000"  # what the Job controller's label holds: <CronJob>-<minutes since the epoch>
-PER_RUN_FIELDS = {"metadata.labels['batch.kubernetes.io/job-name']", "metadata.labels['job-name']",
-                  "metadata.name", "metadata.uid"}
+PER_RUN_FIELDS = {
+    "metadata.labels['batch.kubernetes.io/job-name']",
+    "metadata.labels['job-name']",
+    "metadata.name",
+    "metadata.uid",
+}
 
 
 @functools.cache
@@ -927,6 +1070,7 @@ def _without(path: list, key: str):
         for step in path:
             node = node[step]
         node.pop(key)
+
     return breakage
 
 
@@ -936,24 +1080,38 @@ def _set(path: list, value):
         for step in path[:-1]:
             node = node[step]
         node[path[-1]] = value
+
     return breakage
 
 
 _CRON_CONTAINER = ["spec", "jobTemplate", "spec", "template", "spec", "containers", 0]
 
 
-@pytest.mark.parametrize("breakage, words", [
-    (_set(["spec", "schedule"], "0 0 2 * * *"), "five fields"),
-    (_set(["spec", "concurrencyPolicy"], "Allow"), "Forbid"),
-    (_without(_CRON_CONTAINER, "env"), "RUN_ID"),
-    (_set(_CRON_CONTAINER + ["env", 0, "name"], "RUNID"), "RUN_ID"),
-    (_set(_CRON_CONTAINER + ["args", 6], "/runs/$(RUNID)"), "no such env var"),
-    (_set(_CRON_CONTAINER + ["args", 6], "/runs/latest"), "the same folder for every run"),
-    (_set(_CRON_CONTAINER + ["args", 10], "--warmstart"), "mtrank rejects"),
-    (_set(_CRON_CONTAINER + ["args", 8], "runs/serving"), "on no mounted volume"),
-    (_set(_CRON_CONTAINER + ["volumeMounts", 0, "readOnly"], False), "never writes its input"),
-], ids=["kfp-cron", "allow", "no-env", "env-renamed", "undefined-var", "fixed-output", "misspelled-flag",
-        "unmounted-serving-base", "writable-data"])
+@pytest.mark.parametrize(
+    "breakage, words",
+    [
+        (_set(["spec", "schedule"], "0 0 2 * * *"), "five fields"),
+        (_set(["spec", "concurrencyPolicy"], "Allow"), "Forbid"),
+        (_without(_CRON_CONTAINER, "env"), "RUN_ID"),
+        (_set(_CRON_CONTAINER + ["env", 0, "name"], "RUNID"), "RUN_ID"),
+        (_set(_CRON_CONTAINER + ["args", 6], "/runs/$(RUNID)"), "no such env var"),
+        (_set(_CRON_CONTAINER + ["args", 6], "/runs/latest"), "the same folder for every run"),
+        (_set(_CRON_CONTAINER + ["args", 10], "--warmstart"), "mtrank rejects"),
+        (_set(_CRON_CONTAINER + ["args", 8], "runs/serving"), "on no mounted volume"),
+        (_set(_CRON_CONTAINER + ["volumeMounts", 0, "readOnly"], False), "never writes its input"),
+    ],
+    ids=[
+        "kfp-cron",
+        "allow",
+        "no-env",
+        "env-renamed",
+        "undefined-var",
+        "fixed-output",
+        "misspelled-flag",
+        "unmounted-serving-base",
+        "writable-data",
+    ],
+)
 def test_broken_cronjob_fails(breakage, words):
     broken = copy.deepcopy(_cronjob())
     breakage(broken)
@@ -961,11 +1119,15 @@ def test_broken_cronjob_fails(breakage, words):
         _check_cronjob(broken)
 
 
-@pytest.mark.parametrize("breakage, words", [
-    (_set(["spec", "concurrencypolicy"], "Forbid"), "'concurrencypolicy' was unexpected"),
-    (_set(["spec", "startingDeadlineSeconds"], "600"), "is not of type 'integer'"),
-    (_set(_CRON_CONTAINER + ["env", 0, "valueFrom", "fieldRef", "path"], "metadata.name"), "'path' was unexpected"),
-], ids=["misspelled-field", "string-deadline", "misspelled-fieldRef"])
+@pytest.mark.parametrize(
+    "breakage, words",
+    [
+        (_set(["spec", "concurrencypolicy"], "Forbid"), "'concurrencypolicy' was unexpected"),
+        (_set(["spec", "startingDeadlineSeconds"], "600"), "is not of type 'integer'"),
+        (_set(_CRON_CONTAINER + ["env", 0, "valueFrom", "fieldRef", "path"], "metadata.name"), "'path' was unexpected"),
+    ],
+    ids=["misspelled-field", "string-deadline", "misspelled-fieldRef"],
+)
 def test_broken_cronjob_fails_validation(breakage, words):
     broken = copy.deepcopy(_cronjob())
     breakage(broken)
@@ -977,8 +1139,15 @@ def test_broken_cronjob_fails_validation(breakage, words):
 
 # The Training Operator's kubeflow.org/v1 types (not vendored): TFJobSpec, RunPolicy, ReplicaSpec.
 TFJOB_SPEC_KEYS = {"runPolicy", "successPolicy", "tfReplicaSpecs", "enableDynamicWorker"}
-RUN_POLICY_KEYS = {"cleanPodPolicy", "ttlSecondsAfterFinished", "activeDeadlineSeconds", "backoffLimit",
-                   "schedulingPolicy", "suspend", "managedBy"}
+RUN_POLICY_KEYS = {
+    "cleanPodPolicy",
+    "ttlSecondsAfterFinished",
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "schedulingPolicy",
+    "suspend",
+    "managedBy",
+}
 CLEAN_POD_POLICIES = {"All", "Running", "None"}
 REPLICA_SPEC_KEYS = {"replicas", "template", "restartPolicy"}
 RESTART_POLICIES = {"Always", "OnFailure", "Never", "ExitCode"}
@@ -1034,8 +1203,10 @@ def _check_tfjob(tfjob: dict) -> dict:
         args = _parse_mtrank(container)
         assert args.command == "train", f"{rtype}: {args.command}"
         for path in (args.transformed, args.output or args.transformed):
-            assert any(_under(path, m) and "persistentVolumeClaim" in _pod_volumes(template)[m["name"]]
-                       for m in _mounts(container).values()), f"{rtype}: {path} is on no claim"
+            assert any(
+                _under(path, m) and "persistentVolumeClaim" in _pod_volumes(template)[m["name"]]
+                for m in _mounts(container).values()
+            ), f"{rtype}: {path} is on no claim"
         parsed[rtype] = args
     assert replicas["Chief"]["replicas"] == 1, "one chief"
     assert replicas["Worker"]["replicas"] >= 1, "with no worker the chief trains alone, not multi-worker"
@@ -1081,29 +1252,57 @@ def _rename_replica(old: str, new: str):
     def breakage(doc):
         specs = doc["spec"]["tfReplicaSpecs"]
         doc["spec"]["tfReplicaSpecs"] = {new if k == old else k: v for k, v in specs.items()}
+
     return breakage
 
 
-@pytest.mark.parametrize("breakage, error, words", [
-    (_rename_replica("Chief", "Chef"), AssertionError, "expected Chief and Worker"),
-    (_set(_CHIEF + ["restartPolicy"], "Sometimes"), AssertionError, "restartPolicy 'Sometimes'"),
-    (_set(_CHIEF + ["replica"], 1), AssertionError, "unknown keys {'replica'}"),
-    (_set(_CHIEF_CONTAINER + ["name"], "trainer"), AssertionError, "named 'tensorflow'"),
-    (_set(_CHIEF_CONTAINER + ["image"], "mtrank:latest"), AssertionError, "image mtrank:latest"),
-    (_set(_CHIEF_CONTAINER + ["args", 0], "fit"), AssertionError, "mtrank rejects"),
-    (_set(_CHIEF_CONTAINER + ["args", 2], "/data/current"), AssertionError, "is on no claim"),
-    (_set(["spec", "runPolicy", "cleanPodPolicy"], "Finished"), AssertionError, "cleanPodPolicy"),
-    (_set(["spec", "runPolicy", "backofLimit"], 3), AssertionError, "unknown runPolicy keys"),
-    (_set(["metadata", "name"], "1-train"), AssertionError, "DNS-1035"),
-    (_set(_CHIEF_CONTAINER + ["resource"], {}), jsonschema.ValidationError, "'resource' was unexpected"),
-    (_set(_CHIEF_CONTAINER + ["ports", 0, "containerPort"], "2222"), jsonschema.ValidationError,
-     "is not of type 'integer'"),
-    (_set(_CHIEF + ["template", "spec", "volumes", 0, "persistentVolumeClaim", "claim"], "x"),
-     jsonschema.ValidationError, "'claim' was unexpected"),
-    (_set(_CHIEF + ["template", "metadata", "labels", "app.kubernetes.io/name"], 7), jsonschema.ValidationError,
-     "is not of type 'string'"),
-], ids=["replica-type", "restart-policy", "replica-key", "container-name", "image", "subcommand", "path-off-claim",
-        "clean-pod-policy", "run-policy-key", "name", "container-field", "string-port", "volume-field", "label-type"])
+@pytest.mark.parametrize(
+    "breakage, error, words",
+    [
+        (_rename_replica("Chief", "Chef"), AssertionError, "expected Chief and Worker"),
+        (_set(_CHIEF + ["restartPolicy"], "Sometimes"), AssertionError, "restartPolicy 'Sometimes'"),
+        (_set(_CHIEF + ["replica"], 1), AssertionError, "unknown keys {'replica'}"),
+        (_set(_CHIEF_CONTAINER + ["name"], "trainer"), AssertionError, "named 'tensorflow'"),
+        (_set(_CHIEF_CONTAINER + ["image"], "mtrank:latest"), AssertionError, "image mtrank:latest"),
+        (_set(_CHIEF_CONTAINER + ["args", 0], "fit"), AssertionError, "mtrank rejects"),
+        (_set(_CHIEF_CONTAINER + ["args", 2], "/data/current"), AssertionError, "is on no claim"),
+        (_set(["spec", "runPolicy", "cleanPodPolicy"], "Finished"), AssertionError, "cleanPodPolicy"),
+        (_set(["spec", "runPolicy", "backofLimit"], 3), AssertionError, "unknown runPolicy keys"),
+        (_set(["metadata", "name"], "1-train"), AssertionError, "DNS-1035"),
+        (_set(_CHIEF_CONTAINER + ["resource"], {}), jsonschema.ValidationError, "'resource' was unexpected"),
+        (
+            _set(_CHIEF_CONTAINER + ["ports", 0, "containerPort"], "2222"),
+            jsonschema.ValidationError,
+            "is not of type 'integer'",
+        ),
+        (
+            _set(_CHIEF + ["template", "spec", "volumes", 0, "persistentVolumeClaim", "claim"], "x"),
+            jsonschema.ValidationError,
+            "'claim' was unexpected",
+        ),
+        (
+            _set(_CHIEF + ["template", "metadata", "labels", "app.kubernetes.io/name"], 7),
+            jsonschema.ValidationError,
+            "is not of type 'string'",
+        ),
+    ],
+    ids=[
+        "replica-type",
+        "restart-policy",
+        "replica-key",
+        "container-name",
+        "image",
+        "subcommand",
+        "path-off-claim",
+        "clean-pod-policy",
+        "run-policy-key",
+        "name",
+        "container-field",
+        "string-port",
+        "volume-field",
+        "label-type",
+    ],
+)
 def test_broken_tfjob_fails(breakage, error, words):
     """The TFJob checks are not vacuous: each broken copy fails, for that reason."""
     broken = copy.deepcopy(_tfjob())
@@ -1115,6 +1314,7 @@ def test_broken_tfjob_fails(breakage, error, words):
 
 # --- retagging the image with kustomize -------------------------------------------------------------
 
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kustomize_images_retags_every_project_container(tmp_path):
     """k8s/README.md's `images:` overlay reaches every container of the project's image, the
@@ -1123,10 +1323,16 @@ def test_kustomize_images_retags_every_project_container(tmp_path):
     overlay = tmp_path / "k8s" / "overlay"
     overlay.mkdir()
     name = IMAGE.split(":")[0]
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": ["../tfserving", "../retraining", "../training"],
-        "images": [{"name": name, "newName": f"registry.example.com/ml/{name}", "newTag": "9.9.9"}]}))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["../tfserving", "../retraining", "../training"],
+                "images": [{"name": name, "newName": f"registry.example.com/ml/{name}", "newTag": "9.9.9"}],
+            }
+        )
+    )
     built = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
     images = re.findall(r"^\s*image: (\S+)$", built.stdout, flags=re.M)

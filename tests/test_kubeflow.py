@@ -24,8 +24,12 @@ STAGES = ("example-gen", "transform", "trainer", "evaluator", "pusher")
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
-    result = subprocess.run([MTRANK, "compile", "--output", str(path), "--image", "registry.example/mtrank:7"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [MTRANK, "compile", "--output", str(path), "--image", "registry.example/mtrank:7"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return path
 
@@ -38,8 +42,16 @@ def _documents(path: pathlib.Path) -> tuple[dict, dict]:
 def test_the_compiled_pipeline_loads_back_and_names_every_component(compiled):
     loaded = components.load_component_from_file(str(compiled))
     assert loaded.name == "mtrank"
-    assert {"data", "data_format", "model", "mtn_lambda", "noise_proportion", "serving_base", "warm_start",
-            "trainer_config"} <= set(loaded.component_spec.inputs)
+    assert {
+        "data",
+        "data_format",
+        "model",
+        "mtn_lambda",
+        "noise_proportion",
+        "serving_base",
+        "warm_start",
+        "trainer_config",
+    } <= set(loaded.component_spec.inputs)
     spec, _ = _documents(compiled)
     assert set(spec["components"]) == {f"comp-{s}" for s in STAGES}
     tasks = spec["root"]["dag"]["tasks"]
@@ -71,20 +83,30 @@ def test_artifacts_flow_between_the_steps_as_in_tfx(compiled):
     parameters = tasks["trainer"]["inputs"]["parameters"]
     assert parameters["model_choice"]["componentInputParameter"] == "model"
     assert parameters["mtn_lambda"]["componentInputParameter"] == "mtn_lambda"
-    assert tasks["transform"]["inputs"]["parameters"]["noise_proportion"]["componentInputParameter"] == "noise_proportion"
+    assert (
+        tasks["transform"]["inputs"]["parameters"]["noise_proportion"]["componentInputParameter"] == "noise_proportion"
+    )
 
 
 def test_the_steps_mount_the_claims_the_manifests_declare(compiled):
     _, platform = _documents(compiled)
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    mounts = {name.removeprefix("exec-"): {(m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"])
-                                           for m in e["pvcMount"]} for name, e in executors.items()}
+    mounts = {
+        name.removeprefix("exec-"): {
+            (m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"]) for m in e["pvcMount"]
+        }
+        for name, e in executors.items()
+    }
     assert mounts["example-gen"] == {(kubeflow.DATA_CLAIM, kubeflow.DATA_MOUNT)}
     assert [s for s, m in mounts.items() if (kubeflow.DATA_CLAIM, kubeflow.DATA_MOUNT) in m] == ["example-gen"]
     for stage in ("trainer", "evaluator", "pusher"):  # warm start, baseline, push: the serving base
         assert (kubeflow.MODELS_CLAIM, kubeflow.MODELS_MOUNT) in mounts[stage]
-    declared = {doc["metadata"]["name"] for file in (REPO / "k8s").rglob("*.yaml")
-                for doc in yaml.safe_load_all(file.read_text()) if doc and doc.get("kind") == "PersistentVolumeClaim"}
+    declared = {
+        doc["metadata"]["name"]
+        for file in (REPO / "k8s").rglob("*.yaml")
+        for doc in yaml.safe_load_all(file.read_text())
+        if doc and doc.get("kind") == "PersistentVolumeClaim"
+    }
     assert {kubeflow.DATA_CLAIM, kubeflow.MODELS_CLAIM} <= declared
 
 
@@ -109,8 +131,9 @@ class _FakeKfpApi(http.server.BaseHTTPRequestHandler):
             self._reply({"experiments": [], "total_size": 0})
         elif self.path.startswith("/apis/v2beta1/recurringruns"):
             made = [body for method, path, body in self.requests if path == "/apis/v2beta1/recurringruns"]
-            self._reply({"recurringRuns": [{**body, "recurring_run_id": "rr-1"} for body in made],
-                         "total_size": len(made)})
+            self._reply(
+                {"recurringRuns": [{**body, "recurring_run_id": "rr-1"} for body in made], "total_size": len(made)}
+            )
         else:
             self.send_error(404)
 
@@ -133,8 +156,16 @@ def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(compiled,
     threading.Thread(target=server.serve_forever, daemon=True).start()
     parameters = tmp_path / "parameters.json"
     parameters.write_text(json.dumps({"data": "/data/latest", "model": "mmoe", "mtn_lambda": 1e-5}))
-    command = [MTRANK, "schedule", "--host", f"http://127.0.0.1:{server.server_port}", "--pipeline", str(compiled),
-               "--parameters", str(parameters)]
+    command = [
+        MTRANK,
+        "schedule",
+        "--host",
+        f"http://127.0.0.1:{server.server_port}",
+        "--pipeline",
+        str(compiled),
+        "--parameters",
+        str(parameters),
+    ]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         again = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -156,10 +187,17 @@ def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(compiled,
 
 
 def test_schedule_refuses_a_five_field_cron_and_a_missing_pipeline(compiled, tmp_path):
-    five = subprocess.run([MTRANK, "schedule", "--host", "http://127.0.0.1:9", "--pipeline", str(compiled),
-                           "--cron", "0 2 * * *"], capture_output=True, text=True, timeout=60)
+    five = subprocess.run(
+        [MTRANK, "schedule", "--host", "http://127.0.0.1:9", "--pipeline", str(compiled), "--cron", "0 2 * * *"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert five.returncode == 2 and "has 5 fields" in five.stderr and "seconds first" in five.stderr
-    missing = subprocess.run([MTRANK, "schedule", "--host", "http://127.0.0.1:9", "--pipeline",
-                              str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [MTRANK, "schedule", "--host", "http://127.0.0.1:9", "--pipeline", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "mtrank compile" in missing.stderr
-

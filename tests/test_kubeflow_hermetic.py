@@ -15,8 +15,11 @@ import pytest
 from pipeline import kubeflow, pusher
 from pipeline.synth import aliccp
 
-TRAINER = {"model": {"embedding_dim": 4, "expert_units": [8], "tower_units": [4], "num_experts": 2},
-           "training": {"batch_size": 256, "evals_per_epoch": 1}, "hardware": {"xla": False}}
+TRAINER = {
+    "model": {"embedding_dim": 4, "expert_units": [8], "tower_units": [4], "num_experts": 2},
+    "training": {"batch_size": 256, "evals_per_epoch": 1},
+    "hardware": {"xla": False},
+}
 OPEN = {"thresholds": {"ctr_auc": 0.0, "cvr_auc": None, "ctcvr_auc": None}}
 CLOSED = {"thresholds": {"ctr_auc": 0.999, "cvr_auc": None, "ctcvr_auc": None}}
 
@@ -67,23 +70,59 @@ def pods(tmp_path_factory):
     raw, serving = str(root / "raw"), str(root / "serving")
     aliccp.generate(aliccp.AliccpSynthConfig(rows=1500, seed=9, malformed_rate=0.002), raw, progress=False)
     pods = Pods(root)
-    pods.fingerprint = pods.run("example_gen", {}, lambda _, out: kubeflow.example_gen(
-        raw, "aliccp-raw", "in-process", [], out))
-    pods.run("transform", {"examples": "example_gen"}, lambda given, out: kubeflow.transform(
-        given["examples"], 0, 0.0, json.dumps({"frequency_threshold": 2}), "in-process", [], out))
-    pods.run("trainer", {"transform_graph": "transform"}, lambda given, out: kubeflow.trainer(
-        given["transform_graph"], json.dumps(TRAINER), "", 0.0, 1, False, serving, "mtrank", out))
+    pods.fingerprint = pods.run(
+        "example_gen", {}, lambda _, out: kubeflow.example_gen(raw, "aliccp-raw", "in-process", [], out)
+    )
+    pods.run(
+        "transform",
+        {"examples": "example_gen"},
+        lambda given, out: kubeflow.transform(
+            given["examples"], 0, 0.0, json.dumps({"frequency_threshold": 2}), "in-process", [], out
+        ),
+    )
+    pods.run(
+        "trainer",
+        {"transform_graph": "transform"},
+        lambda given, out: kubeflow.trainer(
+            given["transform_graph"], json.dumps(TRAINER), "", 0.0, 1, False, serving, "mtrank", out
+        ),
+    )
     pods.verdicts = {}
     for verdict, thresholds in (("blessed", OPEN), ("not_blessed", CLOSED)):
-        blessed = pods.run(f"evaluator_{verdict}", {"model": "trainer", "examples": "example_gen"},
-                           lambda given, out: kubeflow.evaluator(given["model"], given["examples"],
-                                                                 json.dumps(thresholds), serving, "mtrank", out))
+        blessed = pods.run(
+            f"evaluator_{verdict}",
+            {"model": "trainer", "examples": "example_gen"},
+            lambda given, out: kubeflow.evaluator(
+                given["model"], given["examples"], json.dumps(thresholds), serving, "mtrank", out
+            ),
+        )
         version = pods.run(
-            f"pusher_{verdict}", {"model": "trainer", "evaluation": f"evaluator_{verdict}",
-                                  "examples": "example_gen", "transform_graph": "transform"},
+            f"pusher_{verdict}",
+            {
+                "model": "trainer",
+                "evaluation": f"evaluator_{verdict}",
+                "examples": "example_gen",
+                "transform_graph": "transform",
+            },
             lambda given, out: kubeflow.pusher(
-                given["model"], given["evaluation"], given["examples"], given["transform_graph"], raw, "aliccp-raw",
-                pods.fingerprint, serving, "mtrank", 0.0, 0, False, "in-process", [], "kubeflow", out))
+                given["model"],
+                given["evaluation"],
+                given["examples"],
+                given["transform_graph"],
+                raw,
+                "aliccp-raw",
+                pods.fingerprint,
+                serving,
+                "mtrank",
+                0.0,
+                0,
+                False,
+                "in-process",
+                [],
+                "kubeflow",
+                out,
+            ),
+        )
         record = json.loads((pods.output(f"pusher_{verdict}") / "run.json").read_text())
         pods.verdicts[verdict] = {"blessed": blessed, "version": version, "record": record}
     pods.serving = root / "serving" / "mtrank"

@@ -14,24 +14,33 @@ from trainer import blocks, config as C, models
 from trainer.inputs import BAG, CATEGORICAL, NUMERIC, InputField, InputSpec
 from trainer.training_model import TrainingModel, dummy_batch
 
-SPEC = InputSpec((
-    InputField("f101", CATEGORICAL, 7), InputField("f205", CATEGORICAL, 5),
-    InputField("f109_14", BAG, 6, bag_length=3, weighted=True), InputField("numerical_1", NUMERIC),
-))
+SPEC = InputSpec(
+    (
+        InputField("f101", CATEGORICAL, 7),
+        InputField("f205", CATEGORICAL, 5),
+        InputField("f109_14", BAG, 6, bag_length=3, weighted=True),
+        InputField("numerical_1", NUMERIC),
+    )
+)
 
 
 def _batch(rows=16, seed=0) -> dict:
     rng = np.random.default_rng(seed)
     weights = rng.random((rows, 3)).astype("float32")
     weights[:, 2] = 0.0  # a padded position
-    return {"f101": rng.integers(0, 7, rows).astype("int32"), "f205": rng.integers(0, 5, rows).astype("int32"),
-            "f109_14": rng.integers(0, 6, (rows, 3)).astype("int32"), "f109_14_weight": weights,
-            "numerical_1": rng.normal(size=rows).astype("float32")}
+    return {
+        "f101": rng.integers(0, 7, rows).astype("int32"),
+        "f205": rng.integers(0, 5, rows).astype("int32"),
+        "f109_14": rng.integers(0, 6, (rows, 3)).astype("int32"),
+        "f109_14_weight": weights,
+        "numerical_1": rng.normal(size=rows).astype("float32"),
+    }
 
 
 def _model_config(name, **changes) -> dict:
-    return dataclasses.asdict(C.ModelConfig(name=name, embedding_dim=4, expert_units=(8, 6), tower_units=(5,),
-                                            num_experts=3, **changes))
+    return dataclasses.asdict(
+        C.ModelConfig(name=name, embedding_dim=4, expert_units=(8, 6), tower_units=(5,), num_experts=3, **changes)
+    )
 
 
 def test_field_embedding_pools_bags_by_weight_and_appends_numerics():
@@ -76,11 +85,19 @@ def test_gate_mixes_experts_with_softmax_weights():
     np.testing.assert_allclose(mixed, np.einsum("be,bed->bd", weights, experts), rtol=1e-5)
 
 
-@pytest.mark.parametrize("layer", [
-    blocks.FieldEmbedding(SPEC.to_dict(), 4, "sum"), blocks.MLP((3, 2), 0.1), blocks.Experts(3, (4, 2)),
-    blocks.TaskTowers(2, (4,), logits=False), blocks.Gate(3), blocks.ExtractionLevel(2, 1, 2, (4,), last=False),
-    blocks.DecompositionPairs(2, 3, (4,), shared_features=False),
-], ids=lambda layer: type(layer).__name__)
+@pytest.mark.parametrize(
+    "layer",
+    [
+        blocks.FieldEmbedding(SPEC.to_dict(), 4, "sum"),
+        blocks.MLP((3, 2), 0.1),
+        blocks.Experts(3, (4, 2)),
+        blocks.TaskTowers(2, (4,), logits=False),
+        blocks.Gate(3),
+        blocks.ExtractionLevel(2, 1, 2, (4,), last=False),
+        blocks.DecompositionPairs(2, 3, (4,), shared_features=False),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
 def test_blocks_round_trip_their_config(layer):
     config = layer.get_config()
     again = type(layer).from_config(config)
@@ -123,8 +140,9 @@ def test_fdn_fuses_own_specific_and_all_shared_features():
 
 
 def _trainee(name="mmoe", **sections) -> TrainingModel:
-    config = C.from_dict({"model": {k: list(v) if isinstance(v, tuple) else v
-                                    for k, v in _model_config(name).items()}, **sections})
+    config = C.from_dict(
+        {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in _model_config(name).items()}, **sections}
+    )
     network = models.build(SPEC.to_dict(), dataclasses.asdict(config.model))
     return TrainingModel(network, SPEC, config)
 
@@ -175,11 +193,35 @@ def test_both_convention_weighs_clicked_cvr_and_ctcvr_apart():
 
 
 def test_fdn_loss_terms_follow_the_ablation_switches():
-    assert set(_trainee("fdn").trackers) == {"ctr_loss", "cvr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss", "orth_loss"}
-    assert set(_trainee("fdn", fdn={"aux": False}).trackers) == {"ctr_loss", "cvr_loss", "ctcvr_loss", "embedding_l2_loss", "orth_loss"}
-    assert set(_trainee("fdn", fdn={"orth": False}).trackers) == {"ctr_loss", "cvr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss"}
-    no_shared = _trainee("fdn", model={**{k: list(v) if isinstance(v, tuple) else v
-                                          for k, v in _model_config("fdn").items()}, "shared_features": False})
+    assert set(_trainee("fdn").trackers) == {
+        "ctr_loss",
+        "cvr_loss",
+        "ctcvr_loss",
+        "embedding_l2_loss",
+        "aux_loss",
+        "orth_loss",
+    }
+    assert set(_trainee("fdn", fdn={"aux": False}).trackers) == {
+        "ctr_loss",
+        "cvr_loss",
+        "ctcvr_loss",
+        "embedding_l2_loss",
+        "orth_loss",
+    }
+    assert set(_trainee("fdn", fdn={"orth": False}).trackers) == {
+        "ctr_loss",
+        "cvr_loss",
+        "ctcvr_loss",
+        "embedding_l2_loss",
+        "aux_loss",
+    }
+    no_shared = _trainee(
+        "fdn",
+        model={
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in _model_config("fdn").items()},
+            "shared_features": False,
+        },
+    )
     assert set(no_shared.trackers) == {"ctr_loss", "cvr_loss", "ctcvr_loss", "embedding_l2_loss", "aux_loss"}
     terms = _trainee("fdn").loss_terms(_labels(), _trainee("fdn")(_batch()))
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in terms.values())
@@ -199,18 +241,21 @@ def test_mtn_attaches_to_towers_or_experts_without_changing_the_network():
         _trainee("fdn", mtn={})
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"model": {"name": "mmoe2"}}, "model.name must be one of"),
-    ({"model": {"num_expert": 3}}, r"model: unknown keys \['num_expert'\]"),
-    ({"model": {"expert_units": [128, 0]}}, "model.expert_units must be a non-empty list of positive integers"),
-    ({"training": {"epochs": 0}}, "training.epochs must be positive"),
-    ({"training": {"batch_size": 1.5}}, "training.batch_size must be an integer"),
-    ({"mtn": {"alpha_floor": 2}}, r"mtn.alpha_floor must be in \[0, 1\]"),
-    ({"loss": {"weights": {"click": 1}}}, "loss.weights must map some of ctr, cvr and ctcvr"),
-    ({"fdn": {"orth_variant": "mine"}}, "fdn.orth_variant must be one of"),
-    ({"hardware": {"xla": "yes"}}, "hardware.xla must be true or false"),
-    ({"optimizer": {}}, r"unknown sections \['optimizer'\]"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"model": {"name": "mmoe2"}}, "model.name must be one of"),
+        ({"model": {"num_expert": 3}}, r"model: unknown keys \['num_expert'\]"),
+        ({"model": {"expert_units": [128, 0]}}, "model.expert_units must be a non-empty list of positive integers"),
+        ({"training": {"epochs": 0}}, "training.epochs must be positive"),
+        ({"training": {"batch_size": 1.5}}, "training.batch_size must be an integer"),
+        ({"mtn": {"alpha_floor": 2}}, r"mtn.alpha_floor must be in \[0, 1\]"),
+        ({"loss": {"weights": {"click": 1}}}, "loss.weights must map some of ctr, cvr and ctcvr"),
+        ({"fdn": {"orth_variant": "mine"}}, "fdn.orth_variant must be one of"),
+        ({"hardware": {"xla": "yes"}}, "hardware.xla must be true or false"),
+        ({"optimizer": {}}, r"unknown sections \['optimizer'\]"),
+    ],
+)
 def test_config_errors_name_the_key(bad, message):
     with pytest.raises(ValueError, match=message):
         C.from_dict(bad)

@@ -16,6 +16,7 @@ F32_EPS = float(np.finfo(np.float32).eps)
 
 # ---------------------------------------------------------------- numpy references
 
+
 def np_nuclear(matrix) -> float:
     return float(np.linalg.svd(np.asarray(matrix, np.float64), compute_uv=False).sum())
 
@@ -70,6 +71,7 @@ def orthogonal(n, seed=0) -> np.ndarray:
 
 # ---------------------------------------------------------------- matrix norms
 
+
 @pytest.mark.parametrize("shape", [(6, 9), (9, 4), (5, 5)])
 def test_nuclear_norm_equals_numpy_sum_of_singular_values(shape):
     m = np.random.default_rng(1).normal(size=shape).astype(np.float32)
@@ -104,14 +106,17 @@ def test_nuclear_norm_gradient_is_u_vt_and_matches_finite_differences():
         np.testing.assert_allclose((fwd - bwd) / (2 * step), np.sum(g.numpy() * d), atol=2e-3)
 
 
-@pytest.mark.parametrize("name, matrix", [
-    ("orthogonal", orthogonal(8)),
-    ("2 x orthogonal", 2 * orthogonal(8, seed=1)),
-    ("diag with a repeated value", np.diag([2.0, 2.0, 1.0])),
-    ("rank 1 with a zero singular value", np.ones((2, 6))),
-    ("rank 1, tall", np.outer(np.arange(1.0, 7.0), [1.0, -1.0, 2.0])),
-    ("zero", np.zeros((3, 4))),
-])
+@pytest.mark.parametrize(
+    "name, matrix",
+    [
+        ("orthogonal", orthogonal(8)),
+        ("2 x orthogonal", 2 * orthogonal(8, seed=1)),
+        ("diag with a repeated value", np.diag([2.0, 2.0, 1.0])),
+        ("rank 1 with a zero singular value", np.ones((2, 6))),
+        ("rank 1, tall", np.outer(np.arange(1.0, 7.0), [1.0, -1.0, 2.0])),
+        ("zero", np.zeros((3, 4))),
+    ],
+)
 def test_nuclear_norm_gradient_at_repeated_and_zero_singular_values(name, matrix):
     value, (g,) = grads(R.nuclear_norm, tf.constant(matrix, tf.float32))
     g = g.numpy()
@@ -128,15 +133,16 @@ def test_norms_compute_in_float32_and_return_gradients_in_the_input_dtype():
     for fn in (R.nuclear_norm, R.frobenius_norm):
         value, (g,) = grads(fn, tf.constant(m, tf.float16))  # TF has no CPU float16 SVD kernel
         assert value.dtype == tf.float32 and g.dtype == tf.float16
-    np.testing.assert_allclose(R.nuclear_norm(tf.constant(m, tf.float16)).numpy(), np_nuclear(m.astype(np.float16)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        R.nuclear_norm(tf.constant(m, tf.float16)).numpy(), np_nuclear(m.astype(np.float16)), rtol=1e-5
+    )
 
 
 def test_frobenius_norm_value_and_gradient_finite_at_zero():
     x = np.random.default_rng(5).normal(size=(2, 3, 4))
     value, (g,) = grads(R.frobenius_norm, tf.constant(x, tf.float32))
-    np.testing.assert_allclose(value.numpy(), np.sqrt((x ** 2).sum()), rtol=1e-6)
-    np.testing.assert_allclose(g.numpy(), x / np.sqrt((x ** 2).sum()), atol=1e-6)
+    np.testing.assert_allclose(value.numpy(), np.sqrt((x**2).sum()), rtol=1e-6)
+    np.testing.assert_allclose(g.numpy(), x / np.sqrt((x**2).sum()), atol=1e-6)
 
     value, (g,) = grads(R.frobenius_norm, tf.zeros((2, 3, 4)))
     assert value.numpy() == 0.0
@@ -150,6 +156,7 @@ def test_frobenius_norm_value_and_gradient_finite_at_zero():
 
 
 # ---------------------------------------------------------------- unfold and the MTN formula
+
 
 def test_unfoldings_match_numpy_reshapes():
     t = np.random.default_rng(6).normal(size=(3, 4, 5)).astype(np.float32)
@@ -196,15 +203,16 @@ def test_trace_norm_equals_numpy_formula_with_the_alphas():
     np.testing.assert_allclose(layer.alphas.numpy(), np_alphas(logits.astype(np.float64), 0.4), rtol=1e-6)
     value = layer([tf.constant(s) for s in stacks])
     assert value.dtype == tf.float32 and value.shape == ()
-    np.testing.assert_allclose(value.numpy(), np_trace_norm(stacks, np_alphas(logits.astype(np.float64), 0.4), 0.3),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        value.numpy(), np_trace_norm(stacks, np_alphas(logits.astype(np.float64), 0.4), 0.3), rtol=1e-5
+    )
 
 
 def _repeated_sv_stacks():
     q = orthogonal(6, seed=10)
     return {
         "zeros": np.zeros((3, 6, 4)),
-        "identical slices": np.stack([q[:, :4]] * 3),          # mode 0 rank 1, modes 1/2 repeated values
+        "identical slices": np.stack([q[:, :4]] * 3),  # mode 0 rank 1, modes 1/2 repeated values
         "identity slices": np.stack([np.eye(5)] * 2),
         "orthogonal slices": np.stack([orthogonal(5, seed=s) for s in range(3)]),
     }
@@ -252,6 +260,7 @@ def test_trace_norm_accepts_keras_variables_and_trains_them():
 
 
 # ---------------------------------------------------------------- alpha
+
 
 @pytest.mark.parametrize("floor", [0.0, 0.3, 0.5, 1.0])
 def test_alphas_respect_the_floor_and_sum_to_one_for_any_logits(floor):
@@ -309,6 +318,7 @@ def test_free_alpha_drifts_to_the_cheapest_unfolding_and_the_floor_holds_it():
 
 # ---------------------------------------------------------------- validation and config
 
+
 def test_trace_norm_validation_errors():
     layer = R.TensorTraceNorm(2)
     good = tf.zeros((2, 3, 4))
@@ -350,13 +360,14 @@ def test_trace_norm_config_round_trip_and_float32_under_mixed_precision():
 
 # ---------------------------------------------------------------- FDN: orthogonality loss
 
+
 def np_orth_paper(s, p) -> float:
     b, k, m, _ = s.shape
     total = 0.0
     for t in range(k):
         for j in range(m):
             total += np.sum((s[:, t, j, :].T @ p[:, t, j, :]) ** 2)
-    return total / b ** 2
+    return total / b**2
 
 
 def np_orth_authors(s, p) -> float:
@@ -435,6 +446,7 @@ def test_orthogonality_unknown_variant_raises():
 
 
 # ---------------------------------------------------------------- FDN: auxiliary heads
+
 
 def test_auxiliary_heads_are_one_dense_per_expert():
     b, k, m, d = 5, 2, 3, 4

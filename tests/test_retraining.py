@@ -24,7 +24,8 @@ from pipeline import dag, pusher
 from pipeline.synth import aliccp
 
 MTRANK = str(pathlib.Path(sys.executable).parent / "mtrank")
-# 1,500 synthetic rows hold ~14 test clicks: too few to gate CVR/CTCVR AUCs; CTR is gated, and compared with the baseline.
+# 1,500 synthetic rows hold ~14 test clicks: too few to gate CVR/CTCVR AUCs; CTR is gated, and
+# compared with the baseline.
 OPEN = {"evaluator": {"thresholds": {"ctr_auc": 0.0, "cvr_auc": None, "ctcvr_auc": None}}}
 
 
@@ -49,8 +50,9 @@ def open_config(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory, base, open_config):
     out = tmp_path_factory.mktemp("run1")
-    return out, mtrank("run", "--rows", "1500", "--output", str(out), "--serving-base", str(base), "--config",
-                       str(open_config))
+    return out, mtrank(
+        "run", "--rows", "1500", "--output", str(out), "--serving-base", str(base), "--config", str(open_config)
+    )
 
 
 def test_run_is_the_main_job_end_to_end(main_job, base):
@@ -88,14 +90,35 @@ def retrained(main_job, base, open_config, tmp_path_factory):
     root = tmp_path_factory.mktemp("run2")
     aliccp.generate(aliccp.AliccpSynthConfig(rows=12_000, seed=21, ctr=0.2, cvr=0.3), str(root / "raw"), progress=False)
     model_base = str(base / "mtrank")
-    config = serving_config.ServerConfig(models=(serving_config.ModelSpec("mtrank", model_base),), rest_port=0,
-                                         grpc_port=0, host="127.0.0.1", poll_seconds=0.5)
+    config = serving_config.ServerConfig(
+        models=(serving_config.ModelSpec("mtrank", model_base),),
+        rest_port=0,
+        grpc_port=0,
+        host="127.0.0.1",
+        poll_seconds=0.5,
+    )
     with ServerThread(config) as server:
         client = RestClient(server.rest_url, "mtrank")
         before = [s["version"] for s in client.status()["model_version_status"]]
-        result = mtrank("run", "--runner", "kfp-local", "--data", str(root / "raw"), "--format", "aliccp-raw",
-                        "--output", str(root / "out"), "--serving-base", str(base), "--warm-start", "--epochs", "3",
-                        "--config", str(open_config), "--no-serve")
+        result = mtrank(
+            "run",
+            "--runner",
+            "kfp-local",
+            "--data",
+            str(root / "raw"),
+            "--format",
+            "aliccp-raw",
+            "--output",
+            str(root / "out"),
+            "--serving-base",
+            str(base),
+            "--warm-start",
+            "--epochs",
+            "3",
+            "--config",
+            str(open_config),
+            "--no-serve",
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             after = [s["version"] for s in client.status()["model_version_status"] if s["state"] == "AVAILABLE"]
@@ -106,8 +129,15 @@ def retrained(main_job, base, open_config, tmp_path_factory):
         files = sorted(tf.io.gfile.glob(os.path.join(record["lineage"]["examples"], "examples", "test", "*")))
         examples = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(20)]
         served = client.predict_examples(examples)
-    return {"root": root, "result": result, "record": record, "before": before, "after": after,
-            "examples": examples, "served": served}
+    return {
+        "root": root,
+        "result": result,
+        "record": record,
+        "before": before,
+        "after": after,
+        "examples": examples,
+        "served": served,
+    }
 
 
 def test_retraining_pushes_version_2_and_the_running_server_picks_it_up(retrained, base):
@@ -136,8 +166,9 @@ def test_a_worse_model_is_evaluated_and_not_pushed(retrained, base, tmp_path):
     lineage = retrained["record"]["lineage"]
     untrained = export_untrained(pathlib.Path(lineage["transform_graph"]).parent, seed=5, out=tmp_path / "untrained")
     config = dag.eval_config({**OPEN["evaluator"], "tolerance": 0.005})
-    result = dag.evaluator(str(untrained), lineage["examples"], str(tmp_path), config,
-                           pusher.latest(str(base / "mtrank")))
+    result = dag.evaluator(
+        str(untrained), lineage["examples"], str(tmp_path), config, pusher.latest(str(base / "mtrank"))
+    )
     assert not result["blessed"] and "worse than the last pushed model" in " ".join(result["reasons"])
     assert dag.pusher(str(untrained), str(tmp_path), str(base), "mtrank") is None
     assert pusher.versions(str(base / "mtrank")) == [1, 2]

@@ -56,10 +56,13 @@ def direct(serving_versions, test_examples) -> dict:
         loaded = tf.saved_model.load(str(path))
         tensors = export.predict_inputs(loaded.signatures["predict"], test_examples)
         out[version] = {
-            "serving_default": {k: v.numpy() for k, v in loaded.signatures["serving_default"](
-                examples=tf.constant(test_examples)).items()},
+            "serving_default": {
+                k: v.numpy()
+                for k, v in loaded.signatures["serving_default"](examples=tf.constant(test_examples)).items()
+            },
             "predict": {k: v.numpy() for k, v in loaded.signatures["predict"](**tensors).items()},
-            "inputs": {k: v.numpy() for k, v in tensors.items()}}
+            "inputs": {k: v.numpy() for k, v in tensors.items()},
+        }
     return out
 
 
@@ -69,9 +72,16 @@ def server(tmp_path_factory, serving_versions):
     for version, path in serving_versions[1].items():
         shutil.copytree(path, base / str(version))
     spec = C.ModelSpec(MODEL, str(base), C.VersionPolicy("all"), labels=(("canary", 2), ("stable", 1)))
-    config = C.ServerConfig(models=(spec,), rest_port=0, grpc_port=0, host="127.0.0.1", poll_seconds=0.2,
-                            max_request_mb=4, max_request_rows=5_000,
-                            batching=C.BatchingConfig(max_batch_size=32, batch_timeout_micros=20_000))
+    config = C.ServerConfig(
+        models=(spec,),
+        rest_port=0,
+        grpc_port=0,
+        host="127.0.0.1",
+        poll_seconds=0.2,
+        max_request_mb=4,
+        max_request_rows=5_000,
+        batching=C.BatchingConfig(max_batch_size=32, batch_timeout_micros=20_000),
+    )
     with ServerThread(config) as running:
         yield running
 
@@ -86,7 +96,9 @@ def _predictions(body: dict) -> dict:
 
 def _close(got: dict, want: dict) -> None:
     for name in ("ctr", "cvr", "ctcvr"):
-        np.testing.assert_allclose(np.asarray(got[name], dtype=np.float64).ravel(), want[name].ravel(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            np.asarray(got[name], dtype=np.float64).ravel(), want[name].ravel(), rtol=1e-5, atol=1e-7
+        )
 
 
 # ------------------------------------------------------------------------------- status, metadata
@@ -95,10 +107,18 @@ def _close(got: dict, want: dict) -> None:
 def test_status_lists_the_served_versions_as_tf_serving_does(server):
     code, body = _http(f"{server.rest_url}/v1/models/{MODEL}")
     assert code == 200
-    assert body == {"model_version_status": [
-        {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}} for v in ("1", "2")]}
-    assert [s["version"] for s in _http(f"{server.rest_url}/v1/models/{MODEL}/versions/2")[1]["model_version_status"]] == ["2"]
-    assert [s["version"] for s in _http(f"{server.rest_url}/v1/models/{MODEL}/labels/stable")[1]["model_version_status"]] == ["1"]
+    assert body == {
+        "model_version_status": [
+            {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            for v in ("1", "2")
+        ]
+    }
+    assert [
+        s["version"] for s in _http(f"{server.rest_url}/v1/models/{MODEL}/versions/2")[1]["model_version_status"]
+    ] == ["2"]
+    assert [
+        s["version"] for s in _http(f"{server.rest_url}/v1/models/{MODEL}/labels/stable")[1]["model_version_status"]
+    ] == ["1"]
 
 
 def test_metadata_has_both_signatures_with_their_inputs_and_outputs(server):
@@ -119,8 +139,12 @@ def test_metadata_has_both_signatures_with_their_inputs_and_outputs(server):
 
 
 def test_row_form_b64_examples_score_as_the_saved_model_does(server, test_examples, direct):
-    for path, version in ((f"/v1/models/{MODEL}", 2), (f"/v1/models/{MODEL}/versions/1", 1),
-                          (f"/v1/models/{MODEL}/labels/stable", 1), (f"/v1/models/{MODEL}/labels/canary", 2)):
+    for path, version in (
+        (f"/v1/models/{MODEL}", 2),
+        (f"/v1/models/{MODEL}/versions/1", 1),
+        (f"/v1/models/{MODEL}/labels/stable", 1),
+        (f"/v1/models/{MODEL}/labels/canary", 2),
+    ):
         code, body = _http(f"{server.rest_url}{path}:predict", "POST", {"instances": _b64_rows(test_examples)})
         assert code == 200, body
         _close(_predictions(body), direct[version]["serving_default"])
@@ -128,16 +152,23 @@ def test_row_form_b64_examples_score_as_the_saved_model_does(server, test_exampl
 
 
 def test_columnar_form_and_the_named_input_form(server, test_examples, direct):
-    code, body = _http(f"{server.rest_url}/v1/models/{MODEL}:predict", "POST",
-                       {"signature_name": "serving_default", "inputs": {"examples": _b64_rows(test_examples)}})
+    code, body = _http(
+        f"{server.rest_url}/v1/models/{MODEL}:predict",
+        "POST",
+        {"signature_name": "serving_default", "inputs": {"examples": _b64_rows(test_examples)}},
+    )
     assert code == 200
     _close(body["outputs"], direct[2]["serving_default"])
     columns = {k: v.tolist() for k, v in direct[2]["inputs"].items()}
-    code, body = _http(f"{server.rest_url}/v1/models/{MODEL}:predict", "POST", {"signature_name": "predict", "inputs": columns})
+    code, body = _http(
+        f"{server.rest_url}/v1/models/{MODEL}:predict", "POST", {"signature_name": "predict", "inputs": columns}
+    )
     assert code == 200, body
     _close(body["outputs"], direct[2]["predict"])
     rows = [{k: v[i] for k, v in columns.items()} for i in range(ROWS)]
-    code, body = _http(f"{server.rest_url}/v1/models/{MODEL}:predict", "POST", {"signature_name": "predict", "instances": rows})
+    code, body = _http(
+        f"{server.rest_url}/v1/models/{MODEL}:predict", "POST", {"signature_name": "predict", "instances": rows}
+    )
     assert code == 200, body
     _close(_predictions(body), direct[2]["predict"])
     _close(direct[2]["predict"], direct[2]["serving_default"])
@@ -145,18 +176,21 @@ def test_columnar_form_and_the_named_input_form(server, test_examples, direct):
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, test_examples, direct):
     def one(i):
-        return i, _http(f"{server.rest_url}/v1/models/{MODEL}:predict", "POST",
-                        {"instances": _b64_rows([test_examples[i]])})
+        return i, _http(
+            f"{server.rest_url}/v1/models/{MODEL}:predict", "POST", {"instances": _b64_rows([test_examples[i]])}
+        )
 
     batches_before = _metric(server, "serving_batch_rows_count")
     small_before = _metric(server, 'serving_batch_rows_bucket{le="32.0"}')
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(ROWS)))
     batches = _metric(server, "serving_batch_rows_count") - batches_before
-    assert _metric(server, 'serving_batch_rows_bucket{le="32.0"}') - small_before == batches  # never over max_batch_size
+    assert (
+        _metric(server, 'serving_batch_rows_bucket{le="32.0"}') - small_before == batches
+    )  # never over max_batch_size
     for i, (code, body) in results:
         assert code == 200
-        _close(_predictions(body), {k: v[i:i + 1] for k, v in direct[2]["serving_default"].items()})
+        _close(_predictions(body), {k: v[i : i + 1] for k, v in direct[2]["serving_default"].items()})
     assert batches < ROWS, f"{ROWS} concurrent requests ran as {batches} model calls"
 
 
@@ -175,50 +209,83 @@ def test_concurrent_requests_with_bags_of_different_lengths_score_as_alone(serve
                 row[key] = kept
         for key in lengths:  # weights keep the length of their ids
             if key.endswith("_weight"):
-                row[key] = row[key][:len(row[key[:-len("_weight")]])]
+                row[key] = row[key][: len(row[key[: -len("_weight")]])]
         return row
 
     def one(i):
-        return _http(f"{server.rest_url}/v1/models/{MODEL}:predict", "POST",
-                     {"signature_name": "predict", "instances": [trimmed(i)]})
+        return _http(
+            f"{server.rest_url}/v1/models/{MODEL}:predict",
+            "POST",
+            {"signature_name": "predict", "instances": [trimmed(i)]},
+        )
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(ROWS)))
     for i, (code, body) in enumerate(results):
         assert code == 200, body
-        _close(_predictions(body), {k: v[i:i + 1] for k, v in direct[2]["predict"].items()})
+        _close(_predictions(body), {k: v[i : i + 1] for k, v in direct[2]["predict"].items()})
 
 
 # -------------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("method,path,body,code,message", [
-    ("POST", "/v1/models/nope:predict", {"instances": []}, 404, "Servable not found for request: Latest(nope)"),
-    ("GET", "/v1/models/nope", None, 404, "nope"),
-    ("GET", f"/v1/models/{MODEL}/versions/9", None, 404, "Specific(mtrank, 9)"),
-    ("POST", f"/v1/models/{MODEL}/versions/9:predict", {"instances": [{"b64": ""}]}, 404, "Specific(mtrank, 9)"),
-    ("GET", f"/v1/models/{MODEL}/labels/beta/metadata", None, 404, "label: beta"),
-    ("POST", f"/v1/models/{MODEL}:predict", {"signature_name": "nope", "instances": [{"b64": ""}]}, 404, "\"nope\" not found"),
-    ("POST", f"/v1/models/{MODEL}:predict", b"{not json", 400, "JSON Parse error"),
-    ("POST", f"/v1/models/{MODEL}:predict", [1, 2], 400, "must be a JSON object"),
-    ("POST", f"/v1/models/{MODEL}:predict", {}, 400, "Missing 'inputs' or 'instances' key"),
-    ("POST", f"/v1/models/{MODEL}:predict", {"instances": [], "inputs": []}, 400, "Not both"),
-    ("POST", f"/v1/models/{MODEL}:predict", {"instances": [{"b64": ""}], "extra": 1}, 400, "'extra'"),
-    ("POST", f"/v1/models/{MODEL}:predict", {"instances": []}, 400, "'instances' is empty"),
-    ("POST", f"/v1/models/{MODEL}:predict", {"instances": [{"b64": "%%%"}]}, 400, "not valid base64"),
-    ("POST", f"/v1/models/{MODEL}:predict", {"instances": [{"b64": base64.b64encode(b"\xff\x00junk").decode()}]},
-     400, "examples"),
-    ("POST", f"/v1/models/{MODEL}:predict", {"signature_name": "predict", "instances": [{"f101": 1}]}, 400,
-     "missing input(s) 'f109_14'"),
-    ("POST", f"/v1/models/{MODEL}:predict", {"signature_name": "predict", "inputs": {"f101": [1], "zz": [2]}}, 400,
-     "unknown input(s) 'zz'"),
-    ("POST", f"/v1/models/{MODEL}:predict", {"instances": [{"b64": ""}] * 5_001}, 400, "at most 5,000 rows"),
-    ("POST", f"/v1/models/{MODEL}:classify", {"examples": []}, 400, "'classify' is not supported"),
-    ("POST", f"/v1/models/{MODEL}:predict", b'{"instances": ' + b"[" * 900 + b"]" * 900 + b"}", 400, "nested too deeply"),
-    ("DELETE", f"/v1/models/{MODEL}", None, 405, "takes GET"),
-    ("GET", f"/v1/models/{MODEL}:predict", None, 405, "takes POST"),
-    ("GET", "/v2/models", None, 404, "Not Found"),
-])
+@pytest.mark.parametrize(
+    "method,path,body,code,message",
+    [
+        ("POST", "/v1/models/nope:predict", {"instances": []}, 404, "Servable not found for request: Latest(nope)"),
+        ("GET", "/v1/models/nope", None, 404, "nope"),
+        ("GET", f"/v1/models/{MODEL}/versions/9", None, 404, "Specific(mtrank, 9)"),
+        ("POST", f"/v1/models/{MODEL}/versions/9:predict", {"instances": [{"b64": ""}]}, 404, "Specific(mtrank, 9)"),
+        ("GET", f"/v1/models/{MODEL}/labels/beta/metadata", None, 404, "label: beta"),
+        (
+            "POST",
+            f"/v1/models/{MODEL}:predict",
+            {"signature_name": "nope", "instances": [{"b64": ""}]},
+            404,
+            '"nope" not found',
+        ),
+        ("POST", f"/v1/models/{MODEL}:predict", b"{not json", 400, "JSON Parse error"),
+        ("POST", f"/v1/models/{MODEL}:predict", [1, 2], 400, "must be a JSON object"),
+        ("POST", f"/v1/models/{MODEL}:predict", {}, 400, "Missing 'inputs' or 'instances' key"),
+        ("POST", f"/v1/models/{MODEL}:predict", {"instances": [], "inputs": []}, 400, "Not both"),
+        ("POST", f"/v1/models/{MODEL}:predict", {"instances": [{"b64": ""}], "extra": 1}, 400, "'extra'"),
+        ("POST", f"/v1/models/{MODEL}:predict", {"instances": []}, 400, "'instances' is empty"),
+        ("POST", f"/v1/models/{MODEL}:predict", {"instances": [{"b64": "%%%"}]}, 400, "not valid base64"),
+        (
+            "POST",
+            f"/v1/models/{MODEL}:predict",
+            {"instances": [{"b64": base64.b64encode(b"\xff\x00junk").decode()}]},
+            400,
+            "examples",
+        ),
+        (
+            "POST",
+            f"/v1/models/{MODEL}:predict",
+            {"signature_name": "predict", "instances": [{"f101": 1}]},
+            400,
+            "missing input(s) 'f109_14'",
+        ),
+        (
+            "POST",
+            f"/v1/models/{MODEL}:predict",
+            {"signature_name": "predict", "inputs": {"f101": [1], "zz": [2]}},
+            400,
+            "unknown input(s) 'zz'",
+        ),
+        ("POST", f"/v1/models/{MODEL}:predict", {"instances": [{"b64": ""}] * 5_001}, 400, "at most 5,000 rows"),
+        ("POST", f"/v1/models/{MODEL}:classify", {"examples": []}, 400, "'classify' is not supported"),
+        (
+            "POST",
+            f"/v1/models/{MODEL}:predict",
+            b'{"instances": ' + b"[" * 900 + b"]" * 900 + b"}",
+            400,
+            "nested too deeply",
+        ),
+        ("DELETE", f"/v1/models/{MODEL}", None, 405, "takes GET"),
+        ("GET", f"/v1/models/{MODEL}:predict", None, 405, "takes POST"),
+        ("GET", "/v2/models", None, 404, "Not Found"),
+    ],
+)
 def test_bad_requests_get_tf_serving_errors(server, method, path, body, code, message):
     got_code, got = _http(server.rest_url + path, method, body)
     assert (got_code, list(got)) == (code, ["error"]), got
@@ -250,9 +317,15 @@ def test_wrong_types_and_shapes_name_the_input(server, direct):
         ({"f101": [1] * (ROWS - 1)}, "different batch sizes"),
     ]
     for change, message in cases:
-        code, body = _http(f"{server.rest_url}/v1/models/{MODEL}:predict", "POST", _predict_inputs_named(direct, **change))
+        code, body = _http(
+            f"{server.rest_url}/v1/models/{MODEL}:predict", "POST", _predict_inputs_named(direct, **change)
+        )
         assert code == 400 and message in body["error"], (change, body)
-    deep = json.dumps(_predict_inputs_named(direct, f101="DEEP")).encode().replace(b'"DEEP"', b"[" * 900 + b"1" + b"]" * 900)
+    deep = (
+        json.dumps(_predict_inputs_named(direct, f101="DEEP"))
+        .encode()
+        .replace(b'"DEEP"', b"[" * 900 + b"1" + b"]" * 900)
+    )
     code, body = _http(f"{server.rest_url}/v1/models/{MODEL}:predict", "POST", deep)
     assert code == 400 and "'f101'" in body["error"], body
 
@@ -269,13 +342,18 @@ def test_fuzzed_requests_all_get_4xx_and_the_server_keeps_serving(server, test_e
             return {**value, key: mutate(value[key], depth + 1)}
         if isinstance(value, list) and value and roll < 0.6 and depth < 4:
             i = rng.randrange(len(value))
-            return value[:i] + [mutate(value[i], depth + 1)] + value[i + 1:]
+            return value[:i] + [mutate(value[i], depth + 1)] + value[i + 1 :]
         if isinstance(value, dict) and value and roll < 0.8:
             return {k: v for k, v in value.items() if k != rng.choice(sorted(value))}
         return rng.choice(junk)
 
-    paths = [f"/v1/models/{MODEL}:predict", f"/v1/models/{MODEL}/versions/1:predict",
-             f"/v1/models/{MODEL}/versions/x:predict", f"/v1/models/{MODEL}/labels/:predict", f"/v1/models/{MODEL}:regress"]
+    paths = [
+        f"/v1/models/{MODEL}:predict",
+        f"/v1/models/{MODEL}/versions/1:predict",
+        f"/v1/models/{MODEL}/versions/x:predict",
+        f"/v1/models/{MODEL}/labels/:predict",
+        f"/v1/models/{MODEL}:regress",
+    ]
     codes = {}
     for i in range(300):
         body = mutate(valid)
@@ -306,7 +384,10 @@ def test_grpc_predict_metadata_and_status(server, test_examples, direct):
         _close(client.predict_examples(test_examples), direct[2]["serving_default"])
         response = client.predict(direct[1]["inputs"], signature="predict")
         assert (response.model_spec.name, response.model_spec.version.value, response.model_spec.signature_name) == (
-            MODEL, 2, "predict")
+            MODEL,
+            2,
+            "predict",
+        )
         _close({k: tf.make_ndarray(v) for k, v in response.outputs.items()}, direct[2]["predict"])
         stable = GrpcClient(server.grpc_target, MODEL, label="stable")
         _close(stable.predict_examples(test_examples), direct[1]["serving_default"])
@@ -356,8 +437,11 @@ def test_rest_client_and_metrics(server, test_examples, direct):
 def _metric(server, name: str) -> float:
     with urllib.request.urlopen(f"{server.rest_url}/monitoring/prometheus/metrics") as response:
         text = response.read().decode()
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")
-              or (line.startswith(name + "{") and "{" not in name)]
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + " ") or (line.startswith(name + "{") and "{" not in name)
+    ]
     return sum(values)
 
 
@@ -375,15 +459,18 @@ def test_version_policies_and_config_files():
     assert specs[0] == C.ModelSpec("a", "/m/a", C.VersionPolicy("specific", versions=(1, 2)), (("stable", 1),))
     assert specs[1].policy == C.VersionPolicy("latest", 3)
     # As TF Serving: max_batch_size caps a request's rows; with splitting, batches run at max_execution_batch_size.
-    assert C.parse_batching_parameters("max_batch_size { value: 128 }\nbatch_timeout_micros { value: 500 }\n"
-                                       "pad_variable_length_inputs: false # comment") == {
-        "max_batch_size": 128, "max_request_rows": 128, "batch_timeout_micros": 500}
-    assert C.parse_batching_parameters("max_batch_size { value: 4096 } enable_large_batch_splitting: true "
-                                       "max_execution_batch_size { value: 32 }") == {
-        "max_batch_size": 32, "max_request_rows": 4096}
-    for text, message in (("max_batch_sise { value: 1 }", "unknown field 'max_batch_sise'"),
-                          ("max_batch_size { value: x }", "max_batch_size must be an integer"),
-                          ("enable_large_batch_splitting: yes", "must be true or false")):
+    assert C.parse_batching_parameters(
+        "max_batch_size { value: 128 }\nbatch_timeout_micros { value: 500 }\n"
+        "pad_variable_length_inputs: false # comment"
+    ) == {"max_batch_size": 128, "max_request_rows": 128, "batch_timeout_micros": 500}
+    assert C.parse_batching_parameters(
+        "max_batch_size { value: 4096 } enable_large_batch_splitting: true max_execution_batch_size { value: 32 }"
+    ) == {"max_batch_size": 32, "max_request_rows": 4096}
+    for text, message in (
+        ("max_batch_sise { value: 1 }", "unknown field 'max_batch_sise'"),
+        ("max_batch_size { value: x }", "max_batch_size must be an integer"),
+        ("enable_large_batch_splitting: yes", "must be true or false"),
+    ):
         with pytest.raises(C.ConfigError, match=message):
             C.parse_batching_parameters(text)
     with pytest.raises(C.ConfigError, match="model_platform 'pytorch'"):
@@ -423,11 +510,14 @@ def test_incomplete_versions_are_ignored_until_complete(tmp_path, serving_versio
     assert sorted(manager.versions(MODEL)) == [1]
 
 
-def test_a_pushed_version_is_served_within_seconds_and_no_request_fails(tmp_path, serving_versions, test_examples, direct):
+def test_a_pushed_version_is_served_within_seconds_and_no_request_fails(
+    tmp_path, serving_versions, test_examples, direct
+):
     base = tmp_path / MODEL
     shutil.copytree(serving_versions[1][1], base / "1")
-    config = C.ServerConfig(models=(C.ModelSpec(MODEL, str(base)),), rest_port=0, grpc_port=0, host="127.0.0.1",
-                            poll_seconds=0.2)
+    config = C.ServerConfig(
+        models=(C.ModelSpec(MODEL, str(base)),), rest_port=0, grpc_port=0, host="127.0.0.1", poll_seconds=0.2
+    )
     failures, answers, stop = [], [], threading.Event()
     with ServerThread(config) as running:
         client = RestClient(running.rest_url, MODEL)
@@ -467,13 +557,31 @@ def test_a_pushed_version_is_served_within_seconds_and_no_request_fails(tmp_path
 def test_score_writes_one_line_per_row_and_keeps_unreadable_rows(tmp_path, server, shared_data, serving_versions):
     from pipeline.example_gen import formats
 
-    source = (shared_data / "ali_ccp" / "preprocessed_csv" / "torchrechub_ali_ccp_test_sample.csv").read_text().splitlines()
+    source = (
+        (shared_data / "ali_ccp" / "preprocessed_csv" / "torchrechub_ali_ccp_test_sample.csv").read_text().splitlines()
+    )
     rows = source[:1] + source[1:11] + ["1,0,not,enough"] + source[11:21]
     csv_file = tmp_path / "rows.csv"
     csv_file.write_text("\n".join(rows) + "\n")
     out = tmp_path / "scores.csv"
-    assert cli.main(["score", "--server", server.rest_url, "--input", str(csv_file), "--output", str(out),
-                     "--model-version", "1", "--batch-size", "7"]) == 0
+    assert (
+        cli.main(
+            [
+                "score",
+                "--server",
+                server.rest_url,
+                "--input",
+                str(csv_file),
+                "--output",
+                str(out),
+                "--model-version",
+                "1",
+                "--batch-size",
+                "7",
+            ]
+        )
+        == 0
+    )
     lines = out.read_text().splitlines()
     assert lines[0] == "line,sample_id,ctr,cvr,ctcvr,error"
     scored = [line.split(",") for line in lines[1:]]
@@ -482,13 +590,17 @@ def test_score_writes_one_line_per_row_and_keeps_unreadable_rows(tmp_path, serve
     assert bad[0] == "12" and bad[2:5] == ["", "", ""] and "columns" in ",".join(bad[5:])
     parser = formats.detect_aliccp_csv(rows[0])
     examples = [parser.parse(text, "").example for text in rows[1:11] + rows[12:]]
-    want = tf.saved_model.load(str(serving_versions[1][1])).signatures["serving_default"](examples=tf.constant(examples))
+    want = tf.saved_model.load(str(serving_versions[1][1])).signatures["serving_default"](
+        examples=tf.constant(examples)
+    )
     got = np.array([[float(x) for x in r[2:5]] for r in scored if not r[5:] or not r[5]])
     np.testing.assert_allclose(got, np.stack([want[k].numpy().ravel() for k in ("ctr", "cvr", "ctcvr")], 1), rtol=1e-5)
 
     jsonl = tmp_path / "rows.jsonl"
-    jsonl.write_text('{"f101": 3, "f109_14": [1, 2], "sample_id": "a"}\n{"f101": "x"}\n{"nope": 1}\n'
-                     '{"f101": 18446744073709551616}\n{"f109_14_weight": [1e300]}\n')
+    jsonl.write_text(
+        '{"f101": 3, "f109_14": [1, 2], "sample_id": "a"}\n{"f101": "x"}\n{"nope": 1}\n'
+        '{"f101": 18446744073709551616}\n{"f109_14_weight": [1e300]}\n'
+    )
     assert cli.main(["score", "--server", server.rest_url, "--input", str(jsonl), "--output", str(out)]) == 0
     scored = [line.split(",", 5) for line in out.read_text().splitlines()[1:]]
     assert scored[0][1] == "a" and float(scored[0][2]) > 0 and scored[0][5] == ""

@@ -22,7 +22,9 @@ def clean_aliccp(tmp_path_factory):
 
 def test_aliccp_same_seed_same_bytes(tmp_path, synthetic_raw):
     folder, manifest = synthetic_raw
-    again = aliccp.generate(aliccp.AliccpSynthConfig(rows=5_000, seed=7, malformed_rate=0.01), str(tmp_path), progress=False)
+    again = aliccp.generate(
+        aliccp.AliccpSynthConfig(rows=5_000, seed=7, malformed_rate=0.01), str(tmp_path), progress=False
+    )
     for name in aliccp.FILES["train"] + aliccp.FILES["test"] + ("synth.json",):
         assert filecmp.cmp(folder / name, tmp_path / name, shallow=False), name
     assert again == manifest

@@ -26,13 +26,23 @@ SMALL = {"embedding_dim": 8, "expert_units": [32, 16], "tower_units": [16], "num
 # Adam's normalised steps then shrink PLE's embeddings to zero (its ReLUs die) within an epoch.
 # A constant rate: the default decay is counted for 2,048-row batches over 1M rows, and would spend
 # most of these few hundred steps at a falling rate.
-FAST = {"batch_size": 512, "epochs": 3, "eval_batch_size": 4096, "learning_rate": 0.005, "embedding_l2": 1e-4,
-        "decay_steps": None}
+FAST = {
+    "batch_size": 512,
+    "epochs": 3,
+    "eval_batch_size": 4096,
+    "learning_rate": 0.005,
+    "embedding_l2": 1e-4,
+    "decay_steps": None,
+}
 
 
 def _config(model="mmoe", xla=False, training=None, **sections) -> dict:
-    return {"model": {"name": model, **SMALL}, "training": {**FAST, **(training or {})},
-            "hardware": {"xla": xla}, **sections}
+    return {
+        "model": {"name": model, **SMALL},
+        "training": {**FAST, **(training or {})},
+        "hardware": {"xla": xla},
+        **sections,
+    }
 
 
 def _auc_floor(positives: int, negatives: int) -> float:
@@ -48,7 +58,10 @@ def _check_beats_constant(metrics: dict):
 
 
 ZOO = [(name, {}) for name in MODEL_NAMES] + [
-    ("ple+mtn-experts-depth", {"model": {"name": "ple", **SMALL, "levels": 2}, "mtn": {"target": "experts", "depth": 1}}),
+    (
+        "ple+mtn-experts-depth",
+        {"model": {"name": "ple", **SMALL, "levels": 2}, "mtn": {"target": "experts", "depth": 1}},
+    ),
     ("fdn-authors-no-aux", {"fdn": {"orth_variant": "authors", "aux": False}}),
     ("fdn-no-shared", {"model": {"name": "fdn", **SMALL, "shared_features": False}}),
 ]
@@ -96,10 +109,21 @@ def test_a_run_writes_its_config_metrics_checkpoints_and_tensorboard_logs(traine
     assert metrics["evals_done"] == 4 and metrics["epochs_done"] == 2.0 and len(metrics["history"]) == 4
     steps = metrics["rows"]["train"] // FAST["batch_size"] // 2
     assert [(e["eval"], e["epoch"], e["step"]) for e in metrics["history"]] == [
-        (i, i / 2, i * steps) for i in range(1, 5)]
+        (i, i / 2, i * steps) for i in range(1, 5)
+    ]
     for entry in metrics["history"]:
-        assert {"loss", "ctr_loss", "ctcvr_loss", "mtn_loss", "val_ctr_auc", "val_cvr_auc", "val_ctcvr_auc",
-                "val_ctr_logloss", "val_cvr_logloss", "val_ctcvr_logloss"} <= set(entry)
+        assert {
+            "loss",
+            "ctr_loss",
+            "ctcvr_loss",
+            "mtn_loss",
+            "val_ctr_auc",
+            "val_cvr_auc",
+            "val_ctcvr_auc",
+            "val_ctr_logloss",
+            "val_cvr_logloss",
+            "val_ctcvr_logloss",
+        } <= set(entry)
     # The default monitor: the eval CTR + CTCVR log loss; its best round's weights are restored.
     best = max(metrics["history"], key=_monitored)
     assert metrics["monitor"] == "logloss" and metrics["best_eval"] == best["eval"]
@@ -115,8 +139,10 @@ def test_a_run_writes_its_config_metrics_checkpoints_and_tensorboard_logs(traine
 def test_early_stopping_on_eval_cvr_auc_with_patience(tmp_path, trainable_synthetic):
     """The MTN paper's rule, as a named option: eval CVR AUC once per epoch, patience 2."""
     # A learning rate this high overfits the tiny data within an epoch or two.
-    config = _config("mmoe", training={"epochs": 12, "patience": 2, "learning_rate": 0.05, "monitor": "cvr_auc",
-                                       "evals_per_epoch": 1})
+    config = _config(
+        "mmoe",
+        training={"epochs": 12, "patience": 2, "learning_rate": 0.05, "monitor": "cvr_auc", "evals_per_epoch": 1},
+    )
     result = train.train(str(trainable_synthetic[0]), str(tmp_path), config)
     history = [e["val_cvr_auc"] for e in result["history"]]
     assert result["stopped_early"] and len(history) < 12
@@ -148,8 +174,9 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, trained
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config))
     out = tmp_path / "out"
-    command = _mtrank("train", "--transformed", str(trainable_synthetic[0]), "--output", str(out),
-                      "--config", str(config_file))
+    command = _mtrank(
+        "train", "--transformed", str(trainable_synthetic[0]), "--output", str(out), "--config", str(config_file)
+    )
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     state = out / "model" / "state.json"
     deadline = time.time() + 300
@@ -208,8 +235,9 @@ def test_saved_model_scores_equal_the_in_memory_model(trained_mmoe, trainable_sy
 
     tft_output = tft.TFTransformOutput(str(transformed / "transform_graph"))
     files = [str(transformed / "transformed" / "test" / "*")]
-    split = inputs.load(files, tft_output.transformed_feature_spec(), spec, categorical_cardinalities(tft_output),
-                        32, 8, "test")
+    split = inputs.load(
+        files, tft_output.transformed_feature_spec(), spec, categorical_cardinalities(tft_output), 32, 8, "test"
+    )
     in_memory, _ = train.predict(network, split, 4096, xla=False)
     ids = _sample_ids([r.numpy() for r in inputs.read_records(inputs.expand(files))])
     by_id = {i: n for n, i in enumerate(ids)}

@@ -39,6 +39,7 @@ def binomial_tolerance(n: int, p: float, sigmas: float = 4.5) -> float:
 
 # --- vocabularies --------------------------------------------------------------------------
 
+
 def test_vocabularies_come_from_the_training_split_only(ingested_synthetic, transformed_synthetic):
     examples, output = ingested_synthetic[0], transformed_synthetic[0]
     train = read_examples(examples, "train")
@@ -62,7 +63,9 @@ def test_vocabularies_come_from_the_training_split_only(ingested_synthetic, tran
     assert unseen["eval"] > 0 and unseen["test"] > 0  # the synthetic ids' long tail reaches OOV
 
 
-def test_vocabulary_sizes_reach_the_trainer_through_the_transform_output(transformed_synthetic, transformed_torchrechub):
+def test_vocabulary_sizes_reach_the_trainer_through_the_transform_output(
+    transformed_synthetic, transformed_torchrechub
+):
     for (output, stats), oov in ((transformed_synthetic, 1), (transformed_torchrechub, 2)):
         cardinalities = preprocessing.categorical_cardinalities(graph(output))
         categorical = {f.key for f in F.SCHEMAS[stats["schema"]].fields if f.kind is F.Kind.CATEGORICAL}
@@ -100,7 +103,9 @@ def test_multivalued_fields_keep_every_id_and_weight(ingested_synthetic, transfo
         out = transformed[row[F.SAMPLE_ID][0]]
         for field in multivalued:
             assert len(out.get(field.key, [])) == len(row.get(field.key, []))
-            assert np.array_equal(np.float32(out.get(F.weight_key(field), [])), np.float32(row.get(F.weight_key(field), [])))
+            assert np.array_equal(
+                np.float32(out.get(F.weight_key(field), [])), np.float32(row.get(F.weight_key(field), []))
+            )
             bags += len(row.get(field.key, [])) > 1
     assert bags > 0
 
@@ -113,8 +118,10 @@ def test_numeric_fields_follow_their_options_with_training_statistics(ingested_s
         return np.array([row[key][0] for row in rows], dtype=np.float64)
 
     log1p = np.sign(column(train_raw, "numerical_1")) * np.log1p(np.abs(column(train_raw, "numerical_1")))
-    stats = {"numerical_1": (log1p.mean(), log1p.std()),
-             "numerical_2": (column(train_raw, "numerical_2").mean(), column(train_raw, "numerical_2").std())}
+    stats = {
+        "numerical_1": (log1p.mean(), log1p.std()),
+        "numerical_2": (column(train_raw, "numerical_2").mean(), column(train_raw, "numerical_2").std()),
+    }
     for split in ("eval", "test"):  # the training split of this fixture has noise
         raw = read_examples(examples, split)
         transformed = read_transformed(output, split)
@@ -122,8 +129,9 @@ def test_numeric_fields_follow_their_options_with_training_statistics(ingested_s
         x1, x2 = column(raw, "numerical_1"), column(raw, "numerical_2")
         expected_1 = (np.sign(x1) * np.log1p(np.abs(x1)) - stats["numerical_1"][0]) / stats["numerical_1"][1]
         np.testing.assert_allclose(column(out, "numerical_1"), expected_1, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(column(out, "numerical_2"), (x2 - stats["numerical_2"][0]) / stats["numerical_2"][1],
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            column(out, "numerical_2"), (x2 - stats["numerical_2"][0]) / stats["numerical_2"][1], rtol=1e-4, atol=1e-4
+        )
         # AliExpress' numerics are already scaled: the rest pass through unchanged.
         np.testing.assert_array_equal(np.float32(column(out, "numerical_3")), np.float32(column(raw, "numerical_3")))
 
@@ -133,11 +141,13 @@ def test_unknown_or_invalid_options_are_named():
         Options.from_config({"frequency": 3})
     with pytest.raises(ValueError, match="numerical_4.*'sqrt'"):
         Options.from_config({"numeric": {"numerical_4": ["sqrt"]}})
-    for bad, message in (({"num_oov_buckets": 0}, "num_oov_buckets must be an integer >= 1"),
-                         ({"num_oov_buckets": 1.5}, "num_oov_buckets must be an integer >= 1"),
-                         ({"numeric": ["log1p"]}, "numeric must map field names"),
-                         ({"numeric": {"numerical_1": "log1p"}}, "numerical_1 must be a list"),
-                         (["log1p"], "must be an object")):
+    for bad, message in (
+        ({"num_oov_buckets": 0}, "num_oov_buckets must be an integer >= 1"),
+        ({"num_oov_buckets": 1.5}, "num_oov_buckets must be an integer >= 1"),
+        ({"numeric": ["log1p"]}, "numeric must map field names"),
+        ({"numeric": {"numerical_1": "log1p"}}, "numerical_1 must be a list"),
+        (["log1p"], "must be an object"),
+    ):
         with pytest.raises(ValueError, match=message):
             Options.from_config(bad)
     with pytest.raises(ValueError, match="numerical_99.*not numeric fields of aliexpress"):
@@ -146,6 +156,7 @@ def test_unknown_or_invalid_options_are_named():
 
 
 # --- labels ----------------------------------------------------------------------------------
+
 
 def _type_specs(schema: F.Schema) -> dict:
     from tensorflow_transform.tf_metadata import schema_utils
@@ -157,11 +168,14 @@ def _type_specs(schema: F.Schema) -> dict:
 
 def _label_inputs_of_features(preprocessing_fn, schema: F.Schema) -> set[str]:
     """Labels that the non-label outputs read, directly or through an analyzer."""
+
     def features_only(inputs):
         return {k: v for k, v in preprocessing_fn(inputs).items() if k not in F.LABELS}
 
     specs = _type_specs(schema)
-    read = set(tft.get_analyze_input_columns(features_only, specs)) | set(tft.get_transform_input_columns(features_only, specs))
+    read = set(tft.get_analyze_input_columns(features_only, specs)) | set(
+        tft.get_transform_input_columns(features_only, specs)
+    )
     return read & set(F.LABELS)
 
 
@@ -194,9 +208,11 @@ def test_labels_pass_through_unchanged(ingested_synthetic, transformed_synthetic
 
 # --- skew: Beam against the exported transform graph ----------------------------------------------
 
+
 @pytest.mark.parametrize("dataset", ["synthetic", "aliexpress"])
-def test_beam_and_the_exported_transform_layer_give_identical_features(dataset, ingested_synthetic, ingested_shared,
-                                                                transformed_synthetic, transformed_aliexpress):
+def test_beam_and_the_exported_transform_layer_give_identical_features(
+    dataset, ingested_synthetic, ingested_shared, transformed_synthetic, transformed_aliexpress
+):
     examples, output, schema = {
         "synthetic": (ingested_synthetic[0], transformed_synthetic[0], F.ALICCP_RAW),
         "aliexpress": (ingested_shared["aliexpress_fuxictr"][0], transformed_aliexpress[0], F.ALIEXPRESS),
@@ -206,7 +222,8 @@ def test_beam_and_the_exported_transform_layer_give_identical_features(dataset, 
     sample_ids = raw[F.SAMPLE_ID].numpy()
     # As at serving: the request carries neither labels nor sample ids.
     layer_out = graph(output).transform_features_layer()(
-        {k: v for k, v in raw.items() if k not in (*F.LABELS, F.SAMPLE_ID)})
+        {k: v for k, v in raw.items() if k not in (*F.LABELS, F.SAMPLE_ID)}
+    )
     assert not set(layer_out) & {*F.LABELS, F.SAMPLE_ID}
     beam_out = read_transformed(output, "test")
     assert sorted(sample_ids) == sorted(beam_out)
@@ -218,6 +235,7 @@ def test_beam_and_the_exported_transform_layer_give_identical_features(dataset, 
 
 
 # --- noise injection ---------------------------------------------------------------------------
+
 
 def test_noise_rates_match_the_proportions_within_binomial_tolerance(transformed_synthetic_noisy):
     stats = transformed_synthetic_noisy[1]["noise"]
@@ -276,8 +294,11 @@ def _raw_train_batch(examples, schema: F.Schema = F.ALICCP_RAW):
 
     source = tfxio.TFExampleRecord(
         file_pattern=str(pathlib.Path(examples, "examples", "train", "*.tfrecord.gz")),
-        schema=schema_utils.schema_from_feature_spec(preprocessing.raw_feature_spec(schema)))
-    options = dataset_options.RecordBatchesOptions(batch_size=1 << 20, drop_final_batch=False, num_epochs=1, shuffle=False)
+        schema=schema_utils.schema_from_feature_spec(preprocessing.raw_feature_spec(schema)),
+    )
+    options = dataset_options.RecordBatchesOptions(
+        batch_size=1 << 20, drop_final_batch=False, num_epochs=1, shuffle=False
+    )
     return pa.Table.from_batches(list(source.RecordBatches(options))).combine_chunks().to_batches()[0]
 
 
@@ -294,7 +315,10 @@ def test_noise_is_the_same_for_a_seed_whatever_the_batching(ingested_synthetic, 
     transform_fn_dir = str(pathlib.Path(transformed_synthetic[0], "transform_graph", "transform_fn"))
     whole = _inject(batch, transform_fn_dir, seed=5)
     cut = batch.num_rows // 3
-    pieces = [_inject(batch.slice(0, cut), transform_fn_dir, seed=5), _inject(batch.slice(cut), transform_fn_dir, seed=5)]
+    pieces = [
+        _inject(batch.slice(0, cut), transform_fn_dir, seed=5),
+        _inject(batch.slice(cut), transform_fn_dir, seed=5),
+    ]
     assert pa.Table.from_batches([whole]).equals(pa.Table.from_batches(pieces))
     assert not pa.Table.from_batches([whole]).equals(pa.Table.from_batches([batch]))
     other_seed = _inject(batch, transform_fn_dir, seed=6)
@@ -305,14 +329,21 @@ def test_numeric_replacements_are_other_training_values(ingested_shared, transfo
     batch = _raw_train_batch(ingested_shared["aliexpress_fuxictr"][0], F.ALIEXPRESS)
     numeric = [f.key for f in F.ALIEXPRESS.fields if f.kind is F.Kind.NUMERIC]
     sampler = noise.SampleNumeric(numeric, seed=3, size=200)
-    samples = sampler.extract_output(sampler.merge_accumulators(
-        [sampler.add_input(sampler.create_accumulator(), batch.slice(0, 400)),
-         sampler.add_input(sampler.create_accumulator(), batch.slice(400))]))
+    samples = sampler.extract_output(
+        sampler.merge_accumulators(
+            [
+                sampler.add_input(sampler.create_accumulator(), batch.slice(0, 400)),
+                sampler.add_input(sampler.create_accumulator(), batch.slice(400)),
+            ]
+        )
+    )
     one_pass = sampler.extract_output(sampler.add_input(sampler.create_accumulator(), batch))
     assert all(sorted(samples[k]) == sorted(one_pass[k]) for k in numeric)
     dofn = noise.InjectNoise(list(F.ALIEXPRESS.fields), 0.5, 0.5, seed=3)
     dofn.start_bundle()
-    noisy = list(dofn.process(batch, str(pathlib.Path(transformed_aliexpress[0], "transform_graph", "transform_fn")), samples))[0]
+    noisy = list(
+        dofn.process(batch, str(pathlib.Path(transformed_aliexpress[0], "transform_graph", "transform_fn")), samples)
+    )[0]
     replaced = 0
     for key in numeric:
         before = batch.column(key).flatten().to_numpy()

@@ -8,8 +8,18 @@ from trainer.warm_start import _layout, _row_pairs
 
 
 def _table(fields: list[tuple[str, str, int]]) -> FieldEmbedding:
-    spec = {"fields": [{"key": k, "kind": kind, "cardinality": n, "bag_length": 2 if kind == "bag" else 0,
-                        "weighted": kind == "bag"} for k, kind, n in fields]}
+    spec = {
+        "fields": [
+            {
+                "key": k,
+                "kind": kind,
+                "cardinality": n,
+                "bag_length": 2 if kind == "bag" else 0,
+                "weighted": kind == "bag",
+            }
+            for k, kind, n in fields
+        ]
+    }
     return FieldEmbedding(spec, 4)
 
 
@@ -24,8 +34,12 @@ def test_rows_follow_their_ids_and_oov_buckets_carry_over():
     old_vocab = {"a": ["x", "y", "z"], "b": ["p", "q"]}
     new_vocab = {"a": ["z", "w", "x"], "b": ["q", "r", "p"]}
     assert _pairs(new, old, new_vocab, old_vocab) == {
-        0: 2, 2: 0, 3: 3,  # a: z and x moved, w is new, the OOV bucket stays
-        4: 5, 6: 4, 7: 6,  # b: q and p moved, r is new, b's OOV bucket: old row 6 -> new row 7
+        0: 2,
+        2: 0,
+        3: 3,  # a: z and x moved, w is new, the OOV bucket stays
+        4: 5,
+        6: 4,
+        7: 6,  # b: q and p moved, r is new, b's OOV bucket: old row 6 -> new row 7
     }
 
 

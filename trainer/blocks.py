@@ -40,19 +40,25 @@ class FieldEmbedding(keras.layers.Layer):
         offsets = np.cumsum([0] + [f.cardinality for f in self.categorical + self.bags])
         self.rows = int(offsets[-1])
         self.categorical_offsets = offsets[: len(self.categorical)].astype("int32")
-        bag_offsets = offsets[len(self.categorical):-1]
-        self.bag_offsets = np.concatenate(
-            [np.full(f.bag_length, o, "int32") for f, o in zip(self.bags, bag_offsets)]) if self.bags else None
+        bag_offsets = offsets[len(self.categorical) : -1]
+        self.bag_offsets = (
+            np.concatenate([np.full(f.bag_length, o, "int32") for f, o in zip(self.bags, bag_offsets)])
+            if self.bags
+            else None
+        )
         # [sum of bag lengths, F_bag]: 1 where a bag position belongs to the field; pools all bags in one matmul.
         self.bag_pooling = np.zeros((sum(f.bag_length for f in self.bags), len(self.bags)), "float32")
         start = 0
         for j, f in enumerate(self.bags):
-            self.bag_pooling[start:start + f.bag_length, j] = 1.0
+            self.bag_pooling[start : start + f.bag_length, j] = 1.0
             start += f.bag_length
 
     def build(self, input_shape=None):
-        self.table = self.add_weight(shape=(max(self.rows, 1), self.dim), name="table",
-                                     initializer=keras.initializers.RandomUniform(-self.init_scale, self.init_scale))
+        self.table = self.add_weight(
+            shape=(max(self.rows, 1), self.dim),
+            name="table",
+            initializer=keras.initializers.RandomUniform(-self.init_scale, self.init_scale),
+        )
 
     @property
     def output_dim(self) -> int:
@@ -95,8 +101,13 @@ class FieldEmbedding(keras.layers.Layer):
         return ops.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
     def get_config(self):
-        return {**super().get_config(), "spec": self.spec, "dim": self.dim, "pooling": self.pooling,
-                "init_scale": self.init_scale}
+        return {
+            **super().get_config(),
+            "spec": self.spec,
+            "dim": self.dim,
+            "pooling": self.pooling,
+            "init_scale": self.init_scale,
+        }
 
 
 @keras.saving.register_keras_serializable("mtrank")
@@ -116,8 +127,11 @@ class LinearLogits(keras.layers.Layer):
     def build(self, input_shape=None):
         self.weights_by_id.build()
         numeric = len(self.weights_by_id.numeric)
-        self.numeric_weights = self.add_weight(shape=(numeric, self.num_tasks), initializer="zeros",
-                                               name="numeric_weights") if numeric else None
+        self.numeric_weights = (
+            self.add_weight(shape=(numeric, self.num_tasks), initializer="zeros", name="numeric_weights")
+            if numeric
+            else None
+        )
         self.bias = self.add_weight(shape=(self.num_tasks,), initializer="zeros", name="bias")
 
     def call(self, features):
@@ -206,8 +220,13 @@ class ParallelMLP(keras.layers.Layer):
         self.kernel_vars, self.bias_vars = [], []
         for i, d_out in enumerate(self.units):
             limit = math.sqrt(6.0 / (d_in + d_out))
-            self.kernel_vars.append(self.add_weight(
-                shape=(self.n, d_in, d_out), initializer=keras.initializers.RandomUniform(-limit, limit), name=f"kernel_{i}"))
+            self.kernel_vars.append(
+                self.add_weight(
+                    shape=(self.n, d_in, d_out),
+                    initializer=keras.initializers.RandomUniform(-limit, limit),
+                    name=f"kernel_{i}",
+                )
+            )
             self.bias_vars.append(self.add_weight(shape=(self.n, d_out), initializer="zeros", name=f"bias_{i}"))
             d_in = d_out
 
@@ -227,8 +246,13 @@ class ParallelMLP(keras.layers.Layer):
         return x
 
     def get_config(self):
-        return {**super().get_config(), "n": self.n, "units": list(self.units), "dropout": self.dropout,
-                "linear_output": self.linear_output}
+        return {
+            **super().get_config(),
+            "n": self.n,
+            "units": list(self.units),
+            "dropout": self.dropout,
+            "linear_output": self.linear_output,
+        }
 
 
 @keras.saving.register_keras_serializable("mtrank")
@@ -296,8 +320,16 @@ class ExtractionLevel(keras.layers.Layer):
     level gets the embedding k + 1 times). Output: the same list at the next level, [B, units[-1]].
     """
 
-    def __init__(self, num_tasks: int, specific_experts: int, shared_experts: int, units, last: bool,
-                 dropout: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        num_tasks: int,
+        specific_experts: int,
+        shared_experts: int,
+        units,
+        last: bool,
+        dropout: float = 0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_tasks, self.specific_experts, self.shared_experts = num_tasks, specific_experts, shared_experts
         self.units, self.last, self.dropout = tuple(units), last, dropout
@@ -312,21 +344,31 @@ class ExtractionLevel(keras.layers.Layer):
 
     def experts_output(self, inputs, training=False):
         """Each task's experts [B, specific, u] and the shared ones [B, shared, u]."""
-        return ([e(x, training=training) for e, x in zip(self.specific, inputs[:-1])],
-                self.shared(inputs[-1], training=training))
+        return (
+            [e(x, training=training) for e, x in zip(self.specific, inputs[:-1])],
+            self.shared(inputs[-1], training=training),
+        )
 
     def call(self, inputs, training=False):
         specific, shared = self.experts_output(inputs, training)
-        outputs = [gate(x, ops.concatenate([own, shared], axis=1))
-                   for gate, x, own in zip(self.task_gates, inputs[:-1], specific)]
+        outputs = [
+            gate(x, ops.concatenate([own, shared], axis=1))
+            for gate, x, own in zip(self.task_gates, inputs[:-1], specific)
+        ]
         if self.shared_gate is not None:
             outputs.append(self.shared_gate(inputs[-1], ops.concatenate(specific + [shared], axis=1)))
         return outputs
 
     def get_config(self):
-        return {**super().get_config(), "num_tasks": self.num_tasks, "specific_experts": self.specific_experts,
-                "shared_experts": self.shared_experts, "units": list(self.units), "last": self.last,
-                "dropout": self.dropout}
+        return {
+            **super().get_config(),
+            "num_tasks": self.num_tasks,
+            "specific_experts": self.specific_experts,
+            "shared_experts": self.shared_experts,
+            "units": list(self.units),
+            "last": self.last,
+            "dropout": self.dropout,
+        }
 
 
 @keras.saving.register_keras_serializable("mtrank")
@@ -338,8 +380,7 @@ class DecompositionPairs(keras.layers.Layer):
     is None.
     """
 
-    def __init__(self, num_tasks: int, pairs: int, units, shared_features: bool = True, dropout: float = 0.0,
-                 **kwargs):
+    def __init__(self, num_tasks: int, pairs: int, units, shared_features: bool = True, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_tasks, self.pairs, self.units = num_tasks, pairs, tuple(units)
         self.shared_features, self.dropout = shared_features, dropout
@@ -353,5 +394,11 @@ class DecompositionPairs(keras.layers.Layer):
         return specific, shared
 
     def get_config(self):
-        return {**super().get_config(), "num_tasks": self.num_tasks, "pairs": self.pairs, "units": list(self.units),
-                "shared_features": self.shared_features, "dropout": self.dropout}
+        return {
+            **super().get_config(),
+            "num_tasks": self.num_tasks,
+            "pairs": self.pairs,
+            "units": list(self.units),
+            "shared_features": self.shared_features,
+            "dropout": self.dropout,
+        }

@@ -145,15 +145,41 @@ class TrainerConfig:
         return from_dict(merged)
 
 
-_SECTIONS = {"model": ModelConfig, "loss": LossConfig, "fdn": FdnConfig, "mtn": MtnConfig,
-             "training": TrainingConfig, "hardware": HardwareConfig}
-_CHOICES = {("model", "name"): MODEL_NAMES, ("model", "pooling"): ("mean", "sum"),
-            ("loss", "convention"): LOSS_CONVENTIONS + (None,), ("fdn", "orth_variant"): ORTH_VARIANTS,
-            ("mtn", "target"): MTN_TARGETS,
-            ("training", "monitor"): MONITORS, ("training", "embedding_optimizer"): EMBEDDING_OPTIMIZERS, ("hardware", "distribute"): ("auto", "none")}
+_SECTIONS = {
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "fdn": FdnConfig,
+    "mtn": MtnConfig,
+    "training": TrainingConfig,
+    "hardware": HardwareConfig,
+}
+_CHOICES = {
+    ("model", "name"): MODEL_NAMES,
+    ("model", "pooling"): ("mean", "sum"),
+    ("loss", "convention"): LOSS_CONVENTIONS + (None,),
+    ("fdn", "orth_variant"): ORTH_VARIANTS,
+    ("mtn", "target"): MTN_TARGETS,
+    ("training", "monitor"): MONITORS,
+    ("training", "embedding_optimizer"): EMBEDDING_OPTIMIZERS,
+    ("hardware", "distribute"): ("auto", "none"),
+}
 _NULLABLE = {"decay_steps"}  # keys whose default is set but may be null
-_POSITIVE = {"embedding_dim", "num_experts", "specific_experts", "shared_experts", "levels", "pairs", "epochs",
-             "batch_size", "patience", "evals_per_epoch", "max_bag_length", "eval_batch_size", "steps_per_epoch", "decay_steps"}
+_POSITIVE = {
+    "embedding_dim",
+    "num_experts",
+    "specific_experts",
+    "shared_experts",
+    "levels",
+    "pairs",
+    "epochs",
+    "batch_size",
+    "patience",
+    "evals_per_epoch",
+    "max_bag_length",
+    "eval_batch_size",
+    "steps_per_epoch",
+    "decay_steps",
+}
 
 
 def _check(section: str, key: str, value, default):
@@ -163,15 +189,21 @@ def _check(section: str, key: str, value, default):
             raise ValueError(f"{where} must be one of {[c for c in _CHOICES[section, key] if c]}, got {value!r}")
         return value
     if isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)) or not value or any(
-                isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in value):
+        if (
+            not isinstance(value, (list, tuple))
+            or not value
+            or any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in value)
+        ):
             raise ValueError(f"{where} must be a non-empty list of positive integers, got {value!r}")
         return tuple(value)
     if key == "weights":
         if value is None:
             return None
-        if not isinstance(value, dict) or set(value) - {"ctr", "cvr", "ctcvr"} or any(
-                isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in value.values()):
+        if (
+            not isinstance(value, dict)
+            or set(value) - {"ctr", "cvr", "ctcvr"}
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in value.values())
+        ):
             raise ValueError(f"{where} must map some of ctr, cvr and ctcvr to non-negative numbers, got {value!r}")
         return {k: float(v) for k, v in value.items()}
     if isinstance(default, bool):
@@ -190,8 +222,21 @@ def _check(section: str, key: str, value, default):
         raise ValueError(f"{where} must be positive, got {value!r}")
     if key == "depth" and value < 0:
         raise ValueError(f"{where} must be a depth index >= 0 or null, got {value!r}")
-    if key in ("lam", "aux_weight", "orth_weight", "dropout", "learning_rate", "memory_budget_gb",
-               "embedding_l2", "embedding_learning_rate", "warmup_steps") and value < 0:
+    if (
+        key
+        in (
+            "lam",
+            "aux_weight",
+            "orth_weight",
+            "dropout",
+            "learning_rate",
+            "memory_budget_gb",
+            "embedding_l2",
+            "embedding_learning_rate",
+            "warmup_steps",
+        )
+        and value < 0
+    ):
         raise ValueError(f"{where} must be >= 0, got {value!r}")
     if key in ("alpha_floor", "dropout", "decay_floor") and not 0 <= value <= 1:
         raise ValueError(f"{where} must be in [0, 1], got {value!r}")
@@ -219,6 +264,7 @@ def from_dict(config: dict | None) -> TrainerConfig:
     unknown = sorted(set(config) - set(_SECTIONS))
     if unknown:
         raise ValueError(f"trainer config: unknown sections {unknown}; known: {sorted(_SECTIONS)}")
-    sections = {name: None if values is None and name == "mtn" else _section(name, values)
-                for name, values in config.items()}
+    sections = {
+        name: None if values is None and name == "mtn" else _section(name, values) for name, values in config.items()
+    }
     return TrainerConfig(**sections)

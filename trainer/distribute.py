@@ -70,8 +70,10 @@ def cluster_role(tf_config: str | None) -> Role | None:
     task = parsed.get("task") or {}
     task_type, task_id = task.get("type"), task.get("index", 0)
     if task_type not in ("chief", "worker"):
-        raise ClusterError(f"TF_CONFIG task type {task_type!r}: multi-worker training runs `chief` and `worker` "
-                           "tasks only (no `ps` or `evaluator`)")
+        raise ClusterError(
+            f"TF_CONFIG task type {task_type!r}: multi-worker training runs `chief` and `worker` "
+            "tasks only (no `ps` or `evaluator`)"
+        )
     tasks = chiefs if task_type == "chief" else workers
     if isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 <= task_id < len(tasks):
         raise ClusterError(f"TF_CONFIG task index {task_id!r} is not one of the {len(tasks)} {task_type} tasks")
@@ -189,19 +191,27 @@ def create(distribute: str) -> Workers:
         return _CREATED[name]
     if name == MULTI_WORKER:
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
+            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
+        )
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         except RuntimeError as e:
-            raise ClusterError(f"MultiWorkerMirroredStrategy: {e}: multi-worker training needs a process of its own "
-                               "that has run no TensorFlow before it (`mtrank train` on each worker)") from None
+            raise ClusterError(
+                f"MultiWorkerMirroredStrategy: {e}: multi-worker training needs a process of its own "
+                "that has run no TensorFlow before it (`mtrank train` on each worker)"
+            ) from None
         resolver = strategy.cluster_resolver  # TensorFlow reads TF_CONFIG too: we must agree
         seen = strategy.num_replicas_in_sync // len(strategy.extended.worker_devices)
         if seen != role.workers or (resolver.task_type, resolver.task_id) != (role.task_type, role.task_id):
-            raise ClusterError(f"TensorFlow sees task {resolver.task_type}:{resolver.task_id} of {seen} workers, "
-                               f"TF_CONFIG says {role}")
-        _LOG.info("training on %d workers with MultiWorkerMirroredStrategy (this is worker %d, %s)",
-                  role.workers, role.index, role.name)
+            raise ClusterError(
+                f"TensorFlow sees task {resolver.task_type}:{resolver.task_id} of {seen} workers, TF_CONFIG says {role}"
+            )
+        _LOG.info(
+            "training on %d workers with MultiWorkerMirroredStrategy (this is worker %d, %s)",
+            role.workers,
+            role.index,
+            role.name,
+        )
     elif name == MIRRORED:
         strategy = tf.distribute.MirroredStrategy()
         _LOG.info("training on %d GPUs with MirroredStrategy", strategy.num_replicas_in_sync)

@@ -105,8 +105,9 @@ def predict_inputs(signature, records) -> dict:
 def export(network, tft_output, spec: inputs.InputSpec, serving_model_dir: str) -> dict:
     """Saves the SavedModel (atomically: written beside, then renamed); returns {"params": n}."""
     module = ServingModule(network, tft_output, spec)
-    serving_default = tf.function(module.serve_examples, input_signature=[
-        tf.TensorSpec([None], tf.string, "examples")]).get_concrete_function()
+    serving_default = tf.function(
+        module.serve_examples, input_signature=[tf.TensorSpec([None], tf.string, "examples")]
+    ).get_concrete_function()
     predict = tf.function(module.predict_features).get_concrete_function(module.predict_signature())
     tmp = serving_model_dir.rstrip("/") + ".tmp"
     if tf.io.gfile.exists(tmp):

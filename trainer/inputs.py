@@ -88,8 +88,11 @@ def densify(transformed: dict, spec: InputSpec) -> dict:
         if f.kind == BAG:
             ids = tf.RaggedTensor.from_sparse(value)[:, : f.bag_length]
             out[f.key] = tf.cast(ids.to_tensor(0, shape=[None, f.bag_length]), tf.int32)
-            weights = (tf.RaggedTensor.from_sparse(transformed[f.weight_key])[:, : f.bag_length] if f.weighted
-                       else tf.ones_like(ids, tf.float32))
+            weights = (
+                tf.RaggedTensor.from_sparse(transformed[f.weight_key])[:, : f.bag_length]
+                if f.weighted
+                else tf.ones_like(ids, tf.float32)
+            )
             out[f.weight_key] = tf.cast(weights.to_tensor(0.0, shape=[None, f.bag_length]), tf.float32)
         elif f.kind == CATEGORICAL:
             out[f.key] = tf.cast(tf.reshape(value, [-1]), tf.int32)
@@ -141,8 +144,9 @@ class Split:
     def rows(self) -> int | None:
         return len(self.labels[F.CLICK]) if self.in_memory else None
 
-    def dataset(self, batch_size: int, seed: int | None = None, epochs: range = range(1),
-                drop_remainder: bool = False) -> tuple[tf.data.Dataset, int | None]:
+    def dataset(
+        self, batch_size: int, seed: int | None = None, epochs: range = range(1), drop_remainder: bool = False
+    ) -> tuple[tf.data.Dataset, int | None]:
         """(dataset of (features, labels) batches, steps per epoch).
 
         In memory: the batches of `epochs` in a row, shuffled by a permutation seeded with
@@ -162,7 +166,7 @@ class Split:
             for epoch in epochs:
                 order = np.random.default_rng([seed, epoch]).permutation(rows) if seed is not None else None
                 for start in range(0, stop, batch_size):
-                    index = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+                    index = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
                     yield ({k: v[index] for k, v in features.items()}, {k: v[index] for k, v in labels.items()})
 
         batch = batch_size if drop_remainder else None
@@ -179,8 +183,9 @@ class Split:
 
         records = read_records(self.files)
         if seed is not None:
-            records = records.shuffle(_SHUFFLE_BUFFER, seed=(seed * 1_000_003 + epochs.start) % 2**31,
-                                      reshuffle_each_iteration=True)
+            records = records.shuffle(
+                _SHUFFLE_BUFFER, seed=(seed * 1_000_003 + epochs.start) % 2**31, reshuffle_each_iteration=True
+            )
         return records.batch(batch_size, drop_remainder=drop_remainder).map(parse, num_parallel_calls=2).prefetch(2)
 
 
@@ -189,14 +194,19 @@ def _row_bytes(fields: list[F.Field], max_bag_length: int) -> int:
     return 4 * (len(F.LABELS) + sum(2 * max_bag_length if f.multivalent else 1 for f in fields))
 
 
-def read_split(files, feature_spec: dict, memory_budget_bytes: float, max_bag_length: int,
-               name: str = "split") -> tuple[dict, dict] | None:
+def read_split(
+    files, feature_spec: dict, memory_budget_bytes: float, max_bag_length: int, name: str = "split"
+) -> tuple[dict, dict] | None:
     """Parses a split into {key: numpy} columns (bags as (values, lengths)) and labels, or None when it
     would take more than the budget."""
     fields = model_fields(feature_spec)
     row_bytes = _row_bytes(fields, max_bag_length)
-    parsed_batches = read_records(files).batch(_PARSE_BATCH).map(
-        lambda s: tf.io.parse_example(s, feature_spec), num_parallel_calls=2, deterministic=True).prefetch(2)
+    parsed_batches = (
+        read_records(files)
+        .batch(_PARSE_BATCH)
+        .map(lambda s: tf.io.parse_example(s, feature_spec), num_parallel_calls=2, deterministic=True)
+        .prefetch(2)
+    )
     columns = {f.key: [] for f in fields}
     columns.update({f"{f.key}_weight": [] for f in fields if f"{f.key}_weight" in feature_spec})
     labels = {label: [] for label in F.LABELS}
@@ -219,7 +229,9 @@ def read_split(files, feature_spec: dict, memory_budget_bytes: float, max_bag_le
                 _LOG.info("read %s: %s rows", name, f"{rows:,}")
                 next_report += 250_000
     except _TooLarge:
-        _LOG.info("%s exceeds the memory budget (%.1f GB): streaming it from its files", name, memory_budget_bytes / 1e9)
+        _LOG.info(
+            "%s exceeds the memory budget (%.1f GB): streaming it from its files", name, memory_budget_bytes / 1e9
+        )
         return None
     if rows == 0:
         raise ValueError(f"{name}: the transformed files hold no rows: {files[:3]}")
@@ -242,8 +254,15 @@ def build_spec(feature_spec: dict, cardinalities: dict, columns: dict | None, ma
             raise ValueError(f"the transform output has no vocabulary size for categorical field {f.key}")
         elif f.multivalent:
             longest = int(columns[f.key][1].max()) if columns is not None else max_bag_length
-            fields.append(InputField(f.key, BAG, cardinalities[f.key], max(1, min(longest, max_bag_length)),
-                                     f"{f.key}_weight" in feature_spec))
+            fields.append(
+                InputField(
+                    f.key,
+                    BAG,
+                    cardinalities[f.key],
+                    max(1, min(longest, max_bag_length)),
+                    f"{f.key}_weight" in feature_spec,
+                )
+            )
         else:
             fields.append(InputField(f.key, CATEGORICAL, cardinalities[f.key]))
     if not fields:
@@ -275,8 +294,15 @@ def densify_columns(columns: dict, spec: InputSpec) -> dict:
     return out
 
 
-def load(files, feature_spec: dict, spec: InputSpec | None, cardinalities: dict, max_bag_length: int,
-         memory_budget_gb: float, name: str) -> Split:
+def load(
+    files,
+    feature_spec: dict,
+    spec: InputSpec | None,
+    cardinalities: dict,
+    max_bag_length: int,
+    memory_budget_gb: float,
+    name: str,
+) -> Split:
     """A split, in memory if it fits; builds the spec from it when `spec` is None (the training split)."""
     files = expand(files)
     read = read_split(files, feature_spec, memory_budget_gb * 1e9, max_bag_length, name)

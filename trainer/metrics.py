@@ -41,9 +41,13 @@ def task_metrics(click, conversion, ctr, cvr, ctcvr) -> dict:
     cvr = np.asarray(cvr).ravel()
     ctcvr_label = click & conversion
     return {
-        "ctr_auc": roc_auc(click, ctr), "cvr_auc": roc_auc(conversion[click], cvr[click]),
+        "ctr_auc": roc_auc(click, ctr),
+        "cvr_auc": roc_auc(conversion[click], cvr[click]),
         "ctcvr_auc": roc_auc(ctcvr_label, ctcvr),
-        "ctr_logloss": log_loss(click, ctr), "cvr_logloss": log_loss(conversion[click], cvr[click]),
+        "ctr_logloss": log_loss(click, ctr),
+        "cvr_logloss": log_loss(conversion[click], cvr[click]),
         "ctcvr_logloss": log_loss(ctcvr_label, ctcvr),
-        "rows": int(click.size), "clicks": int(click.sum()), "conversions": int(ctcvr_label.sum()),
+        "rows": int(click.size),
+        "clicks": int(click.sum()),
+        "conversions": int(ctcvr_label.sum()),
     }

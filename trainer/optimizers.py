@@ -41,8 +41,12 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return rate
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "decay_steps": self.decay_steps,
-                "floor": self.floor}
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "decay_steps": self.decay_steps,
+            "floor": self.floor,
+        }
 
 
 def make(name: str, learning_rate) -> keras.optimizers.Optimizer:
@@ -109,10 +113,12 @@ class PerGroupOptimizer(keras.optimizers.Optimizer):
         self.dense_optimizer.learning_rate = learning_rate
 
     def get_config(self):
-        return {"name": self.name,
-                "embedding_optimizer": keras.optimizers.serialize(self.embedding_optimizer),
-                "dense_optimizer": keras.optimizers.serialize(self.dense_optimizer),
-                "embedding_paths": sorted(self.embedding_paths)}
+        return {
+            "name": self.name,
+            "embedding_optimizer": keras.optimizers.serialize(self.embedding_optimizer),
+            "dense_optimizer": keras.optimizers.serialize(self.dense_optimizer),
+            "embedding_paths": sorted(self.embedding_paths),
+        }
 
 
 def schedule(peak: float, training):
@@ -134,5 +140,6 @@ def for_model(network, training) -> keras.optimizers.Optimizer:
     if training.embedding_optimizer == "adam" and embedding_learning_rate == learning_rate:
         return dense
     tables = [layer.table.path for layer in network.embedding_layers()]
-    return PerGroupOptimizer(make(training.embedding_optimizer,
-                                  schedule(embedding_learning_rate, training)), dense, tables)
+    return PerGroupOptimizer(
+        make(training.embedding_optimizer, schedule(embedding_learning_rate, training)), dense, tables
+    )

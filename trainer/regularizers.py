@@ -174,8 +174,9 @@ class TensorTraceNorm(keras.layers.Layer):
     "float32" and alpha is never autocast), because mixed precision must not reach the SVD.
     """
 
-    def __init__(self, num_depths: int, lam: float = 1e-5, alpha_floor: float = 0.5,
-                 learn_alpha: bool = True, **kwargs):
+    def __init__(
+        self, num_depths: int, lam: float = 1e-5, alpha_floor: float = 0.5, learn_alpha: bool = True, **kwargs
+    ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if isinstance(num_depths, bool) or not isinstance(num_depths, (int, np.integer)) or num_depths < 1:
@@ -208,15 +209,18 @@ class TensorTraceNorm(keras.layers.Layer):
     def _check(self, stacks):
         if not isinstance(stacks, (list, tuple)):
             raise ValueError(
-                f"TensorTraceNorm takes a list of {self.num_depths} stacked weight tensors, got {type(stacks).__name__}")
+                f"TensorTraceNorm takes a list of {self.num_depths} stacked weight tensors, got {type(stacks).__name__}"
+            )
         if len(stacks) != self.num_depths:
             raise ValueError(
-                f"TensorTraceNorm was built for num_depths={self.num_depths} but got {len(stacks)} weight stacks")
+                f"TensorTraceNorm was built for num_depths={self.num_depths} but got {len(stacks)} weight stacks"
+            )
         for i, stack in enumerate(stacks):
             rank = len(stack.shape)
             if rank != 3:
                 raise ValueError(
-                    f"weight stack {i} must be 3-D [towers, d_in, d_out], got shape {tuple(stack.shape)} (rank {rank})")
+                    f"weight stack {i} must be 3-D [towers, d_in, d_out], got shape {tuple(stack.shape)} (rank {rank})"
+                )
 
     def compute(self, stacks) -> tf.Tensor:
         """The loss term (same as calling the layer), usable outside Keras' __call__."""
@@ -239,8 +243,9 @@ class TensorTraceNorm(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_depths=self.num_depths, lam=self.lam, alpha_floor=self.alpha_floor,
-                      learn_alpha=self.learn_alpha)
+        config.update(
+            num_depths=self.num_depths, lam=self.lam, alpha_floor=self.alpha_floor, learn_alpha=self.learn_alpha
+        )
         return config
 
 
@@ -260,7 +265,9 @@ def orthogonality_loss(specific, shared, variant: str = "paper") -> tf.Tensor:
     B is read with tf.shape, so a partial last batch is scaled by its own size.
     """
     if variant not in ORTHOGONALITY_VARIANTS:
-        raise ValueError(f"unknown orthogonality_loss variant {variant!r}; allowed: {', '.join(ORTHOGONALITY_VARIANTS)}")
+        raise ValueError(
+            f"unknown orthogonality_loss variant {variant!r}; allowed: {', '.join(ORTHOGONALITY_VARIANTS)}"
+        )
     specific = tf.cast(specific, tf.float32)
     shared = tf.cast(shared, tf.float32)
     for name, t in (("specific", specific), ("shared", shared)):
@@ -302,17 +309,22 @@ class AuxiliaryHeads(keras.layers.Layer):
         if len(shape) != 4 or shape[1] != self.num_tasks or shape[2] != self.num_pairs or shape[3] is None:
             raise ValueError(
                 f"AuxiliaryHeads(num_tasks={self.num_tasks}, num_pairs={self.num_pairs}) needs specific features "
-                f"[B, {self.num_tasks}, {self.num_pairs}, d] with a known d, got {shape}")
+                f"[B, {self.num_tasks}, {self.num_pairs}, d] with a known d, got {shape}"
+            )
         features = int(shape[3])
         # Glorot-uniform of a Dense(d -> 1) per head; keras' glorot on a 3-D shape would treat
         # k as a receptive field and get the fans wrong.
         limit = float(np.sqrt(6.0 / (features + 1)))
         self.kernel = self.add_weight(
-            name="kernel", shape=(self.num_tasks, self.num_pairs, features),
-            initializer=keras.initializers.RandomUniform(-limit, limit), dtype="float32", autocast=False)
+            name="kernel",
+            shape=(self.num_tasks, self.num_pairs, features),
+            initializer=keras.initializers.RandomUniform(-limit, limit),
+            dtype="float32",
+            autocast=False,
+        )
         self.bias = self.add_weight(
-            name="bias", shape=(self.num_tasks, self.num_pairs), initializer="zeros", dtype="float32",
-            autocast=False)
+            name="bias", shape=(self.num_tasks, self.num_pairs), initializer="zeros", dtype="float32", autocast=False
+        )
         self.built = True
 
     def call(self, specific):

@@ -94,8 +94,13 @@ def _read_json(path: str) -> dict | None:
 def package_versions() -> dict:
     import tensorflow_transform as tft
 
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "tensorflow_transform": tft.__version__,
-            "numpy": np.__version__, "python": sys.version.split()[0]}
+    return {
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tensorflow_transform": tft.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 def _strategy(config: TrainerConfig) -> distribute.Workers:
@@ -126,13 +131,18 @@ def _chief_says(workers: distribute.Workers, work):
 
 def _check_resumable(saved: dict, config: TrainerConfig, run_dir: str) -> None:
     now = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
-    changed = sorted(f"{section}.{key}" for section in set(saved) | set(now)
-                     for key in set(saved.get(section) or {}) | set(now.get(section) or {})
-                     if (saved.get(section) or {}).get(key) != (now.get(section) or {}).get(key)
-                     and (section, key) not in _RESUMABLE_CHANGES)
+    changed = sorted(
+        f"{section}.{key}"
+        for section in set(saved) | set(now)
+        for key in set(saved.get(section) or {}) | set(now.get(section) or {})
+        if (saved.get(section) or {}).get(key) != (now.get(section) or {}).get(key)
+        and (section, key) not in _RESUMABLE_CHANGES
+    )
     if changed:
-        raise TrainingError(f"{run_dir} holds a run with a different config ({', '.join(changed)}); "
-                            "train into a new folder, or pass --overwrite to start again")
+        raise TrainingError(
+            f"{run_dir} holds a run with a different config ({', '.join(changed)}); "
+            "train into a new folder, or pass --overwrite to start again"
+        )
 
 
 # One compiled scoring function per network and XLA flag, so each evaluation round (and the test
@@ -143,8 +153,9 @@ _SCORERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _scorer(network, xla: bool):
     scorers = _SCORERS.setdefault(network, {})
     if xla not in scorers:
-        scorers[xla] = tf.function(lambda features: network(features, training=False), jit_compile=xla,
-                                   reduce_retracing=True)
+        scorers[xla] = tf.function(
+            lambda features: network(features, training=False), jit_compile=xla, reduce_retracing=True
+        )
     return scorers[xla]
 
 
@@ -219,8 +230,18 @@ class _Evaluation(keras.callbacks.Callback):
     With several workers the chief alone evaluates and decides, and hands every worker the new
     state, so all stop at the same round; every worker saves a checkpoint (saving is collective)."""
 
-    def __init__(self, run_dir, state, evaluate_fn, network, manager, workers: distribute.Workers, config,
-                 steps_per_eval: int | None, evals_per_epoch: int):
+    def __init__(
+        self,
+        run_dir,
+        state,
+        evaluate_fn,
+        network,
+        manager,
+        workers: distribute.Workers,
+        config,
+        steps_per_eval: int | None,
+        evals_per_epoch: int,
+    ):
         super().__init__()
         self.run_dir, self.state, self.evaluate_fn = run_dir, state, evaluate_fn
         self.network, self.manager, self.workers = network, manager, workers
@@ -264,11 +285,20 @@ class _Evaluation(keras.callbacks.Callback):
             self.model.stop_training = True
         if self.workers.is_chief:
             _write_json(os.path.join(self.run_dir, "state.json"), state)
-        _LOG.info("eval %d (epoch %.2f): CTR AUC %.4f  CVR AUC %.4f  CTCVR AUC %.4f  log loss CTR %.4f  CVR %.4f  "
-                  "(train loss %.4f, eval %.1f s)%s", epoch + 1, (epoch + 1) / self.evals_per_epoch,
-                  metrics["ctr_auc"], metrics["cvr_auc"], metrics["ctcvr_auc"], metrics["ctr_logloss"],
-                  metrics["cvr_logloss"], logs.get("loss", float("nan")), time.time() - started,
-                  "  best" if decided["improved"] else f"  no better for {state['wait']}")
+        _LOG.info(
+            "eval %d (epoch %.2f): CTR AUC %.4f  CVR AUC %.4f  CTCVR AUC %.4f  log loss CTR %.4f  CVR %.4f  "
+            "(train loss %.4f, eval %.1f s)%s",
+            epoch + 1,
+            (epoch + 1) / self.evals_per_epoch,
+            metrics["ctr_auc"],
+            metrics["cvr_auc"],
+            metrics["ctcvr_auc"],
+            metrics["ctr_logloss"],
+            metrics["cvr_logloss"],
+            logs.get("loss", float("nan")),
+            time.time() - started,
+            "  best" if decided["improved"] else f"  no better for {state['wait']}",
+        )
 
 
 def _keras_verbosity() -> int:
@@ -307,20 +337,37 @@ def _start_state(run_dir: str, config: TrainerConfig, spec: inputs.InputSpec, fn
     if state is not None and saved is not None:
         _check_resumable(saved["trainer"], config, run_dir)
         if saved["input_spec"] != spec.to_dict():
-            raise TrainingError(f"{run_dir} holds a run on different inputs; train into a new folder or pass --overwrite")
+            raise TrainingError(
+                f"{run_dir} holds a run on different inputs; train into a new folder or pass --overwrite"
+            )
         done = state["evals_done"]
         path = os.path.join(run_dir, "checkpoints", f"ckpt-{done}")
         if done and not tf.io.gfile.exists(path + ".index"):
-            raise TrainingError(f"{run_dir}: state.json says {done} evaluation rounds are done but {path} is missing; "
-                                "pass --overwrite to start again")
+            raise TrainingError(
+                f"{run_dir}: state.json says {done} evaluation rounds are done but {path} is missing; "
+                "pass --overwrite to start again"
+            )
     else:
-        state = {"evals_done": 0, "best": None, "best_eval": None, "best_epoch": None, "wait": 0, "history": [],
-                 "stopped_early": False}
-    _write_json(os.path.join(run_dir, "config.json"),
-                {"trainer": config.to_dict(), "input_spec": spec.to_dict(), "packages": package_versions(),
-                 "train_files": list(inputs.expand(fn_args.train_files)),
-                 "eval_files": list(inputs.expand(fn_args.eval_files)),
-                 "transform_graph_path": fn_args.transform_graph_path})
+        state = {
+            "evals_done": 0,
+            "best": None,
+            "best_eval": None,
+            "best_epoch": None,
+            "wait": 0,
+            "history": [],
+            "stopped_early": False,
+        }
+    _write_json(
+        os.path.join(run_dir, "config.json"),
+        {
+            "trainer": config.to_dict(),
+            "input_spec": spec.to_dict(),
+            "packages": package_versions(),
+            "train_files": list(inputs.expand(fn_args.train_files)),
+            "eval_files": list(inputs.expand(fn_args.eval_files)),
+            "transform_graph_path": fn_args.transform_graph_path,
+        },
+    )
     return state
 
 
@@ -338,23 +385,46 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     feature_spec = tft_output.transformed_feature_spec()
     cardinalities = categorical_cardinalities(tft_output)
-    train_split = inputs.load(fn_args.train_files, feature_spec, None, cardinalities, training.max_bag_length,
-                              training.memory_budget_gb, "train")
+    train_split = inputs.load(
+        fn_args.train_files,
+        feature_spec,
+        None,
+        cardinalities,
+        training.max_bag_length,
+        training.memory_budget_gb,
+        "train",
+    )
     spec = train_split.spec
-    eval_split = (inputs.load(fn_args.eval_files, feature_spec, spec, cardinalities, training.max_bag_length,
-                              training.memory_budget_gb, "eval") if chief else None)  # the chief alone evaluates
+    eval_split = (
+        inputs.load(
+            fn_args.eval_files,
+            feature_spec,
+            spec,
+            cardinalities,
+            training.max_bag_length,
+            training.memory_budget_gb,
+            "eval",
+        )
+        if chief
+        else None
+    )  # the chief alone evaluates
     load_seconds = time.time() - started
 
     # The chief's folder holds the run: every worker starts from its state (and, below, its weights).
-    start = _chief_says(workers, lambda: {"state": _start_state(run_dir, config, spec, fn_args),
-                                          "sync_weights": bool(fn_args.base_model)})
+    start = _chief_says(
+        workers,
+        lambda: {"state": _start_state(run_dir, config, spec, fn_args), "sync_weights": bool(fn_args.base_model)},
+    )
     state = start["state"]
 
     batch_size = min(training.batch_size, train_split.rows or training.batch_size)
     replicas = workers.strategy.num_replicas_in_sync
     if workers.multi_worker and batch_size % replicas:
-        _LOG.warning("training.batch_size %d is not a multiple of the %d replicas: their batches differ in size",
-                     batch_size, replicas)
+        _LOG.warning(
+            "training.batch_size %d is not a multiple of the %d replicas: their batches differ in size",
+            batch_size,
+            replicas,
+        )
     # Training runs in evaluation rounds: Keras epochs of `steps_per_eval` steps over one stream of
     # shuffled passes. A streamed split (its length unknown) is evaluated once per pass.
     full_pass = train_split.rows // batch_size if train_split.in_memory else None
@@ -379,8 +449,10 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
     finally:
         keras.config.set_dtype_policy(policy)
     if workers.multi_worker and hardware.xla:
-        _LOG.info("XLA compiles the forward and backward pass only: it cannot compile the workers' gradient "
-                  "all-reduce on CPU, which runs outside it with the optimizer's update")
+        _LOG.info(
+            "XLA compiles the forward and backward pass only: it cannot compile the workers' gradient "
+            "all-reduce on CPU, which runs outside it with the optimizer's update"
+        )
 
     checkpoint = tf.train.Checkpoint(model=trainee, optimizer=optimizer)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=2)
@@ -417,29 +489,57 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
             dataset = dataset.with_options(options)
         callbacks = [
-            _Evaluation(run_dir, state,
-                        lambda: evaluate(network, eval_split, training.eval_batch_size, hardware.xla, fn_args.eval_steps),
-                        network, manager, workers, config, steps_per_eval, evals_per_epoch),
+            _Evaluation(
+                run_dir,
+                state,
+                lambda: evaluate(network, eval_split, training.eval_batch_size, hardware.xla, fn_args.eval_steps),
+                network,
+                manager,
+                workers,
+                config,
+                steps_per_eval,
+                evals_per_epoch,
+            ),
             throughput,
         ]
         if chief:
-            callbacks.insert(1, keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False,
-                                                            profile_batch=0))
-        _LOG.info("training %s for %d evaluation rounds (%d to %d) of %s steps of %d, %d rounds per epoch%s",
-                  config.model.name, rounds - first_round, first_round + 1, rounds,
-                  steps_per_eval or "all", batch_size, evals_per_epoch,
-                  f" ({batch_size // workers.count} per worker)" if workers.multi_worker else "")
+            callbacks.insert(
+                1, keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False, profile_batch=0)
+            )
+        _LOG.info(
+            "training %s for %d evaluation rounds (%d to %d) of %s steps of %d, %d rounds per epoch%s",
+            config.model.name,
+            rounds - first_round,
+            first_round + 1,
+            rounds,
+            steps_per_eval or "all",
+            batch_size,
+            evals_per_epoch,
+            f" ({batch_size // workers.count} per worker)" if workers.multi_worker else "",
+        )
         started = time.time()
-        trainee.fit(dataset, epochs=rounds, initial_epoch=first_round, steps_per_epoch=steps_per_eval,
-                    callbacks=callbacks, shuffle=False, verbose=_keras_verbosity())
+        trainee.fit(
+            dataset,
+            epochs=rounds,
+            initial_epoch=first_round,
+            steps_per_epoch=steps_per_eval,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=_keras_verbosity(),
+        )
         train_seconds = time.time() - started
 
     # The final weights' digest on every worker: workers that trained one model agree.
     digest = distribute.weights_digest(_state_variables(trainee, optimizer))
     digests = workers.gather(digest)
-    distribution = {"strategy": workers.name, "workers": workers.count, "global_batch_size": batch_size,
-                    "optimizer_steps": int(optimizer.iterations.numpy()), "final_weights_digest": digest,
-                    "workers_agree": len(set(digests)) == 1}
+    distribution = {
+        "strategy": workers.name,
+        "workers": workers.count,
+        "global_batch_size": batch_size,
+        "optimizer_steps": int(optimizer.iterations.numpy()),
+        "final_weights_digest": digest,
+        "workers_agree": len(set(digests)) == 1,
+    }
     if workers.multi_worker:
         if distribution["workers_agree"]:
             _LOG.info("final weights digest %s, the same on all %d workers", digest, workers.count)
@@ -447,10 +547,28 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
             _LOG.error("the workers' final weights differ (digests %s): report this as a bug", digests)
     if not chief:
         _LOG.info("worker %d done; waiting for the chief to export", workers.role.index)
-    return _chief_says(workers, lambda: _finish(
-        run_dir, fn_args, config, network, trainee, tft_output, spec, eval_split, state,
-        {"train_rows": train_split.rows, "load_seconds": load_seconds, "train_seconds": train_seconds,
-         "throughput": throughput.examples_per_second, "distribute": distribution}, after_export))
+    return _chief_says(
+        workers,
+        lambda: _finish(
+            run_dir,
+            fn_args,
+            config,
+            network,
+            trainee,
+            tft_output,
+            spec,
+            eval_split,
+            state,
+            {
+                "train_rows": train_split.rows,
+                "load_seconds": load_seconds,
+                "train_seconds": train_seconds,
+                "throughput": throughput.examples_per_second,
+                "distribute": distribution,
+            },
+            after_export,
+        ),
+    )
 
 
 def _label_rates(split: inputs.Split, batch_size: int, stream_batches: int = 50) -> tuple[float, float]:
@@ -484,16 +602,28 @@ def _finish(run_dir, fn_args, config, network, trainee, tft_output, spec, eval_s
         network.load_weights(best_weights)
     best_metrics = evaluate(network, eval_split, training.eval_batch_size, hardware.xla, fn_args.eval_steps)
     # No serving_model_dir: `train(export_model=False)`, for grids of small runs.
-    exported = (export.export(network, tft_output, spec, fn_args.serving_model_dir) if fn_args.serving_model_dir
-                else {"params": None})
+    exported = (
+        export.export(network, tft_output, spec, fn_args.serving_model_dir)
+        if fn_args.serving_model_dir
+        else {"params": None}
+    )
     result = {
-        "model": config.model.name, "seed": training.seed, "evals_done": state["evals_done"],
-        "epochs_done": state["history"][-1]["epoch"] if state["history"] else 0, "best_eval": state["best_eval"],
-        "best_epoch": state["best_epoch"], "best_step": _step_of(state, state["best_eval"]),
-        "stopped_early": state["stopped_early"], "monitor": training.monitor, "eval": best_metrics,
+        "model": config.model.name,
+        "seed": training.seed,
+        "evals_done": state["evals_done"],
+        "epochs_done": state["history"][-1]["epoch"] if state["history"] else 0,
+        "best_eval": state["best_eval"],
+        "best_epoch": state["best_epoch"],
+        "best_step": _step_of(state, state["best_eval"]),
+        "stopped_early": state["stopped_early"],
+        "monitor": training.monitor,
+        "eval": best_metrics,
         "history": state["history"],
-        "params": {"total": trainee.count_params(), "exported": exported["params"],
-                   "regularizer_only": trainee.regularizer_params},
+        "params": {
+            "total": trainee.count_params(),
+            "exported": exported["params"],
+            "regularizer_only": trainee.regularizer_params,
+        },
         "rows": {"train": run["train_rows"], "eval": eval_split.rows},
         "seconds": {"load": run["load_seconds"], "train": run["train_seconds"]},
         "train_examples_per_second": run["throughput"],
@@ -516,14 +646,26 @@ def _evaluate_network(network, transform_graph_path: str, files: str, config: Tr
 
     tft_output = tft.TFTransformOutput(transform_graph_path)
     training = config.training
-    split = inputs.load([files], tft_output.transformed_feature_spec(), inputs.InputSpec.from_dict(network.spec),
-                        categorical_cardinalities(tft_output), training.max_bag_length, training.memory_budget_gb,
-                        "test")
+    split = inputs.load(
+        [files],
+        tft_output.transformed_feature_spec(),
+        inputs.InputSpec.from_dict(network.spec),
+        categorical_cardinalities(tft_output),
+        training.max_bag_length,
+        training.memory_budget_gb,
+        "test",
+    )
     return evaluate(network, split, training.eval_batch_size, config.hardware.xla)
 
 
-def train(transformed: str, output: str, config: dict | None = None, overwrite: bool = False,
-          base_model: str | None = None, export_model: bool = True) -> dict:
+def train(
+    transformed: str,
+    output: str,
+    config: dict | None = None,
+    overwrite: bool = False,
+    base_model: str | None = None,
+    export_model: bool = True,
+) -> dict:
     """`mtrank train`: run_fn on `transformed`'s Transform output, into `output`/model; also scores the
     best network on Transform's test split when there is one. `base_model`: a SavedModel to
     warm-start from.
@@ -544,8 +686,11 @@ def train(transformed: str, output: str, config: dict | None = None, overwrite: 
         train_files=[os.path.join(splits, "train", "*.tfrecord.gz")],
         eval_files=[os.path.join(splits, "eval", "*.tfrecord.gz")],
         transform_graph_path=os.path.join(transformed, "transform_graph"),
-        serving_model_dir=os.path.join(run_dir, "serving") if export_model else None, model_run_dir=run_dir,
-        custom_config=config or {}, working_dir=output, base_model=base_model,
+        serving_model_dir=os.path.join(run_dir, "serving") if export_model else None,
+        model_run_dir=run_dir,
+        custom_config=config or {},
+        working_dir=output,
+        base_model=base_model,
     )
 
     def score_test_split(result: dict, network) -> dict:

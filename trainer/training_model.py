@@ -45,7 +45,9 @@ def mtn_stacks(network: MultiTaskModel, target: str, depth: int | None) -> list:
     stacks = network.tower_kernels() if target == "towers" else network.expert_kernels()
     if depth is not None:
         if depth >= len(stacks):
-            raise ValueError(f"mtn.depth {depth}: {network.name} has {len(stacks)} {target} depths (0 to {len(stacks) - 1})")
+            raise ValueError(
+                f"mtn.depth {depth}: {network.name} has {len(stacks)} {target} depths (0 to {len(stacks) - 1})"
+            )
         stacks = [stacks[depth]]
     return stacks
 
@@ -76,8 +78,11 @@ class TrainingModel(keras.Model):
             depths = len(mtn_stacks(network, mtn.target, mtn.depth))
             self.mtn = regularizers.TensorTraceNorm(depths, lam=mtn.lam, alpha_floor=mtn.alpha_floor, name="mtn")
         is_fdn = config.model.name == "fdn"
-        self.aux_heads = (regularizers.AuxiliaryHeads(network.num_tasks, config.model.pairs, name="aux_heads")
-                          if is_fdn and fdn.aux else None)
+        self.aux_heads = (
+            regularizers.AuxiliaryHeads(network.num_tasks, config.model.pairs, name="aux_heads")
+            if is_fdn and fdn.aux
+            else None
+        )
         self.orth = is_fdn and fdn.orth and config.model.shared_features
         self.mtn_variable_ids = set()
         self._compiled_step = self._compiled_gradients = None
@@ -100,8 +105,11 @@ class TrainingModel(keras.Model):
 
             # Under a strategy a tape watches distributed variables in a replica's context only.
             strategy = tf.distribute.get_strategy()
-            found = (strategy.experimental_local_results(strategy.run(depends))[0] if tf.distribute.has_strategy()
-                     else depends())
+            found = (
+                strategy.experimental_local_results(strategy.run(depends))[0]
+                if tf.distribute.has_strategy()
+                else depends()
+            )
             self.mtn_variable_ids = {id(v) for v, used in zip(variables, found.numpy()) if used}
         self(dummy_batch(spec))  # builds the auxiliary heads, so checkpoints restore into built weights
         if self.aux_heads is not None:
@@ -115,7 +123,8 @@ class TrainingModel(keras.Model):
         if self.embedding_l2 > 0 and training:
             extras["embedding_l2"] = sum(
                 regularizers.touched_rows_l2(layer.table, *layer.row_ids(features))
-                for layer in self.network.embedding_layers())
+                for layer in self.network.embedding_layers()
+            )
         return {"logits": logits, **{k: v for k, v in extras.items() if v is not None}}
 
     def loss_terms(self, y, y_pred, include_mtn: bool = True, clicks=None) -> dict:
@@ -127,25 +136,30 @@ class TrainingModel(keras.Model):
         weights = self.config.loss_weights
         terms = {"ctr_loss": weights["ctr"] * ops.mean(_bce_with_logits(click, logits[:, 0]))}
         if self.convention in ("clicked", "both"):
-            terms["cvr_loss"] = weights["cvr"] * _masked_mean(_bce_with_logits(conversion, logits[:, 1]), click,
-                                                               clicks, replicas)
+            terms["cvr_loss"] = weights["cvr"] * _masked_mean(
+                _bce_with_logits(conversion, logits[:, 1]), click, clicks, replicas
+            )
         if self.convention in ("esmm", "both"):
             ctcvr = ops.clip(ops.sigmoid(logits[:, 0]) * ops.sigmoid(logits[:, 1]), 1e-7, 1 - 1e-7)
             label = click * conversion
-            terms["ctcvr_loss"] = weights["ctcvr"] * -ops.mean(label * ops.log(ctcvr) + (1 - label) * ops.log(1 - ctcvr))
+            terms["ctcvr_loss"] = weights["ctcvr"] * -ops.mean(
+                label * ops.log(ctcvr) + (1 - label) * ops.log(1 - ctcvr)
+            )
         if self.mtn is not None and include_mtn:
             terms["mtn_loss"] = self.mtn(mtn_stacks(self.network, self.config.mtn.target, self.config.mtn.depth))
         if self.aux_heads is not None:
             aux = ops.cast(self.aux_heads(y_pred["specific"]), "float32")  # [B, k, M]
             ctr_aux = ops.mean(_bce_with_logits(click[:, None], aux[:, 0]))
-            cvr_aux = _masked_mean(ops.mean(_bce_with_logits(conversion[:, None], aux[:, 1]), axis=1), click,
-                                   clicks, replicas)
+            cvr_aux = _masked_mean(
+                ops.mean(_bce_with_logits(conversion[:, None], aux[:, 1]), axis=1), click, clicks, replicas
+            )
             terms["aux_loss"] = self.config.fdn.aux_weight * (ctr_aux + cvr_aux)
         if "embedding_l2" in y_pred:
             terms["embedding_l2_loss"] = self.embedding_l2 * y_pred["embedding_l2"]
         if self.orth:
             terms["orth_loss"] = self.config.fdn.orth_weight * regularizers.orthogonality_loss(
-                y_pred["specific"], y_pred["shared"], self.config.fdn.orth_variant)
+                y_pred["specific"], y_pred["shared"], self.config.fdn.orth_variant
+            )
         return terms
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

@@ -3,9 +3,9 @@
 New data brings new vocabularies: an id's embedding row moves, new ids appear, old ones go. So
 embedding tables are carried over row by row through the two vocabularies (the exported model's
 assets and Transform's new ones), out-of-vocabulary buckets bucket by bucket when their number is
-unchanged, and every other variable is copied when its shape is unchanged. New ids keep their fresh initialisation. A model
-of another architecture, config or set of input fields is not warm-started: the run says why and
-trains from scratch.
+unchanged, and every other variable is copied when its shape is unchanged. New ids keep their
+fresh initialisation. A model of another architecture, config or set of input fields is not
+warm-started: the run says why and trains from scratch.
 """
 
 from __future__ import annotations
@@ -90,8 +90,11 @@ def warm_start(network, tft_output, saved_model: str) -> dict:
     with tf.io.gfile.GFile(described) as f:
         old_description = json.load(f)
     new_config = json.loads(json.dumps(network.config))
-    changed = sorted(k for k in set(new_config) | set(old_description["config"])
-                     if new_config.get(k) != old_description["config"].get(k))
+    changed = sorted(
+        k
+        for k in set(new_config) | set(old_description["config"])
+        if new_config.get(k) != old_description["config"].get(k)
+    )
     if changed:
         return _skip(summary, f"its model config differs in {', '.join(changed)}")
     if _layout(old_description["spec"]) != _layout(network.spec):
@@ -99,16 +102,20 @@ def warm_start(network, tft_output, saved_model: str) -> dict:
 
     old = models.build(old_description["spec"], old_description["config"])
     old(dummy_batch(InputSpec.from_dict(old_description["spec"])))
-    tf.train.Checkpoint(network=old).read(os.path.join(saved_model, "variables", "variables")) \
-        .assert_existing_objects_matched().expect_partial()
+    tf.train.Checkpoint(network=old).read(
+        os.path.join(saved_model, "variables", "variables")
+    ).assert_existing_objects_matched().expect_partial()
 
     new_tables, old_tables = network.embedding_layers(), old.embedding_layers()
     assets = os.path.join(saved_model, "assets")
     rows, tables = 0, 0
     for new_layer, old_layer in zip(new_tables, old_tables):
-        dst, src = _row_pairs(new_layer, old_layer,
-                              lambda key: _read_vocabulary(tft_output.vocabulary_file_by_name(key)),
-                              lambda key: _read_vocabulary(os.path.join(assets, key)))
+        dst, src = _row_pairs(
+            new_layer,
+            old_layer,
+            lambda key: _read_vocabulary(tft_output.vocabulary_file_by_name(key)),
+            lambda key: _read_vocabulary(os.path.join(assets, key)),
+        )
         if len(dst):
             table = new_layer.table.numpy()
             table[dst] = old_layer.table.numpy()[src]
@@ -125,8 +132,18 @@ def warm_start(network, tft_output, saved_model: str) -> dict:
             if tuple(new.shape) == tuple(previous.shape):
                 new.assign(previous)
                 copied += 1
-    summary.update(variables=len(network.weights), copied=copied + tables, embedding_rows=rows,
-                   embedding_rows_total=sum(layer.rows for layer in new_tables))
-    _LOG.info("warm start from %s: %d of %d variables copied, %d of %d embedding rows carried over", saved_model,
-              summary["copied"], summary["variables"], rows, summary["embedding_rows_total"])
+    summary.update(
+        variables=len(network.weights),
+        copied=copied + tables,
+        embedding_rows=rows,
+        embedding_rows_total=sum(layer.rows for layer in new_tables),
+    )
+    _LOG.info(
+        "warm start from %s: %d of %d variables copied, %d of %d embedding rows carried over",
+        saved_model,
+        summary["copied"],
+        summary["variables"],
+        rows,
+        summary["embedding_rows_total"],
+    )
     return summary

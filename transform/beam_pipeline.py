@@ -22,8 +22,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 
 from pipeline import IN_PROCESS
-from pipeline.beam_utils import (FramedRecordSink, InputError, check_writable, clear_outputs, counters, gzip_member,
-                                 pipeline_options)
+from pipeline.beam_utils import (
+    FramedRecordSink,
+    InputError,
+    check_writable,
+    clear_outputs,
+    counters,
+    gzip_member,
+    pipeline_options,
+)
 from pipeline.example_gen import SPLITS
 from transform import features as F
 from transform import noise
@@ -76,7 +83,8 @@ class _ReadRecordBatches(beam.DoFn):
 
         self._schema = schema_utils.schema_from_feature_spec(self._feature_spec)
         self._options = dataset_options.RecordBatchesOptions(
-            batch_size=self._batch_size, drop_final_batch=False, num_epochs=1, shuffle=False)
+            batch_size=self._batch_size, drop_final_batch=False, num_epochs=1, shuffle=False
+        )
 
     def process(self, path: str):
         from tfx_bsl.public import tfxio
@@ -120,7 +128,9 @@ def _read_example_gen_stats(examples: str) -> dict:
         with FileSystems.open(path) as f:
             return json.loads(f.read())
     except Exception as e:  # missing, unreadable, not JSON: all mean "not ExampleGen's output"
-        raise InputError(f"--examples {examples} is not ExampleGen output: no readable stats.json ({type(e).__name__})") from None
+        raise InputError(
+            f"--examples {examples} is not ExampleGen output: no readable stats.json ({type(e).__name__})"
+        ) from None
 
 
 def build(p: beam.Pipeline, config: TransformConfig, schema: F.Schema, files: dict) -> None:
@@ -132,13 +142,19 @@ def build(p: beam.Pipeline, config: TransformConfig, schema: F.Schema, files: di
     from transform import preprocessing
 
     raw_spec = preprocessing.raw_feature_spec(schema)
-    full_source = tfxio.TFExampleRecord(file_pattern=files["train"], schema=schema_utils.schema_from_feature_spec(raw_spec))
+    full_source = tfxio.TFExampleRecord(
+        file_pattern=files["train"], schema=schema_utils.schema_from_feature_spec(raw_spec)
+    )
 
     def read(split: str, label: str, columns=None, progress=None):
         """Record batches of the split's examples, with only `columns` when given."""
         spec = {k: v for k, v in raw_spec.items() if columns is None or k in columns}
-        return (p | f"{label}Files" >> beam.Create(files[split]) | f"{label}Spread" >> beam.Reshuffle()
-                | label >> beam.ParDo(_ReadRecordBatches(spec, config.batch_size, progress)))
+        return (
+            p
+            | f"{label}Files" >> beam.Create(files[split])
+            | f"{label}Spread" >> beam.Reshuffle()
+            | label >> beam.ParDo(_ReadRecordBatches(spec, config.batch_size, progress))
+        )
 
     preprocessing_fn = functools.partial(preprocessing.preprocessing_fn, custom_config=config.preprocessing)
     # The analyzers read only the columns they need (tf.Transform's own projection, as TFX does).
@@ -149,25 +165,36 @@ def build(p: beam.Pipeline, config: TransformConfig, schema: F.Schema, files: di
     train_for_analysis = read("train", "ReadTrainForAnalysis", analyzed, progress="train read for analysis")
     analysis_config = full_source.Project(sorted(analyzed)).TensorAdapterConfig()
     transform_fn = (train_for_analysis, analysis_config) | "Analyze" >> tft_beam.AnalyzeDataset(preprocessing_fn)
-    _ = transform_fn | "WriteTransformGraph" >> tft_beam.WriteTransformFn(FileSystems.join(config.output, TRANSFORM_GRAPH))
+    _ = transform_fn | "WriteTransformGraph" >> tft_beam.WriteTransformFn(
+        FileSystems.join(config.output, TRANSFORM_GRAPH)
+    )
 
     fields = list(schema.fields)
     numeric = [f.key for f in fields if f.kind is F.Kind.NUMERIC]
     for split in files:
         raw = read(split, f"Read{split.title()}")
         if split == "train" and config.noise_proportion > 0:
-            samples = (train_for_analysis | "SampleNumeric" >> beam.CombineGlobally(noise.SampleNumeric(numeric, config.seed))
-                       if numeric else p | "NoNumeric" >> beam.Create([{}]))
+            samples = (
+                train_for_analysis | "SampleNumeric" >> beam.CombineGlobally(noise.SampleNumeric(numeric, config.seed))
+                if numeric
+                else p | "NoNumeric" >> beam.Create([{}])
+            )
             raw = raw | "InjectNoise" >> beam.ParDo(
                 noise.InjectNoise(fields, config.noise_proportion, config.noise_feature_prob, config.seed),
-                beam.pvalue.AsSingleton(transform_fn[0]), beam.pvalue.AsSingleton(samples),
+                beam.pvalue.AsSingleton(transform_fn[0]),
+                beam.pvalue.AsSingleton(samples),
             )
-        transformed, _ = ((raw, adapter_config), transform_fn) | f"Transform{split.title()}" >> tft_beam.TransformDataset(
-            output_record_batches=True)
+        transformed, _ = (
+            (raw, adapter_config),
+            transform_fn,
+        ) | f"Transform{split.title()}" >> tft_beam.TransformDataset(output_record_batches=True)
         _ = (
             transformed
             | f"Encode{split.title()}" >> beam.ParDo(_EncodeSplit(split))
-            | f"Write{split.title()}" >> beam.io.Write(FramedRecordSink(FileSystems.join(config.output, TRANSFORMED, split, "data"), gzipped_elements=True))
+            | f"Write{split.title()}"
+            >> beam.io.Write(
+                FramedRecordSink(FileSystems.join(config.output, TRANSFORMED, split, "data"), gzipped_elements=True)
+            )
         )
 
 
@@ -195,8 +222,9 @@ def stats_from_counters(counts: dict, config: TransformConfig, schema: F.Schema)
         "config": dataclasses.asdict(config),
         "schema": schema.name,
         "rows": {split: counts.get(f"rows/{split}", 0) for split in SPLITS},
-        "vocabulary_size": {f.key: graph.vocabulary_size_by_name(f.key) for f in schema.fields
-                            if f.kind is F.Kind.CATEGORICAL},
+        "vocabulary_size": {
+            f.key: graph.vocabulary_size_by_name(f.key) for f in schema.fields if f.kind is F.Kind.CATEGORICAL
+        },
     }
     if config.noise_proportion > 0:
         per_field = collections.defaultdict(dict)
@@ -207,9 +235,14 @@ def stats_from_counters(counts: dict, config: TransformConfig, schema: F.Schema)
         stats["noise"] = {
             "rows": counts.get("noise/rows", 0),
             "rows_selected": counts.get("noise/rows_selected", 0),
-            "fields": {f.key: {"present_in_selected_rows": per_field[f.key].get("present", 0),
-                               "replaced": per_field[f.key].get("replaced", 0),
-                               "unreplaceable": per_field[f.key].get("unreplaceable", 0)} for f in schema.fields},
+            "fields": {
+                f.key: {
+                    "present_in_selected_rows": per_field[f.key].get("present", 0),
+                    "replaced": per_field[f.key].get("replaced", 0),
+                    "unreplaceable": per_field[f.key].get("unreplaceable", 0),
+                }
+                for f in schema.fields
+            },
         }
     return stats
 
@@ -243,7 +276,9 @@ def run(config: TransformConfig) -> dict:
     check_writable(config.output)
     clear_outputs(config.output, (TRANSFORM_GRAPH, TRANSFORMED), "Transform", config.overwrite)
     temp_dir = FileSystems.join(config.output, ".transform-tmp")
-    _LOG.info("Transform: %s examples from %s (%s) -> %s", schema.name, config.examples, ", ".join(files), config.output)
+    _LOG.info(
+        "Transform: %s examples from %s (%s) -> %s", schema.name, config.examples, ", ".join(files), config.output
+    )
     started = time.perf_counter()
 
     import tensorflow_transform.beam as tft_beam

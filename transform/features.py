@@ -106,9 +106,7 @@ ALICCP_CROSSES = ("508", "509", "702", "853")
 # The raw layout keeps every id with its \x03 weight.
 ALICCP_RAW = Schema("aliccp-raw", ALICCP_FIELDS, frozenset(f.source for f in ALICCP_FIELDS))
 # torch-rechub's preprocessing keeps one id per field, and the weights of 8 fields as `D<field>`.
-ALICCP_TORCHRECHUB = Schema(
-    "aliccp-torchrechub", ALICCP_FIELDS, frozenset(ALICCP_BEHAVIOUR + ALICCP_CROSSES)
-)
+ALICCP_TORCHRECHUB = Schema("aliccp-torchrechub", ALICCP_FIELDS, frozenset(ALICCP_BEHAVIOUR + ALICCP_CROSSES))
 # AITM's preprocessing drops 210 and the behaviour fields, and all weights.
 ALICCP_AITM = Schema(
     "aliccp-aitm",

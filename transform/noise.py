@@ -38,7 +38,8 @@ def row_keys(sample_ids, seed: int) -> np.ndarray:
     prefix = seed.to_bytes(8, "little", signed=True)
     return np.fromiter(
         (int.from_bytes(hashlib.blake2b(prefix + s, digest_size=8).digest(), "little") for s in sample_ids),
-        dtype=np.uint64, count=len(sample_ids),
+        dtype=np.uint64,
+        count=len(sample_ids),
     )
 
 
@@ -125,14 +126,19 @@ class SampleNumeric(beam.CombineFn):
             offsets, values = _column_parts(batch.column(key))
             present = np.diff(offsets) > 0
             h, v = accumulator[key]
-            accumulator[key] = self._keep_smallest(np.concatenate([h, hashes[present]]),
-                                                   np.concatenate([v, values[offsets[:-1][present]]]))
+            accumulator[key] = self._keep_smallest(
+                np.concatenate([h, hashes[present]]), np.concatenate([v, values[offsets[:-1][present]]])
+            )
         return accumulator
 
     def merge_accumulators(self, accumulators):
         accumulators = list(accumulators)
-        return {k: self._keep_smallest(np.concatenate([a[k][0] for a in accumulators]),
-                                       np.concatenate([a[k][1] for a in accumulators])) for k in self._keys}
+        return {
+            k: self._keep_smallest(
+                np.concatenate([a[k][0] for a in accumulators]), np.concatenate([a[k][1] for a in accumulators])
+            )
+            for k in self._keys
+        }
 
     def extract_output(self, accumulator):
         return {k: v for k, (_, v) in accumulator.items()}
@@ -192,5 +198,8 @@ class InjectNoise(CountingDoFn):
         replaced_rows[rows[positions[drawn]]] = True
         self._counts[f"noise/replaced/{field.key}"] += int(replaced_rows.sum())
         self._counts[f"noise/unreplaceable/{field.key}"] += int(chosen.sum() - replaced_rows.sum())
-        return type(column).from_arrays(pa.array(offsets, type=column.offsets.type), pa.array(values, type=column.type.value_type),
-                                        mask=column.is_null())
+        return type(column).from_arrays(
+            pa.array(offsets, type=column.offsets.type),
+            pa.array(values, type=column.type.value_type),
+            mask=column.is_null(),
+        )

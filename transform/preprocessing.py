@@ -31,6 +31,7 @@ import tensorflow_transform as tft
 from transform import features as F
 from transform.options import NUMERIC_OP_NAMES, Options
 
+
 def signed_log1p(x):
     """sign(x) * log(1 + |x|): log1p for counts, and defined for any real input."""
     return tf.sign(x) * tf.math.log1p(tf.abs(x))
@@ -78,9 +79,13 @@ def preprocessing_fn(inputs: dict, custom_config: dict | None = None) -> dict:
             continue
         ids = raw if field.multivalent else _first(raw, tf.constant(F.MISSING_ID, tf.int64))
         outputs[field.key] = tft.compute_and_apply_vocabulary(
-            ids, frequency_threshold=options.frequency_threshold if options.frequency_threshold > 1 else None,
-            num_oov_buckets=options.num_oov_buckets, weights=_unit_weights(ids),
-            vocab_filename=field.key, store_frequency=True, name=f"vocabulary_{field.key}",
+            ids,
+            frequency_threshold=options.frequency_threshold if options.frequency_threshold > 1 else None,
+            num_oov_buckets=options.num_oov_buckets,
+            weights=_unit_weights(ids),
+            vocab_filename=field.key,
+            store_frequency=True,
+            name=f"vocabulary_{field.key}",
         )
         if field.multivalent and F.weight_key(field) in inputs:
             outputs[F.weight_key(field)] = inputs[F.weight_key(field)]
@@ -92,5 +97,8 @@ def preprocessing_fn(inputs: dict, custom_config: dict | None = None) -> dict:
 def categorical_cardinalities(tf_transform_output) -> dict:
     """{field key: number of indices (vocabulary + OOV buckets)} from the transform output's
     schema, where tf.Transform records each vocabulary output's int domain after analysis."""
-    return {f.name: f.int_domain.max + 1 for f in tf_transform_output.transformed_metadata.schema.feature
-            if f.HasField("int_domain") and f.int_domain.is_categorical}
+    return {
+        f.name: f.int_domain.max + 1
+        for f in tf_transform_output.transformed_metadata.schema.feature
+        if f.HasField("int_domain") and f.int_domain.is_categorical
+    }

@@ -27,8 +27,16 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.beam_utils import (IN_PROCESS, CountingDoFn, FramedRecordSink, InputError, check_writable, clear_outputs,
-                                 counters, pipeline_options)
+from pipeline.beam_utils import (
+    IN_PROCESS,
+    CountingDoFn,
+    FramedRecordSink,
+    InputError,
+    check_writable,
+    clear_outputs,
+    counters,
+    pipeline_options,
+)
 from pipeline.example_gen import FORMATS, SPLITS, formats
 from pipeline.example_gen import reasons as r
 from pipeline.example_gen import records
@@ -175,7 +183,9 @@ class _ParseSkeleton(_ParseRawLines):
         path, line_no, raw = element
         self._counts["lines/samples"] += 1
         try:
-            sample_id, click, conversion, common_index, _, _ = self._parser.skeleton(formats.decode_line(raw), encode=False)
+            sample_id, click, conversion, common_index, _, _ = self._parser.skeleton(
+                formats.decode_line(raw), encode=False
+            )
         except r.Malformed as e:
             yield self.reject("samples", path, line_no, e.reason, e.detail, raw)
             return
@@ -190,8 +200,12 @@ class _ParseSkeleton(_ParseRawLines):
             for shard in self._positions():
                 yield beam.pvalue.TaggedOutput("positions", shard)
         key = (role, common_index)
-        continues = (key == self._run_key and file == self._run_file
-                     and line_no == self._run_first + len(self._run) and len(self._run) < _MAX_RUN_LINES)
+        continues = (
+            key == self._run_key
+            and file == self._run_file
+            and line_no == self._run_first + len(self._run)
+            and len(self._run) < _MAX_RUN_LINES
+        )
         if not continues:
             if self._run:
                 yield self._run_element()
@@ -216,7 +230,9 @@ class _FirstOfRepeatedIds(beam.CombineFn):
     def extract_output(self, accumulator):
         positions = np.concatenate(accumulator) if accumulator else np.zeros(0, _POSITION)
         positions = positions[np.lexsort((positions["line"], positions["file"], positions["low"], positions["high"]))]
-        same_as_previous = (positions["low"][1:] == positions["low"][:-1]) & (positions["high"][1:] == positions["high"][:-1])
+        same_as_previous = (positions["low"][1:] == positions["low"][:-1]) & (
+            positions["high"][1:] == positions["high"][:-1]
+        )
         firsts = positions[:-1][same_as_previous & ~np.concatenate([[False], same_as_previous[:-1]])]
         return {struct.pack("<QQ", p["low"], p["high"]): (int(p["file"]), int(p["line"])) for p in firsts}
 
@@ -261,13 +277,25 @@ class _Join(_Counting):
         commons.sort()
         files = self._files
         for _, file, line_no, raw in commons[1:]:
-            yield self.reject("common", files[file], line_no, r.DUPLICATE_COMMON_FEATURE_INDEX,
-                              f"{common_index} first seen at {files[commons[0][1]]}:{commons[0][2]}", raw)
+            yield self.reject(
+                "common",
+                files[file],
+                line_no,
+                r.DUPLICATE_COMMON_FEATURE_INDEX,
+                f"{common_index} first seen at {files[commons[0][1]]}:{commons[0][2]}",
+                raw,
+            )
         samples = [(file, first + i, raw) for _, file, first, run in samples for i, raw in enumerate(run.split(b"\n"))]
         if not commons:
             for file, line_no, raw in samples:
-                yield self.reject("samples", files[file], line_no, r.UNKNOWN_COMMON_FEATURE_INDEX,
-                                  f"no common_features line has index {common_index!r}", raw)
+                yield self.reject(
+                    "samples",
+                    files[file],
+                    line_no,
+                    r.UNKNOWN_COMMON_FEATURE_INDEX,
+                    f"no common_features line has index {common_index!r}",
+                    raw,
+                )
             return
         self._counts["common/joined" if samples else "common/unreferenced"] += 1
         if not samples:
@@ -279,8 +307,14 @@ class _Join(_Counting):
             if first_of_repeated:
                 first = first_of_repeated.get(sample_id_digest(role, sample_id), (file, line_no))
                 if first != (file, line_no):
-                    yield self.reject("samples", files[file], line_no, r.DUPLICATE_SAMPLE_ID,
-                                      f"sample_id {sample_id} first seen at {files[first[0]]}:{first[1]}", raw)
+                    yield self.reject(
+                        "samples",
+                        files[file],
+                        line_no,
+                        r.DUPLICATE_SAMPLE_ID,
+                        f"sample_id {sample_id} first seen at {files[first[0]]}:{first[1]}",
+                        raw,
+                    )
                     continue
             example = formats.aliccp_example((common_mask, common_part), (mask, part))
             framed[split_of(role, sample_id, self._eval_fraction)].append(records.tfrecord_frame(example))
@@ -303,7 +337,11 @@ def _discover(config: IngestConfig) -> tuple[dict, dict]:
     if config.format == "aliccp-raw":
         if not is_dir:
             raise InputError(f"--input {source} must be a folder holding {', '.join(ALICCP_RAW_FILES)}")
-        found = {FileSystems.join(source, n): v for n, v in ALICCP_RAW_FILES.items() if FileSystems.exists(FileSystems.join(source, n))}
+        found = {
+            FileSystems.join(source, n): v
+            for n, v in ALICCP_RAW_FILES.items()
+            if FileSystems.exists(FileSystems.join(source, n))
+        }
         missing = [n for n in ALICCP_RAW_FILES if FileSystems.join(source, n) not in found]
         if missing:
             raise InputError(f"--input {source} lacks {', '.join(missing)} (aliccp-raw needs all four files)")
@@ -357,7 +395,8 @@ def build(p: beam.Pipeline, config: IngestConfig, roles: dict, kinds: dict) -> N
         samples = (
             p
             | "ReadSamples" >> ReadNumberedLines(skeleton, config.range_bytes)
-            | "ParseSamples" >> beam.ParDo(_ParseSkeleton(files, roles)).with_outputs("rejected", "positions", main="ok")
+            | "ParseSamples"
+            >> beam.ParDo(_ParseSkeleton(files, roles)).with_outputs("rejected", "positions", main="ok")
         )
         first_of_repeated = (
             samples.positions
@@ -374,8 +413,10 @@ def build(p: beam.Pipeline, config: IngestConfig, roles: dict, kinds: dict) -> N
             (commons.ok, samples.ok)
             | "CommonAndSamples" >> beam.Flatten()
             | "ByCommonIndex" >> beam.GroupByKey()
-            | "Join" >> beam.ParDo(_Join(files, config.eval_fraction), beam.pvalue.AsSingleton(first_of_repeated))
-            .with_outputs(*outputs)
+            | "Join"
+            >> beam.ParDo(_Join(files, config.eval_fraction), beam.pvalue.AsSingleton(first_of_repeated)).with_outputs(
+                *outputs
+            )
         )
         rejected = (samples.rejected, commons.rejected, joined.rejected)
         examples = {split: joined[split] for split in SPLITS}
@@ -394,13 +435,14 @@ def build(p: beam.Pipeline, config: IngestConfig, roles: dict, kinds: dict) -> N
     _ = (
         rejected
         | "AllRejected" >> beam.Flatten()
-        | "WriteRejected" >> beam.io.WriteToText(FileSystems.join(config.output, "rejected/rejected"), file_name_suffix=".jsonl")
+        | "WriteRejected"
+        >> beam.io.WriteToText(FileSystems.join(config.output, "rejected/rejected"), file_name_suffix=".jsonl")
     )
 
 
 def stats_from_counters(counters: dict[str, int], config: IngestConfig, layouts: dict) -> dict:
     def under(prefix):
-        return {k[len(prefix):]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in sorted(counters.items()) if k.startswith(prefix)}
 
     samples = {
         "lines_read": counters.get("lines/samples", 0),
@@ -424,7 +466,9 @@ def stats_from_counters(counters: dict[str, int], config: IngestConfig, layouts:
         }
     stats["lines_read"] = samples["lines_read"] + stats.get("common_features", {}).get("lines_read", 0)
     stats["written"] = sum(samples["written"].values())
-    stats["rejected"] = sum(samples["rejected"].values()) + sum(stats.get("common_features", {}).get("rejected", {}).values())
+    stats["rejected"] = sum(samples["rejected"].values()) + sum(
+        stats.get("common_features", {}).get("rejected", {}).values()
+    )
     stats["dropped"] = sum(samples["dropped"].values())
     return stats
 

@@ -181,7 +181,11 @@ class AliccpRawParser:
         mask, ids, weights = self._feature_list(feature_num, feature_list, encode, validated)
         if not encode:
             return common_index, 0, b""
-        return common_index, mask, records.encode_features(ids, weights, {F.COMMON_FEATURE_INDEX: common_index.encode()})
+        return (
+            common_index,
+            mask,
+            records.encode_features(ids, weights, {F.COMMON_FEATURE_INDEX: common_index.encode()}),
+        )
 
 
 def aliccp_example(common: tuple[int, bytes], sample: tuple[int, bytes]) -> bytes:
@@ -232,7 +236,9 @@ class ColumnParser:
     def parse(self, text: str, sample_id: str) -> Parsed:
         values = text.split(",")
         if len(values) != len(self.columns):
-            raise r.Malformed(r.WRONG_COLUMN_COUNT, f"{len(values)} columns, {self.schema.name} has {len(self.columns)}")
+            raise r.Malformed(
+                r.WRONG_COLUMN_COUNT, f"{len(values)} columns, {self.schema.name} has {len(self.columns)}"
+            )
         click = parse_label(values[self._labels[F.CLICK]], F.CLICK)
         conversion = parse_label(values[self._labels[F.CONVERSION]], F.CONVERSION)
         int64s = {key: [parse_id(values[i], name)] for i, name, key in self._ids}
@@ -242,7 +248,9 @@ class ColumnParser:
         int64s[F.CLICK], int64s[F.CONVERSION] = [click], [conversion]
         if self._search_id is not None:
             int64s[F.SEARCH_ID] = [parse_id(values[self._search_id], F.SEARCH_ID)]
-        example = records.example_from_features(records.encode_features(int64s, floats, {F.SAMPLE_ID: sample_id.encode()}))
+        example = records.example_from_features(
+            records.encode_features(int64s, floats, {F.SAMPLE_ID: sample_id.encode()})
+        )
         return Parsed(sample_id, click, conversion, example)
 
 
@@ -276,9 +284,13 @@ class KeyValueParser:
         return Parsed(own_id, click_label, conversion_label, example)
 
 
-TORCHRECHUB_COLUMNS = ("click", "purchase") + tuple(
-    f.source for f in F.ALICCP_FIELDS if f.source not in ("301",) + F.ALICCP_BEHAVIOUR
-) + ("301",) + F.ALICCP_BEHAVIOUR + tuple(f"D{s}" for s in F.ALICCP_BEHAVIOUR + F.ALICCP_CROSSES)
+TORCHRECHUB_COLUMNS = (
+    ("click", "purchase")
+    + tuple(f.source for f in F.ALICCP_FIELDS if f.source not in ("301",) + F.ALICCP_BEHAVIOUR)
+    + ("301",)
+    + F.ALICCP_BEHAVIOUR
+    + tuple(f"D{s}" for s in F.ALICCP_BEHAVIOUR + F.ALICCP_CROSSES)
+)
 AITM_COLUMNS = ("click", "purchase") + tuple(f.source for f in F.ALICCP_AITM.fields)
 ALIEXPRESS_COLUMNS = (F.SEARCH_ID,) + tuple(f.source for f in F.ALIEXPRESS.fields) + ("click", "conversion")
 

@@ -54,7 +54,7 @@ def iter_lines(byte_range: ByteRange) -> Iterator[bytes]:
                 return
             at_file_start, position = position == 0, position + len(line)
             if at_file_start and line.startswith(UTF8_BOM):
-                line = line[len(UTF8_BOM):]
+                line = line[len(UTF8_BOM) :]
             yield line.removesuffix(b"\n").removesuffix(b"\r")
 
 
@@ -88,8 +88,7 @@ class _NumberLines(beam.DoFn):
         line_no = first
         for line_no, line in enumerate(iter_lines(byte_range), start=first):
             yield path, line_no, line
-        _LOG.info("read %s lines %d-%d (part %d of %d)", path, first, line_no,
-                  byte_range.index + 1, byte_range.count)
+        _LOG.info("read %s lines %d-%d (part %d of %d)", path, first, line_no, byte_range.index + 1, byte_range.count)
 
 
 class ReadNumberedLines(beam.PTransform):

@@ -16,6 +16,7 @@ import google_crc32c
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+
 def rejection(path: str, line_no: int, reason: str, detail: str, raw: bytes) -> str:
     """One JSON line of rejected/: where the line was, why, and the line itself."""
     return json.dumps(
@@ -28,8 +29,6 @@ def rejection(path: str, line_no: int, reason: str, detail: str, raw: bytes) -> 
         },
         ensure_ascii=False,
     )
-
-
 
 
 def _declare_example_messages():
@@ -70,8 +69,10 @@ def _declare_example_messages():
     message("Example", (1, "features", optional, T.TYPE_MESSAGE, ".mtrank.Features", None))
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"mtrank.{name}"))
-            for name in ("Features", "Example")}
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"mtrank.{name}"))
+        for name in ("Features", "Example")
+    }
 
 
 _MESSAGES = _declare_example_messages()

@@ -36,14 +36,29 @@ N_CATEGORIES, N_INTENTIONS, N_POSITIONS, MAX_BEHAVIOUR = 400, 300, 3, 16
 _CHUNK = 100_000
 
 SAMPLE_DEFECTS = (
-    r.EMPTY_LINE, r.BAD_ENCODING, r.WRONG_COLUMN_COUNT, r.BAD_LABEL, r.BAD_SAMPLE_ID,
-    r.FEATURE_NUM_MISMATCH, r.MALFORMED_ENTRY, r.UNKNOWN_FIELD, r.UNPARSABLE_ID,
-    r.UNPARSABLE_WEIGHT, r.DUPLICATE_SAMPLE_ID, r.UNKNOWN_COMMON_FEATURE_INDEX,
+    r.EMPTY_LINE,
+    r.BAD_ENCODING,
+    r.WRONG_COLUMN_COUNT,
+    r.BAD_LABEL,
+    r.BAD_SAMPLE_ID,
+    r.FEATURE_NUM_MISMATCH,
+    r.MALFORMED_ENTRY,
+    r.UNKNOWN_FIELD,
+    r.UNPARSABLE_ID,
+    r.UNPARSABLE_WEIGHT,
+    r.DUPLICATE_SAMPLE_ID,
+    r.UNKNOWN_COMMON_FEATURE_INDEX,
     r.CONVERSION_WITHOUT_CLICK,  # dropped, not rejected
 )
 COMMON_DEFECTS = (
-    r.EMPTY_LINE, r.BAD_ENCODING, r.WRONG_COLUMN_COUNT, r.FEATURE_NUM_MISMATCH,
-    r.MALFORMED_ENTRY, r.UNKNOWN_FIELD, r.UNPARSABLE_ID, r.UNPARSABLE_WEIGHT,
+    r.EMPTY_LINE,
+    r.BAD_ENCODING,
+    r.WRONG_COLUMN_COUNT,
+    r.FEATURE_NUM_MISMATCH,
+    r.MALFORMED_ENTRY,
+    r.UNKNOWN_FIELD,
+    r.UNPARSABLE_ID,
+    r.UNPARSABLE_WEIGHT,
     r.DUPLICATE_COMMON_FEATURE_INDEX,
 )
 
@@ -64,8 +79,31 @@ def _field_id(field: str, index):
     return 1_000_000 * (1 + _FIELD_ORDER.index(field)) + index
 
 
-_FIELD_ORDER = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "109_14", "110_14",
-                "127_14", "150_14", "205", "206", "207", "210", "216", "508", "509", "702", "853", "301")
+_FIELD_ORDER = (
+    "101",
+    "121",
+    "122",
+    "124",
+    "125",
+    "126",
+    "127",
+    "128",
+    "129",
+    "109_14",
+    "110_14",
+    "127_14",
+    "150_14",
+    "205",
+    "206",
+    "207",
+    "210",
+    "216",
+    "508",
+    "509",
+    "702",
+    "853",
+    "301",
+)
 
 
 def _zipf_probs(n: int, exponent: float = 1.0) -> np.ndarray:
@@ -154,25 +192,41 @@ class _World:
     def crosses(self, users, items):
         """The user's behaviour weight on the item's category, shop, brand and intentions."""
         out = {}
-        for cross, field, values in (("508", "109_14", self.item_category), ("509", "110_14", self.item_shop),
-                                     ("702", "127_14", self.item_brand)):
+        for cross, field, values in (
+            ("508", "109_14", self.item_category),
+            ("509", "110_14", self.item_shop),
+            ("702", "127_14", self.item_brand),
+        ):
             ids, weights = self.behaviour[field]
             match = ids[users] == values[items][:, None]
             out[cross] = (weights[users] * match).sum(1)
         ids, weights = self.behaviour["150_14"]
         out["853"] = np.stack(
-            [np.where(k < self.item_n_intentions[items],
-                      (weights[users] * (ids[users] == self.item_intentions[items, k][:, None])).sum(1), 0.0)
-             for k in range(3)], 1)
+            [
+                np.where(
+                    k < self.item_n_intentions[items],
+                    (weights[users] * (ids[users] == self.item_intentions[items, k][:, None])).sum(1),
+                    0.0,
+                )
+                for k in range(3)
+            ],
+            1,
+        )
         return out
 
     def logits(self, users, items, positions, crosses):
         category = self.item_category[items]
         shared = self.e_item[items] + self.e_category[category] + 0.8 * crosses["508"] + 0.4 * (crosses["702"] > 0)
-        ctr_only = (self.e_position[positions] + self.e_user[users]
-                    + self.age_x_category[self.profile["125"][users], category % 8])
-        cvr_only = (self.e_shop[self.item_shop[items]] + 0.6 * crosses["509"]
-                    + self.consumption_x_brand[self.profile["126"][users], self.item_brand[items] % 6])
+        ctr_only = (
+            self.e_position[positions]
+            + self.e_user[users]
+            + self.age_x_category[self.profile["125"][users], category % 8]
+        )
+        cvr_only = (
+            self.e_shop[self.item_shop[items]]
+            + 0.6 * crosses["509"]
+            + self.consumption_x_brand[self.profile["126"][users], self.item_brand[items] % 6]
+        )
         return shared + ctr_only, 0.7 * shared + cvr_only
 
 
@@ -197,8 +251,12 @@ class _Lines:
         self.world = w
         self.item_text = [
             "\x01".join(
-                [f"205\x02{_field_id('205', i)}\x031.0", f"206\x02{_field_id('206', w.item_category[i])}\x031.0",
-                 f"207\x02{_field_id('207', w.item_shop[i])}\x031.0", f"216\x02{_field_id('216', w.item_brand[i])}\x031.0"]
+                [
+                    f"205\x02{_field_id('205', i)}\x031.0",
+                    f"206\x02{_field_id('206', w.item_category[i])}\x031.0",
+                    f"207\x02{_field_id('207', w.item_shop[i])}\x031.0",
+                    f"216\x02{_field_id('216', w.item_brand[i])}\x031.0",
+                ]
                 + [f"210\x02{_field_id('210', t)}\x031.0" for t in w.item_intentions[i, : w.item_n_intentions[i]]]
             )
             for i in range(w.n_items)
@@ -211,11 +269,14 @@ class _Lines:
 
     def common(self, split: str, user: int) -> str:
         w = self.world
-        entries = [f"{f}\x02{_field_id('101', user) if f == '101' else _field_id(f, w.profile[f][user])}\x031.0"
-                   for f in ("101",) + tuple(PROFILE_CARDINALITY)]
+        entries = [
+            f"{f}\x02{_field_id('101', user) if f == '101' else _field_id(f, w.profile[f][user])}\x031.0"
+            for f in ("101",) + tuple(PROFILE_CARDINALITY)
+        ]
         for field, (ids, weights) in w.behaviour.items():
-            entries += [f"{field}\x02{_field_id(field, i)}\x03{_weight(x)}"
-                        for i, x in zip(ids[user], weights[user]) if i >= 0]
+            entries += [
+                f"{field}\x02{_field_id(field, i)}\x03{_weight(x)}" for i, x in zip(ids[user], weights[user]) if i >= 0
+            ]
         return f"{self.common_index(split, user)},{len(entries)},{chr(1).join(entries)}"
 
     def skeleton(self, split, sample_id, click, conversion, user, item, position, cross_row) -> str:
@@ -228,7 +289,9 @@ class _Lines:
                 n += 1
         for k in range(w.item_n_intentions[item]):
             if cross_row["853"][k] > 0:
-                entries.append(f"853\x02{_field_id('853', w.item_intentions[item, k])}\x03{_weight(cross_row['853'][k])}")
+                entries.append(
+                    f"853\x02{_field_id('853', w.item_intentions[item, k])}\x03{_weight(cross_row['853'][k])}"
+                )
                 n += 1
         return f"{sample_id},{click},{conversion},{self.common_index(split, user)},{n},{chr(1).join(entries)}"
 
@@ -314,9 +377,16 @@ def generate(config: AliccpSynthConfig, out_dir: str, progress: bool = True) -> 
     lines = _Lines(world)
     n_test = int(round(config.rows * config.test_fraction))
     counts = {"train": config.rows - n_test, "test": n_test}
-    manifest = {"generator": "aliccp", "config": dataclasses.asdict(config), "samples": counts,
-                "malformed": {"samples": {}, "common": {}}, "dropped": {}, "label_rates": {}, "bayes_auc": {},
-                "files": {}}
+    manifest = {
+        "generator": "aliccp",
+        "config": dataclasses.asdict(config),
+        "samples": counts,
+        "malformed": {"samples": {}, "common": {}},
+        "dropped": {},
+        "label_rates": {},
+        "bayes_auc": {},
+        "files": {},
+    }
     os.makedirs(out_dir, exist_ok=True)
     # Solve the label offsets once, on the training impressions.
     draws = {split: world.impressions(n) for split, n in counts.items()}
@@ -334,19 +404,24 @@ def generate(config: AliccpSynthConfig, out_dir: str, progress: bool = True) -> 
         p_cvr = _sigmoid(logits[split][1] + b)
         click = (rng.random(n) < p_ctr).astype(np.int64)
         conversion = click * (rng.random(n) < p_cvr)
-        manifest["label_rates"][split] = {"ctr": float(click.mean()) if n else None,
-                                          "cvr": float(conversion.sum() / max(click.sum(), 1)),
-                                          "ctcvr": float(conversion.mean()) if n else None}
-        manifest["bayes_auc"][split] = {"ctr": roc_auc(click, p_ctr),
-                                        "cvr": roc_auc(conversion[click == 1], p_cvr[click == 1]),
-                                        "ctcvr": roc_auc(conversion, p_ctr * p_cvr)}
+        manifest["label_rates"][split] = {
+            "ctr": float(click.mean()) if n else None,
+            "cvr": float(conversion.sum() / max(click.sum(), 1)),
+            "ctcvr": float(conversion.mean()) if n else None,
+        }
+        manifest["bayes_auc"][split] = {
+            "ctr": roc_auc(click, p_ctr),
+            "cvr": roc_auc(conversion[click == 1], p_cvr[click == 1]),
+            "ctcvr": roc_auc(conversion, p_ctr * p_cvr),
+        }
         skeleton_name, common_name = FILES[split]
 
         def skeleton_lines():
             for row in range(n):
                 cross_row = {c: v[row] for c, v in crosses[split].items()}
-                yield lines.skeleton(split, row + 1, click[row], conversion[row], users[row], items[row],
-                                     positions[row], cross_row)
+                yield lines.skeleton(
+                    split, row + 1, click[row], conversion[row], users[row], items[row], positions[row], cross_row
+                )
                 if row % 10_000 == 9_999 or row == n - 1:
                     bar.update(row % 10_000 + 1)
 
@@ -360,7 +435,8 @@ def generate(config: AliccpSynthConfig, out_dir: str, progress: bool = True) -> 
         defects = {}
         plan = _defect_plan(rng, n, config.malformed_rate, SAMPLE_DEFECTS, at_least_each=split == "train")
         manifest["files"][skeleton_name] = _write_with_defects(
-            os.path.join(out_dir, skeleton_name), skeleton_lines(), plan, skeleton_defect, defects)
+            os.path.join(out_dir, skeleton_name), skeleton_lines(), plan, skeleton_defect, defects
+        )
         for defect, count in defects.items():
             bucket = manifest["dropped"] if defect == r.CONVERSION_WITHOUT_CLICK else malformed["samples"]
             bucket[defect] = bucket.get(defect, 0) + count
@@ -371,13 +447,19 @@ def generate(config: AliccpSynthConfig, out_dir: str, progress: bool = True) -> 
             if defect == r.DUPLICATE_COMMON_FEATURE_INDEX:
                 return line.encode()
             # An index no sample refers to, so the defect does not spread to samples.
-            return corrupt(format(next(unused_indices), "016x") + line[line.index(","):], defect)
+            return corrupt(format(next(unused_indices), "016x") + line[line.index(",") :], defect)
 
         split_users = np.unique(users).tolist()
-        plan = _defect_plan(rng, len(split_users), config.malformed_rate, COMMON_DEFECTS, at_least_each=split == "train")
+        plan = _defect_plan(
+            rng, len(split_users), config.malformed_rate, COMMON_DEFECTS, at_least_each=split == "train"
+        )
         manifest["files"][common_name] = _write_with_defects(
-            os.path.join(out_dir, common_name), (lines.common(split, u) for u in split_users), plan, common_defect,
-            malformed["common"])
+            os.path.join(out_dir, common_name),
+            (lines.common(split, u) for u in split_users),
+            plan,
+            common_defect,
+            malformed["common"],
+        )
     bar.close()
     with open(os.path.join(out_dir, "synth.json"), "w") as f:
         json.dump(manifest, f, indent=2, default=float)

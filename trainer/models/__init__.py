@@ -14,8 +14,18 @@ from trainer.models.ple import PLE
 from trainer.models.shared_bottom import SharedBottom
 from trainer.models.single_task import SingleTask
 
-MODELS = {"logistic": Logistic, "single_task": SingleTask, "shared_bottom": SharedBottom, "omoe": OMoE, "mmoe": MMoE, "cgc": CGC,
-          "ple": PLE, "esmm": ESMM, "aitm": AITM, "fdn": FDN}
+MODELS = {
+    "logistic": Logistic,
+    "single_task": SingleTask,
+    "shared_bottom": SharedBottom,
+    "omoe": OMoE,
+    "mmoe": MMoE,
+    "cgc": CGC,
+    "ple": PLE,
+    "esmm": ESMM,
+    "aitm": AITM,
+    "fdn": FDN,
+}
 
 
 def build(spec: dict, config: dict) -> MultiTaskModel:

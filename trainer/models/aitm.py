@@ -39,7 +39,6 @@ class AttentionTransfer(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable("mtrank")
 class AITM(MultiTaskModel):
-
     def __init__(self, spec, config, **kwargs):
         super().__init__(spec, config, **kwargs)
         units = tuple(config["expert_units"]) + tuple(config["tower_units"])

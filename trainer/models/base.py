@@ -50,8 +50,11 @@ class MultiTaskModel(keras.Model):
 
     def embedding_layers(self) -> list[FieldEmbedding]:
         """The model's embedding tables (regularisers read the rows a batch touches)."""
-        return [layer for layer in self._flatten_layers(include_self=False, recursive=True)
-                if isinstance(layer, FieldEmbedding)]
+        return [
+            layer
+            for layer in self._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, FieldEmbedding)
+        ]
 
     def task_logits(self, features, training=False) -> tuple:
         """(logits [B, 2], extras: dict of tensors for loss terms) of the model itself."""

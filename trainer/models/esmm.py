@@ -14,12 +14,15 @@ from trainer.models.base import MultiTaskModel
 
 @keras.saving.register_keras_serializable("mtrank")
 class ESMM(MultiTaskModel):
-
     def __init__(self, spec, config, **kwargs):
         super().__init__(spec, config, **kwargs)
         self.embed = self.embedding()
-        self.towers = TaskTowers(self.num_tasks, tuple(config["expert_units"]) + tuple(config["tower_units"]),
-                                 config["dropout"], name="towers")
+        self.towers = TaskTowers(
+            self.num_tasks,
+            tuple(config["expert_units"]) + tuple(config["tower_units"]),
+            config["dropout"],
+            name="towers",
+        )
 
     def task_logits(self, features, training=False):
         return self.towers(self.embed(features), training=training), {}

@@ -22,8 +22,14 @@ class FDN(MultiTaskModel):
     def __init__(self, spec, config, **kwargs):
         super().__init__(spec, config, **kwargs)
         self.embed = self.embedding()
-        self.pairs = DecompositionPairs(self.num_tasks, config["pairs"], config["expert_units"],
-                                        config["shared_features"], config["dropout"], name="decomposition_pairs")
+        self.pairs = DecompositionPairs(
+            self.num_tasks,
+            config["pairs"],
+            config["expert_units"],
+            config["shared_features"],
+            config["dropout"],
+            name="decomposition_pairs",
+        )
         self.prediction = TaskTowers(self.num_tasks, (), name="prediction")  # one linear logit per task
 
     def expert_features(self, features, training=False):

@@ -16,9 +16,17 @@ class PLE(MultiTaskModel):
         self.embed = self.embedding()
         levels = self.levels
         self.extraction = [
-            ExtractionLevel(self.num_tasks, config["specific_experts"], config["shared_experts"],
-                            config["expert_units"], last=i == levels - 1, dropout=config["dropout"], name=f"level_{i}")
-            for i in range(levels)]
+            ExtractionLevel(
+                self.num_tasks,
+                config["specific_experts"],
+                config["shared_experts"],
+                config["expert_units"],
+                last=i == levels - 1,
+                dropout=config["dropout"],
+                name=f"level_{i}",
+            )
+            for i in range(levels)
+        ]
         self.towers = TaskTowers(self.num_tasks, config["tower_units"], config["dropout"], name="towers")
 
     @property

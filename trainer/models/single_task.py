@@ -14,8 +14,12 @@ class SingleTask(MultiTaskModel):
     def __init__(self, spec, config, **kwargs):
         super().__init__(spec, config, **kwargs)
         self.embeddings = [self.embedding(f"{task}_embedding") for task in TASKS]
-        self.towers = TaskTowers(self.num_tasks, tuple(config["expert_units"]) + tuple(config["tower_units"]),
-                                 config["dropout"], name="towers")
+        self.towers = TaskTowers(
+            self.num_tasks,
+            tuple(config["expert_units"]) + tuple(config["tower_units"]),
+            config["dropout"],
+            name="towers",
+        )
 
     def task_logits(self, features, training=False):
         inputs = ops.stack([e(features) for e in self.embeddings], axis=1)  # [B, k, d]
