@@ -47,6 +47,12 @@ def inference(serving_dir: str, examples_dir: str) -> dict:
     }
 
 
+def _raw_examples_dir(transformed: str) -> str:
+    """ExampleGen's output folder that Transform read (its stats.json says which)."""
+    with open(os.path.join(transformed, "transformed", "stats.json")) as f:
+        return json.load(f)["config"]["examples"]
+
+
 def network_rate(run_dir: str, transformed: str) -> float:
     """Examples/s of the trained network alone (XLA) on transformed test rows held in memory: what
     DeepCTR's model.predict measures, without parsing or tf.Transform."""
@@ -107,7 +113,7 @@ def main() -> None:
         "train_seconds": result["seconds"]["train"],
         "test": result.get("test"),
         "params": result["params"],
-        **inference(serving, export.raw_examples_dir(args.transformed)),
+        **inference(serving, _raw_examples_dir(args.transformed)),
         "network_rate": network_rate(os.path.join(args.out, "model"), args.transformed),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

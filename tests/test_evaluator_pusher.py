@@ -16,6 +16,7 @@ import tensorflow as tf
 from pipeline import evaluator, pusher
 from trainer import export
 from trainer.metrics import task_metrics
+from tests import raw_examples
 
 OPEN = {"ctr_auc": 0.0, "cvr_auc": None, "ctcvr_auc": None}
 
@@ -24,8 +25,8 @@ OPEN = {"ctr_auc": 0.0, "cvr_auc": None, "ctcvr_auc": None}
 def ranked(serving_versions):
     """(examples folder, worse model, better model) by CTR AUC on the test split."""
     transformed, saved = serving_versions
-    examples = export.raw_examples_dir(str(transformed))
-    aucs = {v: export.evaluate_saved_model(str(path), str(transformed), "test")["ctr_auc"] for v, path in saved.items()}
+    examples = raw_examples.examples_dir(transformed)
+    aucs = {v: raw_examples.saved_model_metrics(str(path), transformed, "test")["ctr_auc"] for v, path in saved.items()}
     worse, better = sorted(saved, key=aucs.get)
     assert aucs[better] - aucs[worse] > 0.01, aucs  # the two random models must differ for the test to mean anything
     return examples, str(saved[worse]), str(saved[better])

@@ -25,6 +25,7 @@ from serving.client import GrpcClient, RestClient, ServingError
 from serving.server import ServerThread
 from serving.servables import ModelManager, complete_versions
 from trainer import export
+from tests import raw_examples
 
 MODEL = "mtrank"
 ROWS = 40
@@ -43,8 +44,7 @@ def _http(url: str, method: str = "GET", body=None) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def test_examples(serving_versions) -> list[bytes]:
     transformed, _ = serving_versions
-    files = sorted(tf.io.gfile.glob(os.path.join(export.raw_examples_dir(str(transformed)), "examples", "test", "*")))
-    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(ROWS)]
+    return raw_examples.records(transformed, "test", ROWS)
 
 
 @pytest.fixture(scope="module")

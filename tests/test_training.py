@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import tensorflow as tf
 from trainer import export, inputs, models, train
 from trainer.config import MODEL_NAMES
 from transform import features as F
+from tests import raw_examples
 
 SMALL = {"embedding_dim": 8, "expert_units": [32, 16], "tower_units": [16], "num_experts": 4}
 # The default embedding L2 (1e-3) is tuned for real vocabularies, where a batch reads a small share
@@ -207,8 +207,7 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, trained_mmoe, tra
 
 
 def _raw_examples(transformed: pathlib.Path, split: str) -> list[bytes]:
-    files = sorted(tf.io.gfile.glob(os.path.join(export.raw_examples_dir(str(transformed)), "examples", split, "*")))
-    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    return raw_examples.records(transformed, split)
 
 
 def _sample_ids(records) -> list[bytes]:

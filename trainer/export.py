@@ -25,7 +25,6 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import inputs
-from trainer.metrics import task_metrics
 from transform import features as F
 
 _READ_BATCH = 8192
@@ -133,12 +132,6 @@ def saved_params(saved_model_dir: str) -> int:
     return int(sum(np.prod(shape) for shape in saved_variables(saved_model_dir).values()))
 
 
-def raw_examples_dir(transformed: str) -> str:
-    """ExampleGen's output folder that Transform read, from Transform's stats.json."""
-    with tf.io.gfile.GFile(os.path.join(transformed, "transformed", "stats.json")) as f:
-        return json.load(f)["config"]["examples"]
-
-
 @functools.lru_cache(maxsize=4)
 def _loaded(saved_model_dir: str, stamp: tuple):
     del stamp  # part of the cache key only: a model rewritten in place is loaded again
@@ -168,10 +161,3 @@ def score_examples(saved_model_dir: str, files, batch_size: int = _READ_BATCH, c
         for key, value in tf.io.parse_example(batch, label_spec).items():
             labels.setdefault(key, []).append(value.numpy())
     return {k: np.concatenate(v) for k, v in scores.items()}, {k: np.concatenate(v) for k, v in labels.items()}
-
-
-def evaluate_saved_model(saved_model_dir: str, transformed: str, split: str) -> dict:
-    """The task metrics of the exported model on a split of raw examples (what serving would see)."""
-    files = sorted(tf.io.gfile.glob(os.path.join(raw_examples_dir(transformed), "examples", split, "*.tfrecord.gz")))
-    scores, labels = score_examples(saved_model_dir, files)
-    return task_metrics(labels[F.CLICK], labels[F.CONVERSION], scores["ctr"], scores["cvr"], scores["ctcvr"])
