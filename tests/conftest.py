@@ -32,9 +32,43 @@ LONGEST_FIRST = (
 )
 
 
+# The end-to-end tier (`-m e2e`): tests that run a Beam pipeline (these fixtures), train a model or
+# start the command line's stages. `pytest -m "not e2e"` runs the unit tier in about a minute.
+E2E_FIXTURES = {
+    "synthetic_raw",
+    "ingested_synthetic",
+    "aliexpress_folders",
+    "ingested_shared",
+    "transformed_synthetic",
+    "transformed_synthetic_noisy",
+    "transformed_torchrechub",
+    "transformed_aliexpress",
+    "trainable_synthetic",
+    "serving_versions",
+}
+E2E_FILES = {
+    "test_distributed.py",
+    "test_example_gen_accounting.py",
+    "test_example_gen_roundtrip.py",
+    "test_example_gen_shared_data.py",
+    "test_experiments.py",
+    "test_experiments_ranking.py",
+    "test_fdn_ablation.py",
+    "test_fdn_tsne.py",
+    "test_kubeflow.py",
+    "test_kubeflow_hermetic.py",
+    "test_retraining.py",
+    "test_training.py",
+    "test_warm_start.py",
+}
+
+
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: file order kept
+    for item in items:
+        if item.path.name in E2E_FILES or E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 def session_fixture(function):

@@ -95,6 +95,7 @@ def test_missing_raw_files_are_named(tmp_path):
     assert result.returncode == 2 and "common_features_train.csv" in result.stderr
 
 
+@pytest.mark.e2e
 def test_synth_then_ingest(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
     run("synth", "aliccp", "--rows", "400", "--seed", "1", "--out", str(raw), "--malformed-rate", "0.05", check=True)
