@@ -119,7 +119,9 @@ def _paper_params(transformed: pathlib.Path) -> dict:
         ("fdn (2 DCPs)", {"name": "fdn", "pairs": 2}),
         ("fdn (4 DCPs)", {"name": "fdn", "pairs": 4}),
     ):
-        model = models.build(spec.to_dict(), dataclasses.asdict(ModelConfig(embedding_dim=32, **changes)))
+        model = models.build(
+            spec.to_dict(), dataclasses.asdict(ModelConfig(embedding_dim=32, expert_units=(128, 64), **changes))
+        )
         model(dummy_batch(spec))
         embedding = sum(
             int(np.prod(v.shape))

@@ -273,6 +273,18 @@ def test_config_defaults_and_loss_convention():
     assert C.from_dict({"model": {"name": "esmm"}, "loss": {"convention": "clicked"}}).loss_convention == "clicked"
 
 
+def test_ple_expert_units_default_to_one_layer_of_64_and_explicit_units_win():
+    assert C.from_dict({"model": {"name": "ple"}}).model.expert_units == (64,)
+    assert C.from_dict({"model": {"name": "ple", "expert_units": None}}).model.expert_units == (64,)
+    assert C.from_dict({"model": {"name": "mmoe"}}).model.expert_units == (128, 64)
+    assert C.from_dict({"model": {"name": "ple", "expert_units": [128, 64]}}).model.expert_units == (128, 64)
+    assert C.TrainerConfig().replace(model={"name": "ple"}).model.expert_units == (64,)
+    assert C.from_dict({"model": {"name": "ple"}}).replace(model={"levels": 3}).model.expert_units == (64,)
+    ple = models.build(SPEC.to_dict(), dataclasses.asdict(C.from_dict({"model": {"name": "ple"}}).model))
+    ple(_batch())
+    assert [tuple(k.shape)[1:] for k in ple.expert_kernels()] == [(ple.embed.output_dim, 64), (64, 64)]
+
+
 def test_dummy_batch_matches_the_spec():
     batch = dummy_batch(SPEC, rows=3)
     assert batch["f109_14"].shape == (3, 3) and batch["f109_14"].dtype == np.int32
@@ -281,7 +293,9 @@ def test_dummy_batch_matches_the_spec():
 
 def test_fdn_with_two_pairs_has_fewer_parameters_than_ple_at_the_paper_settings():
     def params(**changes):
-        model = models.build(SPEC.to_dict(), dataclasses.asdict(C.ModelConfig(embedding_dim=32, **changes)))
+        model = models.build(
+            SPEC.to_dict(), dataclasses.asdict(C.ModelConfig(embedding_dim=32, expert_units=(128, 64), **changes))
+        )
         model(_batch())
         return model.count_params()
 
