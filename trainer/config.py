@@ -177,7 +177,7 @@ _CHOICES = {
     ("training", "embedding_optimizer"): EMBEDDING_OPTIMIZERS,
     ("hardware", "distribute"): ("auto", "none"),
 }
-_NULLABLE = {"decay_steps"}  # keys whose default is set but may be null
+_NULLABLE = {"decay_steps", "expert_units"}  # keys whose default is set but may be null
 _POSITIVE = {
     "embedding_dim",
     "num_experts",
@@ -202,8 +202,8 @@ def _check(section: str, key: str, value, default):
         if value not in _CHOICES[section, key]:
             raise ValueError(f"{where} must be one of {[c for c in _CHOICES[section, key] if c]}, got {value!r}")
         return value
-    if isinstance(default, tuple) or key == "expert_units":
-        if value is None and key == "expert_units":
+    if isinstance(default, tuple):
+        if value is None and key in _NULLABLE:
             return None
         if (
             not isinstance(value, (list, tuple))
