@@ -1,13 +1,9 @@
 """`mtrank experiment NAME [--scale quick|full] [--seeds N] [--out DIR] [--data DIR]`.
 
-Wiring into `pipeline.cli.build_parser` takes two lines:
-
-    from experiments import cli as experiment_cli
-    experiment_cli.add_arguments(commands.add_parser("experiment", help=experiment_cli.HELP))
-
-`add_arguments` sets the subcommand's `func(args, beam_args)`, which raises pipeline.cli's
-UsageError for bad input (one line on stderr, exit status 2, as every subcommand). Programs call
-`main_experiment(name, scale, seeds, out, data)` instead, which returns an exit status.
+`add_arguments` sets the subcommand's `func(args, beam_args)`, which raises ExperimentError for
+bad input; the command line above this package turns it into its usage error (one line on
+stderr, exit status 2, as every subcommand), so nothing here imports the command line. Programs
+call `main_experiment(name, scale, seeds, out, data)` instead, which returns an exit status.
 
 Nothing heavy is imported here, so `mtrank --help` stays fast: an experiment's module (and
 TensorFlow) loads only when it runs.
@@ -103,17 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "folder, its format told from its files (default: synthetic Ali-CCP); the other "
         "experiments generate their own data and ignore it",
     )
-    parser.set_defaults(func=_command)
+    parser.set_defaults(func=command)
 
 
-def _command(args, beam_args=None) -> None:
-    """pipeline.cli's subcommand function: usage errors become its UsageError."""
-    from pipeline.cli import UsageError
-
-    try:
-        run(args.name, args.scale, args.seeds, args.out, args.data)
-    except ExperimentError as e:
-        raise UsageError(f"mtrank experiment: {e}") from None
+def command(args, beam_args=None) -> None:
+    """The subcommand's function; ExperimentError for bad input."""
+    run(args.name, args.scale, args.seeds, args.out, args.data)
 
 
 def run(

@@ -274,56 +274,17 @@ def _serve_and_score(model_base: str, model_name: str, examples: str, rows: int 
     print(f"  to keep serving it: mtrank serve --model-base-path {model_base} --model-name {model_name}")
 
 
-def server_config(args):
-    """ServerConfig from `mtrank serve`'s flags (or a TF Serving model config file)."""
-    from serving import config as serving_config
-
-    try:
-        if args.model_config_file:
-            if args.model_base_path:
-                raise UsageError("serve: give --model-config-file or --model-base-path, not both")
-            with open(args.model_config_file) as f:
-                models = serving_config.parse_model_config(f.read(), args.model_config_file)
-        else:
-            if not args.model_base_path:
-                raise UsageError(
-                    "serve: give --model-base-path (a folder of integer-named SavedModel versions) "
-                    "or --model-config-file"
-                )
-            policy = serving_config.VersionPolicy(num_versions=args.num_versions)
-            models = (serving_config.ModelSpec(args.model_name, os.path.abspath(args.model_base_path), policy),)
-        batching = {
-            "max_batch_size": args.max_batch_size,
-            "batch_timeout_micros": args.batch_timeout_micros,
-            "num_batch_threads": args.num_batch_threads,
-        }
-        limits = {}
-        if args.batching_parameters_file:
-            with open(args.batching_parameters_file) as f:
-                batching.update(serving_config.parse_batching_parameters(f.read(), args.batching_parameters_file))
-            limits["max_request_rows"] = batching.pop("max_request_rows", serving_config.DEFAULT_MAX_REQUEST_ROWS)
-        return serving_config.ServerConfig(
-            models=models,
-            rest_port=args.rest_port,
-            grpc_port=args.grpc_port,
-            host=args.host,
-            **limits,
-            poll_seconds=args.poll_seconds,
-            batching=serving_config.BatchingConfig(enabled=not args.no_batching, **batching),
-        )
-    except OSError as e:
-        raise UsageError(f"serve: cannot read {e.filename}: {e.strerror}") from None
-    except serving_config.ConfigError as e:
-        raise UsageError(f"serve: {e}") from None
-
-
 def _serve(args, beam_args) -> None:
     from pipeline.dag import import_tensorflow_quietly
 
     import_tensorflow_quietly()
+    from serving import config as serving_config
     from serving import server
 
-    config = server_config(args)
+    try:
+        config = serving_config.server_config(args)
+    except serving_config.ConfigError as e:
+        raise UsageError(f"serve: {e}") from None
 
     for model in config.models:
         if not os.path.isdir(model.base_path):
@@ -375,6 +336,15 @@ def _score(args, beam_args) -> None:
         f"(their reasons are in the error column){'' if args.output == '-' else ' -> ' + args.output}",
         file=sys.stderr,
     )
+
+
+def _experiment(args, beam_args) -> None:
+    from experiments import cli as experiment_cli
+
+    try:
+        experiment_cli.command(args, beam_args)
+    except experiment_cli.ExperimentError as e:
+        raise UsageError(f"mtrank experiment: {e}") from None
 
 
 def _compile(args, _) -> None:
@@ -502,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from experiments import cli as experiment_cli
 
-    experiment_cli.add_arguments(commands.add_parser("experiment", help=experiment_cli.HELP))
+    p = commands.add_parser("experiment", help=experiment_cli.HELP)
+    experiment_cli.add_arguments(p)
+    p.set_defaults(func=_experiment)
 
     p = commands.add_parser("compile", help="the Kubeflow pipeline (KFP v2 YAML) for a cluster")
     p.add_argument("--output", default="pipeline.yaml", help="(default: %(default)s)")

@@ -8,6 +8,7 @@ local server: `--model-config-file` (a ModelServerConfig: models, version polici
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 from google.protobuf import text_format
@@ -169,3 +170,41 @@ def parse_batching_parameters(text: str, source: str = "batching parameters") ->
     if values.get("enable_large_batch_splitting") and "max_execution_batch_size" in values:
         out["max_batch_size"] = values["max_execution_batch_size"]
     return out
+
+
+def server_config(args):
+    """ServerConfig from `mtrank serve`'s flags (or a TF Serving model config file); ConfigError for bad ones."""
+    try:
+        if args.model_config_file:
+            if args.model_base_path:
+                raise ConfigError("give --model-config-file or --model-base-path, not both")
+            with open(args.model_config_file) as f:
+                models = parse_model_config(f.read(), args.model_config_file)
+        else:
+            if not args.model_base_path:
+                raise ConfigError(
+                    "give --model-base-path (a folder of integer-named SavedModel versions) or --model-config-file"
+                )
+            policy = VersionPolicy(num_versions=args.num_versions)
+            models = (ModelSpec(args.model_name, os.path.abspath(args.model_base_path), policy),)
+        batching = {
+            "max_batch_size": args.max_batch_size,
+            "batch_timeout_micros": args.batch_timeout_micros,
+            "num_batch_threads": args.num_batch_threads,
+        }
+        limits = {}
+        if args.batching_parameters_file:
+            with open(args.batching_parameters_file) as f:
+                batching.update(parse_batching_parameters(f.read(), args.batching_parameters_file))
+            limits["max_request_rows"] = batching.pop("max_request_rows", DEFAULT_MAX_REQUEST_ROWS)
+        return ServerConfig(
+            models=models,
+            rest_port=args.rest_port,
+            grpc_port=args.grpc_port,
+            host=args.host,
+            **limits,
+            poll_seconds=args.poll_seconds,
+            batching=BatchingConfig(enabled=not args.no_batching, **batching),
+        )
+    except OSError as e:
+        raise ConfigError(f"cannot read {e.filename}: {e.strerror}") from None

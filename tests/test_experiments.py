@@ -275,7 +275,7 @@ def test_command_arguments_and_bad_input(tmp_path, capsys):
     cli.add_arguments(parser)
     args = parser.parse_args(["negative-transfer", "--scale", "full", "--seeds", "4", "--out", "o", "--data", "d"])
     assert (args.name, args.scale, args.seeds, args.out, args.data) == ("negative-transfer", "full", 4, "o", "d")
-    assert args.func is cli._command
+    assert args.func is cli.command
     assert "ignore" in parser.format_help()
     assert cli.main_experiment("no-such-experiment", "quick", 1, str(tmp_path)) == 2
     assert "unknown experiment 'no-such-experiment'" in capsys.readouterr().err
