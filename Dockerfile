@@ -33,6 +33,7 @@ RUN pip install --no-cache-dir -r requirements.lock
 # The project itself, without dependencies (the lock holds all of them): pyproject.toml and the
 # packages its [tool.setuptools.packages.find] includes. The build's leftovers are removed.
 COPY pyproject.toml ./
+COPY common/ common/
 COPY pipeline/ pipeline/
 COPY transform/ transform/
 COPY trainer/ trainer/

@@ -116,7 +116,7 @@ def main() -> None:
 
     import tf_keras  # DeepCTR's Keras 2, which TF_USE_LEGACY_KERAS=1 makes tf.keras inside deepctr
 
-    from trainer.metrics import task_metrics
+    from common.metrics import task_metrics
 
     tf_keras.utils.set_random_seed(args.seed)
     splits, spec = load(args.transformed)

@@ -111,7 +111,7 @@ def fit_predict(examples_dir: str, min_count: int = 2) -> dict:
     """{"eval": {...}, "test": {...}, "C": {ctr, cvr}, "columns": n}: task metrics of the baseline."""
     from sklearn.linear_model import LogisticRegression
 
-    from trainer.metrics import log_loss, task_metrics
+    from common.metrics import log_loss, task_metrics
 
     splits = {name: read_split(examples_dir, name) for name in ("train", "eval", "test")}
     kept = vocabulary(splits["train"][0], min_count)

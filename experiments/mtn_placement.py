@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from common import layout
 from experiments import base, figures, ranking, report
 from experiments.grid import Cell, make_cells
 
@@ -71,9 +72,9 @@ def expert_outputs(run_dir: str, transformed: str):
     network = models.build(spec.to_dict(), dataclasses.asdict(config.model))
     network(dummy_batch(spec))
     network.load_weights(os.path.join(run_dir, "best.weights.h5"))
-    tft_output = tft.TFTransformOutput(os.path.join(transformed, "transform_graph"))
+    tft_output = tft.TFTransformOutput(os.path.join(transformed, layout.TRANSFORM_GRAPH))
     split = inputs.load(
-        [os.path.join(transformed, "transformed", "test", "*.tfrecord.gz")],
+        [os.path.join(transformed, layout.TRANSFORMED, "test", layout.RECORDS)],
         tft_output.transformed_feature_spec(),
         spec,
         categorical_cardinalities(tft_output),

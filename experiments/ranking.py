@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import typing
 
+from common import layout
 from experiments import grid, report
 from experiments.base import DataError
 
@@ -109,7 +110,7 @@ def detect_format(folder: str) -> str:
     """The ExampleGen format of a data folder, checked as ExampleGen checks it (file names and first
     lines, nothing more); DataError naming the folder and what is wrong."""
     from pipeline.example_gen import beam_pipeline, formats
-    from pipeline.beam_utils import InputError
+    from common.beam import InputError
 
     if not os.path.exists(folder):
         raise DataError(f"--data {folder} does not exist")
@@ -224,7 +225,7 @@ class Prepared:
         from pipeline import dag
 
         raw = self._raw()
-        folder = os.path.join(self.root, "examples")
+        folder = os.path.join(self.root, layout.EXAMPLES)
         identity = {"source": raw, "format": self.data.format, "eval_fraction": self.data.eval_fraction}
         return _done(
             folder,

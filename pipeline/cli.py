@@ -247,6 +247,7 @@ def _run(args, beam_args) -> None:
 def _serve_and_score(model_base: str, model_name: str, examples: str, rows: int = 5) -> None:
     import tensorflow as tf
 
+    from common import layout
     from pipeline import pusher
     from serving import config as serving_config
     from serving.client import RestClient
@@ -255,7 +256,7 @@ def _serve_and_score(model_base: str, model_name: str, examples: str, rows: int 
     if not pusher.versions(model_base):
         print("  nothing to serve: no version has been pushed")
         return
-    files = sorted(tf.io.gfile.glob(os.path.join(examples, "examples", "test", "*.tfrecord.gz")))
+    files = sorted(tf.io.gfile.glob(os.path.join(examples, layout.EXAMPLES, "test", layout.RECORDS)))
     examples = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(rows)]
     config = serving_config.ServerConfig(
         models=(serving_config.ModelSpec(model_name, os.path.abspath(model_base)),),
@@ -401,7 +402,8 @@ def _add_trainer_flags(p, config_help: str = "JSON file of trainer config sectio
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline import IMAGE, IN_PROCESS
+    from common import IN_PROCESS
+    from pipeline import IMAGE
     from pipeline.example_gen import FORMATS
     from serving import config as serving_defaults
 

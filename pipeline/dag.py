@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from pipeline import IN_PROCESS
+from common import IN_PROCESS, layout
 
 
 def configure_logging(verbose: bool = False) -> None:
@@ -34,7 +34,7 @@ def configure_logging(verbose: bool = False) -> None:
     )
     if not verbose:
         logging.getLogger().setLevel(logging.WARNING)  # a KFP executor has set the root logger to INFO
-    for ours in ("mtrank", "pipeline", "transform", "trainer", "serving"):
+    for ours in ("mtrank", "common", "pipeline", "transform", "trainer", "serving"):
         logging.getLogger(ours).setLevel(logging.INFO)
 
 
@@ -143,7 +143,7 @@ def eval_config(raw: dict | None):
 
 
 def _beam_stage(run, config) -> dict:
-    from pipeline.beam_utils import InputError
+    from common.beam import InputError
 
     try:
         return run(config)
@@ -241,7 +241,11 @@ def trainer(
 ) -> dict:
     """Trains into OUTPUT/model (a killed run resumes unless `overwrite`); `warm_start_from` is a
     pushed SavedModel version whose weights initialise the network (`trainer.warm_start`)."""
-    for needed in ("transform_graph", os.path.join("transformed", "train"), os.path.join("transformed", "eval")):
+    for needed in (
+        layout.TRANSFORM_GRAPH,
+        os.path.join(layout.TRANSFORMED, "train"),
+        os.path.join(layout.TRANSFORMED, "eval"),
+    ):
         if not os.path.isdir(os.path.join(transformed, needed)):
             raise StageError(f"{transformed} has no {needed}/ (run mtrank transform first)")
     import_tensorflow_quietly()
@@ -251,7 +255,7 @@ def trainer(
         result = train.train(transformed, output, config, overwrite=overwrite, base_model=warm_start_from)
     except (train.TrainingError, ValueError) as e:
         raise StageError(str(e)) from None
-    print_training_summary(result, os.path.join(output, "model"))
+    print_training_summary(result, os.path.join(output, layout.MODEL))
     return result
 
 
@@ -337,17 +341,17 @@ def record(
     from pipeline import run_record
 
     readable = readable or artifacts
-    with open(os.path.join(readable["model"], "model", "metrics.json")) as f:
+    with open(os.path.join(readable["model"], layout.MODEL, layout.METRICS)) as f:
         trained = json.load(f)
-    with open(os.path.join(readable["model"], "model", "config.json")) as f:
+    with open(os.path.join(readable["model"], layout.MODEL, "config.json")) as f:
         trainer_config = json.load(f)["trainer"]
-    with open(os.path.join(readable["evaluation"], "evaluation", "metrics.json")) as f:
+    with open(os.path.join(readable["evaluation"], layout.EVALUATION, layout.METRICS)) as f:
         evaluated = json.load(f)
     lineage = {
         "examples": artifacts["examples"],
-        "transform_graph": os.path.join(artifacts["transform_graph"], "transform_graph"),
-        "model": os.path.join(artifacts["model"], "model", "serving"),
-        "evaluation": os.path.join(artifacts["evaluation"], "evaluation"),
+        "transform_graph": os.path.join(artifacts["transform_graph"], layout.TRANSFORM_GRAPH),
+        "model": os.path.join(artifacts["model"], layout.MODEL, layout.SERVING),
+        "evaluation": os.path.join(artifacts["evaluation"], layout.EVALUATION),
         "baseline": (evaluated.get("baseline") or {}).get("model"),
         "blessed": evaluated["blessed"],
         "pushed": pushed,

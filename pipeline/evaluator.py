@@ -17,12 +17,12 @@ import os
 
 import numpy as np
 
-from trainer.metrics import task_metrics
+from common.layout import BLESSED, EVALUATION, EXAMPLES, METRICS, NOT_BLESSED, RECORDS
+from common.metrics import task_metrics
 
 _LOG = logging.getLogger(__name__)
 
 AUCS = ("ctr_auc", "cvr_auc", "ctcvr_auc")
-BLESSED, NOT_BLESSED = "BLESSED", "NOT_BLESSED"
 _MAX_SLICES = 20
 
 
@@ -103,7 +103,7 @@ def evaluate(
     from trainer.export import score_examples
     import tensorflow as tf
 
-    files = sorted(tf.io.gfile.glob(os.path.join(examples, "examples", "test", "*.tfrecord.gz")))
+    files = sorted(tf.io.gfile.glob(os.path.join(examples, EXAMPLES, "test", RECORDS)))
     if not files:
         raise ValueError(f"{examples}/examples/test holds no examples to evaluate on")
     scores, labels = score_examples(saved_model, files, columns=config.slice_features)
@@ -121,12 +121,12 @@ def evaluate(
         result["baseline"] = {"model": baseline_model, "overall": baseline}
     reasons = _judge(result["overall"], baseline, config)
     result["blessed"], result["reasons"] = not reasons, reasons
-    folder = os.path.join(output, "evaluation")
+    folder = os.path.join(output, EVALUATION)
     os.makedirs(folder, exist_ok=True)
     for name in (BLESSED, NOT_BLESSED):
         if os.path.exists(os.path.join(folder, name)):
             os.remove(os.path.join(folder, name))
-    with open(os.path.join(folder, "metrics.json"), "w") as f:
+    with open(os.path.join(folder, METRICS), "w") as f:
         json.dump(result, f, indent=2)
     with open(os.path.join(folder, BLESSED if not reasons else NOT_BLESSED), "w") as f:
         f.write("\n".join(reasons) + ("\n" if reasons else ""))
@@ -134,7 +134,7 @@ def evaluate(
 
 
 def is_blessed(output: str) -> bool:
-    return os.path.exists(os.path.join(output, "evaluation", BLESSED))
+    return os.path.exists(os.path.join(output, EVALUATION, BLESSED))
 
 
 def table(result: dict) -> str:

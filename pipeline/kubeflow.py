@@ -21,6 +21,7 @@ import os
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
+from common import layout
 from pipeline import IMAGE
 
 DATA_CLAIM, DATA_MOUNT = "mtrank-data", "/data"
@@ -116,7 +117,7 @@ def evaluator(
     dag.configure_logging()
     baseline = pusher.latest(os.path.join(serving_base, model_name))
     result = dag.evaluator(
-        os.path.join(model.path, "model", "serving"),
+        os.path.join(model.path, layout.MODEL, layout.SERVING),
         examples.path,
         evaluation.path,
         dag.eval_config(json.loads(eval_config)),
@@ -148,7 +149,7 @@ def pusher(
     from pipeline import dag
 
     dag.configure_logging()
-    saved_model = os.path.join(model.path, "model", "serving")
+    saved_model = os.path.join(model.path, layout.MODEL, layout.SERVING)
     result = dag.pusher(saved_model, evaluation.path, serving_base, model_name)
     os.makedirs(pushed.path, exist_ok=True)
     arguments = {

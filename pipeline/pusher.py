@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 
+from common import layout
 from pipeline import evaluator
 
 
@@ -49,9 +50,9 @@ def _locked(model_base: str):
 
 def push(saved_model: str, run_output: str, serving_base: str, model_name: str = "mtrank") -> dict:
     """Copies the run's blessed SavedModel as the next version; returns {"version", "path"}."""
-    blessing = os.path.join(run_output, "evaluation")
+    blessing = os.path.join(run_output, layout.EVALUATION)
     if not evaluator.is_blessed(run_output):
-        reasons_file = os.path.join(blessing, evaluator.NOT_BLESSED)
+        reasons_file = os.path.join(blessing, layout.NOT_BLESSED)
         reasons = open(reasons_file).read().strip() if os.path.exists(reasons_file) else "no evaluation found"
         raise NotBlessed(f"{saved_model} is not blessed: {reasons}")
     model_base = os.path.join(serving_base, model_name)
@@ -66,7 +67,7 @@ def push(saved_model: str, run_output: str, serving_base: str, model_name: str =
                     "version": version,
                     "model": os.path.abspath(saved_model),
                     "run": os.path.abspath(run_output),
-                    "evaluation": os.path.abspath(os.path.join(blessing, "metrics.json")),
+                    "evaluation": os.path.abspath(os.path.join(blessing, layout.METRICS)),
                     "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 },
                 f,

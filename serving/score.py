@@ -14,7 +14,8 @@ import csv
 import dataclasses
 import json
 
-from pipeline.example_gen import formats, records
+from common import records
+from pipeline.example_gen import formats
 from pipeline.example_gen.reasons import Malformed
 from serving.client import OUTPUTS, RestClient
 

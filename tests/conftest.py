@@ -106,14 +106,14 @@ def read_records(folder: str | os.PathLike) -> list[bytes]:
 
 def read_examples(output: str | os.PathLike, split: str) -> list[dict]:
     """ExampleGen's examples of a split as {key: values}."""
-    from pipeline.example_gen import records
+    from common import records
 
     return [records.parse_example(r) for r in read_records(pathlib.Path(output, "examples", split))]
 
 
 def read_transformed(output: str | os.PathLike, split: str) -> dict[bytes, dict]:
     """Transform's examples of a split as {sample_id: {key: values}}."""
-    from pipeline.example_gen import records
+    from common import records
 
     rows = [records.parse_example(r) for r in read_records(pathlib.Path(output, "transformed", split))]
     return {row["sample_id"][0]: row for row in rows}

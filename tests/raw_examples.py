@@ -11,7 +11,7 @@ import os
 import tensorflow as tf
 
 from trainer import export
-from trainer.metrics import task_metrics
+from common.metrics import task_metrics
 from transform import features as F
 
 

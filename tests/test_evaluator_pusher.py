@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from pipeline import evaluator, pusher
 from trainer import export
-from trainer.metrics import task_metrics
+from common.metrics import task_metrics
 from tests import raw_examples
 
 OPEN = {"ctr_auc": 0.0, "cvr_auc": None, "ctcvr_auc": None}

@@ -1,6 +1,6 @@
 import numpy as np
 
-from trainer.metrics import roc_auc
+from common.metrics import roc_auc
 
 
 def _pairwise_auc(labels, scores):

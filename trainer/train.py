@@ -39,7 +39,8 @@ import tensorflow as tf
 
 from trainer import distribute, export, inputs, models, optimizers, warm_start
 from trainer.config import TrainerConfig, from_dict
-from trainer.metrics import task_metrics
+from common import layout
+from common.metrics import task_metrics
 from trainer.training_model import TrainingModel
 from transform import features as F
 
@@ -673,7 +674,7 @@ def train(
     The Trainer reads Transform's folder only (on Kubeflow it is the one artifact its pod gets);
     scoring the exported SavedModel on ExampleGen's raw examples is the Evaluator's. With
     `export_model=False` (grids of small runs, experiments/) no SavedModel is written."""
-    run_dir = os.path.join(output, "model")
+    run_dir = os.path.join(output, layout.MODEL)
     checked = from_dict(config or {})
     try:  # read without TensorFlow: the strategy must come first
         role = distribute.role_of(checked.hardware.distribute)
@@ -681,12 +682,12 @@ def train(
         raise TrainingError(str(e)) from None
     if overwrite and role.is_chief and tf.io.gfile.exists(run_dir):  # other workers write no run folder
         tf.io.gfile.rmtree(run_dir)
-    splits = os.path.join(transformed, "transformed")
+    splits = os.path.join(transformed, layout.TRANSFORMED)
     fn_args = FnArgs(
-        train_files=[os.path.join(splits, "train", "*.tfrecord.gz")],
-        eval_files=[os.path.join(splits, "eval", "*.tfrecord.gz")],
-        transform_graph_path=os.path.join(transformed, "transform_graph"),
-        serving_model_dir=os.path.join(run_dir, "serving") if export_model else None,
+        train_files=[os.path.join(splits, "train", layout.RECORDS)],
+        eval_files=[os.path.join(splits, "eval", layout.RECORDS)],
+        transform_graph_path=os.path.join(transformed, layout.TRANSFORM_GRAPH),
+        serving_model_dir=os.path.join(run_dir, layout.SERVING) if export_model else None,
         model_run_dir=run_dir,
         custom_config=config or {},
         working_dir=output,

@@ -21,8 +21,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics
 
-from pipeline import IN_PROCESS
-from pipeline.beam_utils import (
+from common import IN_PROCESS
+from common.beam import (
     FramedRecordSink,
     InputError,
     check_writable,
@@ -31,14 +31,12 @@ from pipeline.beam_utils import (
     gzip_member,
     pipeline_options,
 )
-from pipeline.example_gen import SPLITS
+from common.layout import EXAMPLES, RECORDS, SPLITS, STATS, TRANSFORM_GRAPH, TRANSFORMED
 from transform import features as F
 from transform import noise
 from transform.options import Options
 
 _LOG = logging.getLogger(__name__)
-TRANSFORM_GRAPH = "transform_graph"
-TRANSFORMED = "transformed"
 _PROGRESS_EVERY = 250_000
 
 
@@ -105,7 +103,7 @@ class _EncodeSplit(beam.DoFn):
     def setup(self):
         from tfx_bsl.coders import example_coder
 
-        from pipeline.example_gen import records
+        from common import records
 
         self._encode, self._frame = example_coder.RecordBatchToExamples, records.tfrecord_frame
         self._written = Metrics.counter(noise.NAMESPACE, f"rows/{self._split}")
@@ -118,12 +116,12 @@ class _EncodeSplit(beam.DoFn):
 
 
 def _split_files(examples: str, split: str) -> list[str]:
-    pattern = FileSystems.join(examples, "examples", split, "*.tfrecord.gz")
+    pattern = FileSystems.join(examples, EXAMPLES, split, RECORDS)
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
 def _read_example_gen_stats(examples: str) -> dict:
-    path = FileSystems.join(examples, "stats.json")
+    path = FileSystems.join(examples, STATS)
     try:
         with FileSystems.open(path) as f:
             return json.loads(f.read())
@@ -295,6 +293,6 @@ def run(config: TransformConfig) -> dict:
     _write_raw_metadata(config.output, schema)
     stats = stats_from_counters(counters(result, noise.NAMESPACE), config, schema)
     stats["seconds"] = round(time.perf_counter() - started, 2)
-    with FileSystems.create(FileSystems.join(config.output, TRANSFORMED, "stats.json")) as f:
+    with FileSystems.create(FileSystems.join(config.output, TRANSFORMED, STATS)) as f:
         f.write(json.dumps(stats, indent=2).encode())
     return stats

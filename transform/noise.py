@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.beam_utils import CountingDoFn
+from common.beam import CountingDoFn
 from transform import features as F
 
 NAMESPACE = "transform"

@@ -6,4 +6,3 @@ splits, writes, and accounts for every line.
 """
 
 FORMATS = ("aliccp-raw", "aliccp-csv", "aliexpress")
-SPLITS = ("train", "eval", "test")

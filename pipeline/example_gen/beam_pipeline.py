@@ -27,7 +27,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.beam_utils import (
+from common.beam import (
     IN_PROCESS,
     CountingDoFn,
     FramedRecordSink,
@@ -37,9 +37,10 @@ from pipeline.beam_utils import (
     counters,
     pipeline_options,
 )
-from pipeline.example_gen import FORMATS, SPLITS, formats
+from common.layout import EXAMPLES, REJECTED, SPLITS, STATS
+from pipeline.example_gen import FORMATS, formats
 from pipeline.example_gen import reasons as r
-from pipeline.example_gen import records
+from common import records
 from pipeline.example_gen.lines import DEFAULT_RANGE_BYTES, UTF8_BOM, ReadNumberedLines
 
 _LOG = logging.getLogger(__name__)
@@ -387,7 +388,7 @@ def _detect(path: str, detect, lines_to_try: int = 5):
 
 
 def build(p: beam.Pipeline, config: IngestConfig, roles: dict, kinds: dict) -> None:
-    outputs = list(SPLITS) + ["rejected"]
+    outputs = list(SPLITS) + [REJECTED]
     if config.format == "aliccp-raw":
         files = list(kinds)
         skeleton = [path for path in files if kinds[path] == "skeleton"]
@@ -430,13 +431,13 @@ def build(p: beam.Pipeline, config: IngestConfig, roles: dict, kinds: dict) -> N
         examples = {split: parsed[split] for split in SPLITS}
     for split in SPLITS:
         _ = examples[split] | f"Write{split.title()}" >> beam.io.Write(
-            FramedRecordSink(FileSystems.join(config.output, "examples", split, "data"))
+            FramedRecordSink(FileSystems.join(config.output, EXAMPLES, split, "data"))
         )
     _ = (
         rejected
         | "AllRejected" >> beam.Flatten()
         | "WriteRejected"
-        >> beam.io.WriteToText(FileSystems.join(config.output, "rejected/rejected"), file_name_suffix=".jsonl")
+        >> beam.io.WriteToText(FileSystems.join(config.output, REJECTED, "rejected"), file_name_suffix=".jsonl")
     )
 
 
@@ -504,7 +505,7 @@ def run(config: IngestConfig) -> dict:
     roles, kinds = discover(config)
     check_writable(config.output)
     layouts = {posixpath.basename(p): (k if isinstance(k, str) else k.schema.name) for p, k in kinds.items()}
-    clear_outputs(config.output, ("examples", "rejected", "stats.json"), "ExampleGen", config.overwrite)
+    clear_outputs(config.output, (EXAMPLES, REJECTED, STATS), "ExampleGen", config.overwrite)
     size = sum(FileSystems.match([p])[0].metadata_list[0].size_in_bytes for p in roles)
     _LOG.info("ExampleGen: %s, %d files, %.1f MB -> %s", config.format, len(roles), size / 1e6, config.output)
     started = time.perf_counter()
@@ -517,6 +518,6 @@ def run(config: IngestConfig) -> dict:
     problems = check_accounting(stats)
     if problems:
         raise RuntimeError("ExampleGen lost track of lines: " + "; ".join(problems))
-    with FileSystems.create(FileSystems.join(config.output, "stats.json")) as f:
+    with FileSystems.create(FileSystems.join(config.output, STATS)) as f:
         f.write(json.dumps(stats, indent=2).encode())
     return stats

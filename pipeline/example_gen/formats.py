@@ -19,7 +19,7 @@ import math
 import re
 
 from pipeline.example_gen import reasons as r
-from pipeline.example_gen import records
+from common import records
 from transform import features as F
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.example_gen import reasons as r
-from trainer.metrics import roc_auc
+from common.metrics import roc_auc
 
 FILES = {
     "train": ("sample_skeleton_train.csv", "common_features_train.csv"),

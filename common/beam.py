@@ -12,7 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import IN_PROCESS
+from common import IN_PROCESS
 
 
 class InputError(ValueError):
