@@ -34,6 +34,8 @@ RUN pip install --no-cache-dir -r requirements.lock
 # packages its [tool.setuptools.packages.find] includes. The build's leftovers are removed.
 COPY pyproject.toml ./
 COPY common/ common/
+COPY example_gen/ example_gen/
+COPY synth/ synth/
 COPY pipeline/ pipeline/
 COPY transform/ transform/
 COPY trainer/ trainer/

@@ -62,7 +62,7 @@ def _cached(path: pathlib.Path, measure) -> dict:
 def prepare(rows: int, data_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
     """(folder with ExampleGen's and Transform's outputs, synth.json) for `rows` synthetic rows,
     made as `mtrank run` makes its data (seed 0, 0.1% malformed lines)."""
-    from pipeline.synth import aliccp
+    from synth import aliccp
 
     folder = data_dir / f"quality_{rows}"
     raw = folder / "raw"

@@ -28,7 +28,7 @@ from trainer.config import MODEL_NAMES
 
 _INGEST = """
 import json, resource, sys, time
-from pipeline.example_gen import beam_pipeline
+from example_gen import beam_pipeline
 started = time.perf_counter()
 config = beam_pipeline.IngestConfig(format="aliccp-raw", input=sys.argv[1], output=sys.argv[2], overwrite=True)
 stats = beam_pipeline.run(config)
@@ -48,7 +48,7 @@ print(json.dumps({"seconds": time.perf_counter() - started, "written": sum(stats
 
 def synthetic(rows: int, data_dir: pathlib.Path) -> tuple[pathlib.Path, float]:
     """The synthetic raw Ali-CCP folder for `rows` (generated once, then reused) and its generation rate."""
-    from pipeline.synth import aliccp
+    from synth import aliccp
 
     folder = data_dir / f"aliccp_{rows}"
     manifest_path = folder / "synth.json"

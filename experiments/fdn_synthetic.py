@@ -1,4 +1,4 @@
-"""`fdn-synthetic`: the FDN paper's Table 1 on its synthetic data (`pipeline.synth.fdn`).
+"""`fdn-synthetic`: the FDN paper's Table 1 on its synthetic data (`synth.fdn`).
 
 Oracles: a single-task network trained on Dataset-A (X_1, y1) and one on Dataset-B (X_2, y2),
 each seeing only its own task's inputs. Against them, MMoE, CGC, PLE and FDN trained on
@@ -17,7 +17,7 @@ import numpy as np
 
 from experiments import base, figures, regression, report, stats
 from experiments.grid import Cell, make_cells
-from pipeline.synth import fdn
+from synth import fdn
 
 NAME = "fdn-synthetic"
 
@@ -51,7 +51,7 @@ SCALES = {"quick": Settings(seeds=5), "full": Settings(seeds=10)}
 class Variant:
     label: str
     model: str  # a zoo model
-    dataset: str  # a key of pipeline.synth.fdn.DATASETS
+    dataset: str  # a key of synth.fdn.DATASETS
     tasks: tuple  # trained outputs: 0 is y1, 1 is y2
 
 

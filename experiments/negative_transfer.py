@@ -1,6 +1,6 @@
 """`negative-transfer` (beyond the papers): where each architecture suffers negative transfer.
 
-On the MMoE paper's synthetic regression (`pipeline.synth.mmoe`) the cosine rho (the paper's p)
+On the MMoE paper's synthetic regression (`synth.mmoe`) the cosine rho (the paper's p)
 between the two tasks' weight vectors sets how related the tasks are. For each rho, single-task, shared-bottom,
 MMoE, PLE and FDN are trained on both tasks; a multi-task model that does worse than the
 single-task networks at some rho suffers negative transfer there. For one seed, every rho draws the
@@ -16,7 +16,7 @@ import numpy as np
 
 from experiments import base, figures, regression, report, stats
 from experiments.grid import Cell, make_cells
-from pipeline.synth import mmoe
+from synth import mmoe
 
 NAME = "negative-transfer"
 

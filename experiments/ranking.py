@@ -1,7 +1,7 @@
 """What the ranking experiments (`mtn`, `mtn-noise`, `mtn-placement`) share: their data, made once
 per run, one cell trained by the project's Trainer, and the AUC tables.
 
-Data. Without --data: synthetic raw Ali-CCP (`pipeline.synth.aliccp`), one draw per run. Its
+Data. Without --data: synthetic raw Ali-CCP (`synth.aliccp`), one draw per run. Its
 generator knows every row's true click and conversion probabilities, and their AUCs on the test
 split (the Bayes-optimal AUCs) are the ceiling the tables show. With --data: a folder of real
 data whose format is told from its file names and first lines (`bind_data`); no ceiling is known.
@@ -109,7 +109,7 @@ def full_scale(settings_class=Settings, **changes) -> Settings:
 def detect_format(folder: str) -> str:
     """The ExampleGen format of a data folder, checked as ExampleGen checks it (file names and first
     lines, nothing more); DataError naming the folder and what is wrong."""
-    from pipeline.example_gen import beam_pipeline, formats
+    from example_gen import beam_pipeline, formats
     from common.beam import InputError
 
     if not os.path.exists(folder):
@@ -208,7 +208,7 @@ class Prepared:
     def _raw(self) -> str:
         if self.data.source != SYNTHETIC:
             return self.data.source
-        from pipeline.synth import aliccp
+        from synth import aliccp
 
         config = aliccp.AliccpSynthConfig(
             rows=self.data.rows, seed=self.data.seed, ctr=self.data.ctr, cvr=self.data.cvr
@@ -419,7 +419,7 @@ def data_description(settings: Settings, records) -> str:
     )
     if data.source == SYNTHETIC:
         return (
-            f"Data: synthetic Ali-CCP (`pipeline/synth/aliccp.py`), {data.rows:,} rows (80% train file, of which "
+            f"Data: synthetic Ali-CCP (`synth/aliccp.py`), {data.rows:,} rows (80% train file, of which "
             f"{data.eval_fraction:.0%} is held out for early stopping; 20% test), CTR {data.ctr:g} and CVR "
             f"{data.cvr:g} per click, drawn once with seed {data.seed}; every seed trains on this draw.{sizes} "
             f"The row *{CEILING_LABEL}* scores the test rows with the generator's true probabilities: no model "

@@ -137,7 +137,7 @@ def _train(args, _) -> None:
 
 
 def _synth_aliccp(args, _) -> None:
-    from pipeline.synth import aliccp
+    from synth import aliccp
 
     config = aliccp.AliccpSynthConfig(
         rows=args.rows, seed=args.seed, test_fraction=args.test_fraction, malformed_rate=args.malformed_rate
@@ -151,7 +151,7 @@ def _synth_aliccp(args, _) -> None:
 
 
 def _synth_fdn(args, _) -> None:
-    from pipeline.synth import fdn
+    from synth import fdn
 
     try:
         manifest = fdn.generate(fdn.FdnSynthConfig(rows=args.rows, seed=args.seed, dimension=args.dimension), args.out)
@@ -161,7 +161,7 @@ def _synth_fdn(args, _) -> None:
 
 
 def _synth_mmoe(args, _) -> None:
-    from pipeline.synth import mmoe
+    from synth import mmoe
 
     config = mmoe.MmoeSynthConfig(
         rows=args.rows, seed=args.seed, correlation=args.correlation, dimension=args.dimension
@@ -404,7 +404,7 @@ def _add_trainer_flags(p, config_help: str = "JSON file of trainer config sectio
 def build_parser() -> argparse.ArgumentParser:
     from common import IN_PROCESS
     from pipeline import IMAGE
-    from pipeline.example_gen import FORMATS
+    from example_gen import FORMATS
     from serving import config as serving_defaults
 
     parser = _Parser(

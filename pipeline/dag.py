@@ -34,7 +34,7 @@ def configure_logging(verbose: bool = False) -> None:
     )
     if not verbose:
         logging.getLogger().setLevel(logging.WARNING)  # a KFP executor has set the root logger to INFO
-    for ours in ("mtrank", "common", "pipeline", "transform", "trainer", "serving"):
+    for ours in ("mtrank", "common", "example_gen", "pipeline", "transform", "trainer", "serving"):
         logging.getLogger(ours).setLevel(logging.INFO)
 
 
@@ -160,7 +160,7 @@ def example_gen(
     eval_fraction: float = 0.1,
     overwrite: bool = True,
 ) -> dict:
-    from pipeline.example_gen import beam_pipeline
+    from example_gen import beam_pipeline
 
     config = beam_pipeline.IngestConfig(
         format=data_format,
@@ -399,7 +399,7 @@ def synthesize(options: RunOptions) -> tuple[str, str]:
     """(data folder, format): the given data, or freshly generated synthetic raw Ali-CCP."""
     if options.data is not None:
         return options.data, options.data_format
-    from pipeline.synth import aliccp
+    from synth import aliccp
 
     data = os.path.join(options.output, "raw")
     aliccp.generate(aliccp.AliccpSynthConfig(rows=options.rows, seed=options.seed, malformed_rate=0.001), data)

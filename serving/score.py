@@ -15,8 +15,8 @@ import dataclasses
 import json
 
 from common import records
-from pipeline.example_gen import formats
-from pipeline.example_gen.reasons import Malformed
+from example_gen import formats
+from example_gen.reasons import Malformed
 from serving.client import OUTPUTS, RestClient
 
 _JSON_DTYPES = {"DT_INT64": "int64", "DT_FLOAT": "float"}

@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from pipeline.example_gen import beam_pipeline
-from pipeline.synth import aliccp
+from example_gen import beam_pipeline
+from synth import aliccp
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("MTRANK_SHARED_DATA", REPO.parent / "shared" / "data"))

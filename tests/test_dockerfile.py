@@ -384,7 +384,7 @@ def test_project_files_reach_the_image():
     assert (
         {p.split(".")[0] for p in packages}
         == top
-        == {"common", "pipeline", "transform", "trainer", "serving", "experiments"}
+        == {"common", "example_gen", "synth", "pipeline", "transform", "trainer", "serving", "experiments"}
     )
     for package in packages:
         folder = package.replace(".", "/")

@@ -7,7 +7,7 @@ import collections
 import pathlib
 
 from conftest import allowed_keys, read_examples, read_rejected
-from pipeline.example_gen import beam_pipeline
+from example_gen import beam_pipeline
 from transform import features as F
 
 

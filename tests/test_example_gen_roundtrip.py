@@ -42,7 +42,7 @@ def examples(tmp_path_factory):
         ("common_features_test.csv", COMMON_TEST),
     ):
         (raw / name).write_text("\n".join(lines) + "\n")
-    from pipeline.example_gen import beam_pipeline
+    from example_gen import beam_pipeline
 
     output = tmp_path_factory.mktemp("handmade_out")
     stats = beam_pipeline.run(

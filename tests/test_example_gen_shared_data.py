@@ -102,7 +102,7 @@ def test_aliexpress_values_round_trip(ingested_shared, aliexpress_folders):
 
 
 def test_file_roles_come_from_words_of_the_name():
-    from pipeline.example_gen.beam_pipeline import _role_from_name
+    from example_gen.beam_pipeline import _role_from_name
 
     assert _role_from_name("gs://b/x/paddlerec_aitm_test_sample_noheader.csv") == "test"
     assert _role_from_name("torchrechub_ali_ccp_val_sample.csv") == "eval"

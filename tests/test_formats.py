@@ -7,8 +7,8 @@ import random
 import pytest
 
 from common import records
-from pipeline.example_gen import formats, reasons as r
-from pipeline.synth.aliccp import SAMPLE_DEFECTS, corrupt
+from example_gen import formats, reasons as r
+from synth.aliccp import SAMPLE_DEFECTS, corrupt
 
 VALID = "7,1,0,abcd,3,205\x02100\x031.0\x01210\x02501\x030.5\x01210\x02502\x031.5"
 COMMON = "abcd,2,101\x027\x031\x01109_14\x0211\x031.386294"

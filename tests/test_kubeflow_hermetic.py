@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from pipeline import kubeflow, pusher
-from pipeline.synth import aliccp
+from synth import aliccp
 
 TRAINER = {
     "model": {"embedding_dim": 4, "expert_units": [8], "tower_units": [4], "num_experts": 2},

@@ -6,7 +6,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.example_gen.lines import ReadNumberedLines, iter_lines, plan_ranges
+from example_gen.lines import ReadNumberedLines, iter_lines, plan_ranges
 
 CONTENT = b"first\r\nsecond\n\nfourth line is longer\nfifth\nno newline at the end"
 EXPECTED = [b"first", b"second", b"", b"fourth line is longer", b"fifth", b"no newline at the end"]

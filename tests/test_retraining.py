@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from conftest import export_untrained
 from pipeline import dag, pusher
-from pipeline.synth import aliccp
+from synth import aliccp
 
 MTRANK = str(pathlib.Path(sys.executable).parent / "mtrank")
 # 1,500 synthetic rows hold ~14 test clicks: too few to gate CVR/CTCVR AUCs; CTR is gated, and

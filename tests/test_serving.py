@@ -555,7 +555,7 @@ def test_a_pushed_version_is_served_within_seconds_and_no_request_fails(
 
 
 def test_score_writes_one_line_per_row_and_keeps_unreadable_rows(tmp_path, server, shared_data, serving_versions):
-    from pipeline.example_gen import formats
+    from example_gen import formats
 
     source = (
         (shared_data / "ali_ccp" / "preprocessed_csv" / "torchrechub_ali_ccp_test_sample.csv").read_text().splitlines()

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.example_gen import formats
-from pipeline.synth import aliccp, fdn, mmoe
+from example_gen import formats
+from synth import aliccp, fdn, mmoe
 from transform import features as F
 
 

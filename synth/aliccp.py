@@ -24,7 +24,7 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.example_gen import reasons as r
+from example_gen import reasons as r
 from common.metrics import roc_auc
 
 FILES = {

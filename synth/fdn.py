@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from pipeline.synth.mmoe import write_table
+from synth.mmoe import write_table
 
 
 @dataclasses.dataclass

@@ -38,10 +38,10 @@ from common.beam import (
     pipeline_options,
 )
 from common.layout import EXAMPLES, REJECTED, SPLITS, STATS
-from pipeline.example_gen import FORMATS, formats
-from pipeline.example_gen import reasons as r
+from example_gen import FORMATS, formats
+from example_gen import reasons as r
 from common import records
-from pipeline.example_gen.lines import DEFAULT_RANGE_BYTES, UTF8_BOM, ReadNumberedLines
+from example_gen.lines import DEFAULT_RANGE_BYTES, UTF8_BOM, ReadNumberedLines
 
 _LOG = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import re
 
-from pipeline.example_gen import reasons as r
+from example_gen import reasons as r
 from common import records
 from transform import features as F
 
