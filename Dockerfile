@@ -33,6 +33,7 @@ RUN pip install --no-cache-dir -r requirements.lock
 # The project itself, without dependencies (the lock holds all of them): pyproject.toml and the
 # packages its [tool.setuptools.packages.find] includes. The build's leftovers are removed.
 COPY pyproject.toml ./
+COPY mtrank/ mtrank/
 COPY common/ common/
 COPY example_gen/ example_gen/
 COPY synth/ synth/

@@ -131,7 +131,7 @@ def _server(saved_model: str, *flags):
         [
             sys.executable,
             "-m",
-            "pipeline.cli",
+            "mtrank.cli",
             "serve",
             "--model-base-path",
             os.path.join(base, "mtrank"),

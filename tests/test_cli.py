@@ -166,7 +166,7 @@ def test_examples_of_an_unknown_layout_are_one_line(tmp_path):
 
 
 def test_serve_listens_on_this_machine_only_unless_told():
-    from pipeline.cli import build_parser
+    from mtrank.cli import build_parser
     from serving.config import server_config
 
     parser = build_parser()

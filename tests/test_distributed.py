@@ -128,7 +128,7 @@ def _train_command(transformed, output, config_file) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "mtrank.cli",
         "train",
         "--transformed",
         str(transformed),

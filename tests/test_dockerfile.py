@@ -340,12 +340,12 @@ def test_dockerignore_leaves_out_what_it_should():
         "runs/default/run.json",
         "bench/.data/x.csv",
         ".git/HEAD",
-        "pipeline/__pycache__/cli.cpython-311.pyc",
+        "mtrank/__pycache__/cli.cpython-311.pyc",
         "mtrank.egg-info/PKG-INFO",
         ".pytest_cache/v/x",
     ):
         assert ignored(path), path
-    for path in ("pipeline/cli.py", "trainer/models/mmoe.py", "requirements.lock", "pyproject.toml", "bench/run.py"):
+    for path in ("mtrank/cli.py", "trainer/models/mmoe.py", "requirements.lock", "pyproject.toml", "bench/run.py"):
         assert not ignored(path), path
 
 
@@ -384,7 +384,7 @@ def test_project_files_reach_the_image():
     assert (
         {p.split(".")[0] for p in packages}
         == top
-        == {"common", "example_gen", "synth", "pipeline", "transform", "trainer", "serving", "experiments"}
+        == {"mtrank", "common", "example_gen", "synth", "pipeline", "transform", "trainer", "serving", "experiments"}
     )
     for package in packages:
         folder = package.replace(".", "/")
@@ -441,7 +441,7 @@ def test_wheel_builds_from_the_copied_files(tmp_path):
         assert modules, f"package {package} was not copied"
         for module in modules:
             assert module in names, f"{module} is not in the wheel"
-    assert re.search(r"^mtrank\s*=\s*pipeline\.cli:main$", scripts, flags=re.M)
+    assert re.search(r"^mtrank\s*=\s*mtrank\.cli:main$", scripts, flags=re.M)
 
 
 def test_runs_as_the_manifests_non_root_user():

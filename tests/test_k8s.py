@@ -9,7 +9,7 @@ text protos they are, the `mtrank` arguments of the CronJob and the TFJob are pa
 command-line parser, and the objects are cross-checked against one another (ports, claims, mounts,
 paths, labels, names, images).
 
-`tensorflow_serving.config.model_server_config_pb2` and `pipeline.cli.build_parser` import neither
+`tensorflow_serving.config.model_server_config_pb2` and `mtrank.cli.build_parser` import neither
 TensorFlow nor Beam (a test below keeps it so), which keeps this file to about a second of its own.
 """
 
@@ -36,7 +36,7 @@ from kubernetes_validate.utils import all_versions, major_minor
 from referencing import Registry, Resource
 from tensorflow_serving.config import model_server_config_pb2
 
-from pipeline import cli
+from mtrank import cli
 from serving import config as serving_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -403,7 +403,7 @@ def _model_server_config() -> model_server_config_pb2.ModelServerConfig:
 def test_proto_module_does_not_import_tensorflow():
     code = (
         "import sys; import tensorflow_serving.config.model_server_config_pb2; "
-        "from pipeline import cli; cli.build_parser(); "
+        "from mtrank import cli; cli.build_parser(); "
         "sys.exit(bool({'tensorflow', 'apache_beam', 'keras'} & set(sys.modules)))"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0

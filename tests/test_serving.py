@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import cli
+from mtrank import cli
 from serving import config as C
 from serving.client import GrpcClient, RestClient, ServingError
 from serving.server import ServerThread

@@ -163,7 +163,7 @@ def test_early_stopping_within_an_epoch_on_the_eval_log_loss(tmp_path, trainable
 
 
 def _mtrank(*args) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", *args]
+    return [sys.executable, "-m", "mtrank.cli", *args]
 
 
 def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path, trained_mmoe, trainable_synthetic):
