@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 
+from common import layout
 from experiments import base, figures, ranking, report
 from experiments.grid import Cell, make_cells
 
@@ -96,7 +97,7 @@ def run_cell(cell: Cell, settings: Settings, prepared: ranking.Prepared) -> dict
 def _read_run(cell: Cell, settings: Settings, run_dir: str) -> dict:
     """The loss terms the arm trained with (last epoch's means; absent: the arm has no such term), its
     network's parameters as the Trainer counted them, and, in full-FDN cells, every model's counts."""
-    with open(os.path.join(run_dir, "metrics.json")) as f:
+    with open(os.path.join(run_dir, layout.METRICS)) as f:
         trained = json.load(f)
     last, params = trained["history"][-1], trained["params"]
     metrics = {f"train_{term}": float(last[term]) for term in ("aux_loss", "orth_loss") if term in last}

@@ -351,7 +351,7 @@ def train_cell(
             export_model=settings.export_model,
         )
         extra = after(os.path.join(scratch, "model"), transformed) if after else {}
-        shutil.copy(os.path.join(scratch, "model", "metrics.json"), os.path.join(cell_dir, "trainer.json"))
+        shutil.copy(os.path.join(scratch, layout.MODEL, layout.METRICS), os.path.join(cell_dir, "trainer.json"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     test, last = result["test"], result["history"][-1]

@@ -635,7 +635,7 @@ def _finish(run_dir, fn_args, config, network, trainee, tft_output, spec, eval_s
         result["warm_start"] = state["warm_start"]
     if trainee.mtn is not None:
         result["mtn_alphas"] = np.asarray(trainee.mtn.alphas).tolist()
-    _write_json(os.path.join(run_dir, "metrics.json"), result)
+    _write_json(os.path.join(run_dir, layout.METRICS), result)
     return after_export(result, network) if after_export else result
 
 
@@ -695,10 +695,10 @@ def train(
     )
 
     def score_test_split(result: dict, network) -> dict:
-        test_files = os.path.join(splits, "test", "*.tfrecord.gz")
+        test_files = os.path.join(splits, "test", layout.RECORDS)
         if tf.io.gfile.glob(test_files):
             result["test"] = _evaluate_network(network, fn_args.transform_graph_path, test_files, checked)
-            _write_json(os.path.join(run_dir, "metrics.json"), result)
+            _write_json(os.path.join(run_dir, layout.METRICS), result)
         return result
 
     return _run(fn_args, after_export=score_test_split)
