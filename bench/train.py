@@ -16,7 +16,7 @@ import time
 
 import tensorflow as tf
 
-from trainer import export, train
+from trainer import callbacks, export, train
 
 BATCH = 2048
 INFER_ROWS = 200_000
@@ -78,9 +78,9 @@ def network_rate(run_dir: str, transformed: str) -> float:
         8,
         "test",
     )
-    train.predict(network, split, BATCH, xla=True, steps=2)  # compile
+    callbacks.predict(network, split, BATCH, xla=True, steps=2)  # compile
     started = time.perf_counter()
-    scores, _ = train.predict(network, split, BATCH, xla=True)
+    scores, _ = callbacks.predict(network, split, BATCH, xla=True)
     return len(scores["ctr"]) / (time.perf_counter() - started)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import export, inputs, models, train
+from trainer import callbacks, export, inputs, models, train
 from trainer.config import MODEL_NAMES
 from transform import features as F
 from tests import raw_examples
@@ -237,7 +237,7 @@ def test_saved_model_scores_equal_the_in_memory_model(trained_mmoe, trainable_sy
     split = inputs.load(
         files, tft_output.transformed_feature_spec(), spec, categorical_cardinalities(tft_output), 32, 8, "test"
     )
-    in_memory, _ = train.predict(network, split, 4096, xla=False)
+    in_memory, _ = callbacks.predict(network, split, 4096, xla=False)
     ids = _sample_ids([r.numpy() for r in inputs.read_records(inputs.expand(files))])
     by_id = {i: n for n, i in enumerate(ids)}
 

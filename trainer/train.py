@@ -23,7 +23,6 @@ the batches an uninterrupted run would have seen; on a finished run it only expo
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -31,7 +30,6 @@ import shutil
 import sys
 import tempfile
 import time
-import weakref
 
 import keras
 import numpy as np
@@ -40,12 +38,12 @@ import tensorflow as tf
 from trainer import distribute, export, inputs, models, optimizers, warm_start
 from trainer.config import TrainerConfig, from_dict
 from common import layout
-from common.metrics import task_metrics
+from trainer.callbacks import Evaluation, Throughput, evaluate
+from trainer.run_state import TrainingError, chief_says, start_state, step_of, write_json
 from trainer.training_model import TrainingModel
 from transform import features as F
 
 _LOG = logging.getLogger(__name__)
-_RESUMABLE_CHANGES = {("training", "epochs"), ("training", "patience")}
 
 
 @dataclasses.dataclass
@@ -73,37 +71,6 @@ class FnArgs:
         return self.transform_graph_path
 
 
-class TrainingError(Exception):
-    """A run that cannot start or resume as asked (its message says why and what to do)."""
-
-
-def _write_json(path: str, payload: dict) -> None:
-    """Atomic: a kill leaves the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(payload, indent=2, default=float))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _read_json(path: str) -> dict | None:
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
-
-
-def package_versions() -> dict:
-    import tensorflow_transform as tft
-
-    return {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "tensorflow_transform": tft.__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-    }
-
-
 def _strategy(config: TrainerConfig) -> distribute.Workers:
     """The strategy of `hardware.distribute` and this process's part in it (`trainer.distribute`):
     MultiWorkerMirroredStrategy for a TF_CONFIG cluster, MirroredStrategy for 2+ local GPUs, else
@@ -112,194 +79,6 @@ def _strategy(config: TrainerConfig) -> distribute.Workers:
         return distribute.create(config.hardware.distribute)
     except distribute.ClusterError as e:
         raise TrainingError(str(e)) from None
-
-
-def _chief_says(workers: distribute.Workers, work):
-    """`work()` run by the chief alone, its JSON-able result handed to every worker. When it fails
-    on the chief, the other workers stop too (TrainingError) instead of waiting for it."""
-    payload = None
-    if workers.is_chief:
-        try:
-            payload = {"ok": work()}
-        except Exception as e:
-            workers.broadcast({"error": f"{type(e).__name__}: {e}"})
-            raise
-    received = workers.broadcast(payload)
-    if "error" in received:
-        raise TrainingError(f"the chief (worker 0) stopped: {received['error']}")
-    return received["ok"]
-
-
-def _check_resumable(saved: dict, config: TrainerConfig, run_dir: str) -> None:
-    now = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
-    changed = sorted(
-        f"{section}.{key}"
-        for section in set(saved) | set(now)
-        for key in set(saved.get(section) or {}) | set(now.get(section) or {})
-        if (saved.get(section) or {}).get(key) != (now.get(section) or {}).get(key)
-        and (section, key) not in _RESUMABLE_CHANGES
-    )
-    if changed:
-        raise TrainingError(
-            f"{run_dir} holds a run with a different config ({', '.join(changed)}); "
-            "train into a new folder, or pass --overwrite to start again"
-        )
-
-
-# One compiled scoring function per network and XLA flag, so each evaluation round (and the test
-# split) reuses the first round's trace and XLA compilation instead of building its own.
-_SCORERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _scorer(network, xla: bool):
-    scorers = _SCORERS.setdefault(network, {})
-    if xla not in scorers:
-        scorers[xla] = tf.function(
-            lambda features: network(features, training=False), jit_compile=xla, reduce_retracing=True
-        )
-    return scorers[xla]
-
-
-def _padded(features: dict, rows: int) -> dict:
-    """Each feature's batch padded with zeros to `rows` rows: the last, short batch of a split
-    takes the full batches' shape, and so their compiled function."""
-    return {k: tf.pad(v, [[0, rows - tf.shape(v)[0]]] + [[0, 0]] * (len(v.shape) - 1)) for k, v in features.items()}
-
-
-def predict(network, split: inputs.Split, batch_size: int, xla: bool, steps: int | None = None) -> tuple[dict, dict]:
-    """({ctr, cvr, ctcvr}: numpy [N], labels: numpy [N]) over a split, in file order."""
-    score = _scorer(network, xla)
-    dataset, _ = split.dataset(batch_size)
-    if steps is not None:
-        dataset = dataset.take(steps)
-    outputs, labels = {}, {}
-    for features, batch_labels in dataset:
-        rows = int(next(iter(batch_labels.values())).shape[0])
-        for key, value in score(_padded(features, batch_size)).items():
-            outputs.setdefault(key, []).append(value.numpy()[:rows])
-        for key, value in batch_labels.items():
-            labels.setdefault(key, []).append(value.numpy())
-    return {k: np.concatenate(v) for k, v in outputs.items()}, {k: np.concatenate(v) for k, v in labels.items()}
-
-
-def evaluate(network, split: inputs.Split, batch_size: int, xla: bool, steps: int | None = None) -> dict:
-    scores, labels = predict(network, split, batch_size, xla, steps)
-    return task_metrics(labels[F.CLICK], labels[F.CONVERSION], scores["ctr"], scores["cvr"], scores["ctcvr"])
-
-
-class _Throughput(keras.callbacks.Callback):
-    """Training examples/s after the first `warmup` steps (tracing, XLA compilation), input
-    pipeline included, eval between epochs excluded."""
-
-    def __init__(self, batch_size: int, warmup: int = 20):
-        super().__init__()
-        self.batch_size, self.warmup = batch_size, warmup
-        self.steps, self.counted, self.seconds, self.last = 0, 0, 0.0, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.last = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        now = time.perf_counter()
-        self.steps += 1
-        if self.steps > self.warmup:
-            self.counted += 1
-            self.seconds += now - self.last
-        self.last = now
-
-    @property
-    def examples_per_second(self) -> float | None:
-        return self.counted * self.batch_size / self.seconds if self.counted else None
-
-
-def monitor_value(metrics: dict, monitor: str) -> float:
-    """The eval value `training.monitor` ranks by, higher is better: minus the summed log losses of
-    the three served scores, each on the rows it is defined on (CTR and CTCVR on every row, CVR on
-    clicked rows; a split without clicked rows sums the other two), or the CVR AUC. nan when the
-    eval split cannot tell."""
-    if monitor == "cvr_auc":
-        return metrics["cvr_auc"]
-    cvr = metrics["cvr_logloss"]
-    return -(metrics["ctr_logloss"] + metrics["ctcvr_logloss"] + (0.0 if math.isnan(cvr) else cvr))
-
-
-class _Evaluation(keras.callbacks.Callback):
-    """Eval metrics, the best weights, a checkpoint and the run state after every evaluation round
-    (a Keras epoch of `steps_per_eval` steps: `training.evals_per_epoch` of them per pass over the
-    training split); stops after `patience` rounds without a better monitor value.
-
-    With several workers the chief alone evaluates and decides, and hands every worker the new
-    state, so all stop at the same round; every worker saves a checkpoint (saving is collective)."""
-
-    def __init__(
-        self,
-        run_dir,
-        state,
-        evaluate_fn,
-        network,
-        manager,
-        workers: distribute.Workers,
-        config,
-        steps_per_eval: int | None,
-        evals_per_epoch: int,
-    ):
-        super().__init__()
-        self.run_dir, self.state, self.evaluate_fn = run_dir, state, evaluate_fn
-        self.network, self.manager, self.workers = network, manager, workers
-        self.patience, self.monitor = config.training.patience, config.training.monitor
-        self.steps_per_eval, self.evals_per_epoch = steps_per_eval, evals_per_epoch
-
-    def _decide(self, round_index, logs) -> dict:
-        metrics = self.evaluate_fn()
-        logs = {**logs, **{f"val_{k}": v for k, v in metrics.items() if k.endswith(("auc", "logloss"))}}
-        state = self.state
-        value, best = monitor_value(metrics, self.monitor), state["best"]
-        # An eval split without clicked conversions has no CVR AUC; then the latest round counts as best.
-        improved = best is None or not math.isfinite(value) or not math.isfinite(best) or value > best
-        done = round_index + 1
-        epoch = done / self.evals_per_epoch
-        if improved:
-            self.network.save_weights(os.path.join(self.run_dir, "best.weights.h5"))
-            state.update(best=value, best_eval=done, best_epoch=epoch, wait=0)
-        else:
-            state["wait"] += 1
-        entry = {"eval": done, "epoch": epoch}
-        if self.steps_per_eval:
-            entry["step"] = done * self.steps_per_eval
-        state["history"].append({**entry, **{k: float(v) for k, v in logs.items()}})
-        state["evals_done"] = done
-        if state["wait"] >= self.patience:
-            state["stopped_early"] = True
-        return {"state": state, "metrics": {k: float(v) for k, v in metrics.items()}, "improved": improved}
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        started = time.time()
-        decided = _chief_says(self.workers, lambda: self._decide(epoch, logs))
-        state, metrics = self.state, decided["metrics"]
-        if not self.workers.is_chief:
-            state.clear()
-            state.update(decided["state"])
-        logs.update({k: v for k, v in state["history"][-1].items() if k.startswith("val_")})
-        self.manager.save(checkpoint_number=epoch + 1)
-        if state["stopped_early"]:
-            self.model.stop_training = True
-        if self.workers.is_chief:
-            _write_json(os.path.join(self.run_dir, "state.json"), state)
-        _LOG.info(
-            "eval %d (epoch %.2f): CTR AUC %.4f  CVR AUC %.4f  CTCVR AUC %.4f  log loss CTR %.4f  CVR %.4f  "
-            "(train loss %.4f, eval %.1f s)%s",
-            epoch + 1,
-            (epoch + 1) / self.evals_per_epoch,
-            metrics["ctr_auc"],
-            metrics["cvr_auc"],
-            metrics["ctcvr_auc"],
-            metrics["ctr_logloss"],
-            metrics["cvr_logloss"],
-            logs.get("loss", float("nan")),
-            time.time() - started,
-            "  best" if decided["improved"] else f"  no better for {state['wait']}",
-        )
 
 
 def _keras_verbosity() -> int:
@@ -328,48 +107,6 @@ def _run(fn_args, after_export=None) -> dict:
         return _train_into(scratch, fn_args, config, workers, after_export)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _start_state(run_dir: str, config: TrainerConfig, spec: inputs.InputSpec, fn_args) -> dict:
-    """The run state to start from (a resumed run's, or a new one), after checking the folder's
-    run can be resumed; writes config.json."""
-    state = _read_json(os.path.join(run_dir, "state.json"))
-    saved = _read_json(os.path.join(run_dir, "config.json"))
-    if state is not None and saved is not None:
-        _check_resumable(saved["trainer"], config, run_dir)
-        if saved["input_spec"] != spec.to_dict():
-            raise TrainingError(
-                f"{run_dir} holds a run on different inputs; train into a new folder or pass --overwrite"
-            )
-        done = state["evals_done"]
-        path = os.path.join(run_dir, "checkpoints", f"ckpt-{done}")
-        if done and not tf.io.gfile.exists(path + ".index"):
-            raise TrainingError(
-                f"{run_dir}: state.json says {done} evaluation rounds are done but {path} is missing; "
-                "pass --overwrite to start again"
-            )
-    else:
-        state = {
-            "evals_done": 0,
-            "best": None,
-            "best_eval": None,
-            "best_epoch": None,
-            "wait": 0,
-            "history": [],
-            "stopped_early": False,
-        }
-    _write_json(
-        os.path.join(run_dir, "config.json"),
-        {
-            "trainer": config.to_dict(),
-            "input_spec": spec.to_dict(),
-            "packages": package_versions(),
-            "train_files": list(inputs.expand(fn_args.train_files)),
-            "eval_files": list(inputs.expand(fn_args.eval_files)),
-            "transform_graph_path": fn_args.transform_graph_path,
-        },
-    )
-    return state
 
 
 def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribute.Workers, after_export) -> dict:
@@ -412,9 +149,9 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
     load_seconds = time.time() - started
 
     # The chief's folder holds the run: every worker starts from its state (and, below, its weights).
-    start = _chief_says(
+    start = chief_says(
         workers,
-        lambda: {"state": _start_state(run_dir, config, spec, fn_args), "sync_weights": bool(fn_args.base_model)},
+        lambda: {"state": start_state(run_dir, config, spec, fn_args), "sync_weights": bool(fn_args.base_model)},
     )
     state = start["state"]
 
@@ -470,7 +207,7 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
         workers.broadcast_variables(_state_variables(trainee, optimizer))
 
     train_seconds = 0.0
-    throughput = _Throughput(batch_size)
+    throughput = Throughput(batch_size)
     finished = state["stopped_early"] or first_round >= rounds
     if not finished:
         if full_pass:
@@ -490,7 +227,7 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
             dataset = dataset.with_options(options)
         callbacks = [
-            _Evaluation(
+            Evaluation(
                 run_dir,
                 state,
                 lambda: evaluate(network, eval_split, training.eval_batch_size, hardware.xla, fn_args.eval_steps),
@@ -548,7 +285,7 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
             _LOG.error("the workers' final weights differ (digests %s): report this as a bug", digests)
     if not chief:
         _LOG.info("worker %d done; waiting for the chief to export", workers.role.index)
-    return _chief_says(
+    return chief_says(
         workers,
         lambda: _finish(
             run_dir,
@@ -585,11 +322,6 @@ def _label_rates(split: inputs.Split, batch_size: int, stream_batches: int = 50)
     return clicks / max(len(click), 1), float(np.sum(conversion * click)) / max(clicks, 1.0)
 
 
-def _step_of(state: dict, evaluation: int | None) -> int | None:
-    """The training step of an evaluation round (None for a streamed split, whose rounds are passes)."""
-    return next((e.get("step") for e in state["history"] if e["eval"] == evaluation), None)
-
-
 def _state_variables(trainee, optimizer) -> list:
     """The model's and optimizer's variables: what a checkpoint restores (metrics aside)."""
     return list(trainee.trainable_variables) + list(trainee.non_trainable_variables) + list(optimizer.variables)
@@ -615,7 +347,7 @@ def _finish(run_dir, fn_args, config, network, trainee, tft_output, spec, eval_s
         "epochs_done": state["history"][-1]["epoch"] if state["history"] else 0,
         "best_eval": state["best_eval"],
         "best_epoch": state["best_epoch"],
-        "best_step": _step_of(state, state["best_eval"]),
+        "best_step": step_of(state, state["best_eval"]),
         "stopped_early": state["stopped_early"],
         "monitor": training.monitor,
         "eval": best_metrics,
@@ -635,7 +367,7 @@ def _finish(run_dir, fn_args, config, network, trainee, tft_output, spec, eval_s
         result["warm_start"] = state["warm_start"]
     if trainee.mtn is not None:
         result["mtn_alphas"] = np.asarray(trainee.mtn.alphas).tolist()
-    _write_json(os.path.join(run_dir, layout.METRICS), result)
+    write_json(os.path.join(run_dir, layout.METRICS), result)
     return after_export(result, network) if after_export else result
 
 
@@ -698,7 +430,7 @@ def train(
         test_files = os.path.join(splits, "test", layout.RECORDS)
         if tf.io.gfile.glob(test_files):
             result["test"] = _evaluate_network(network, fn_args.transform_graph_path, test_files, checked)
-            _write_json(os.path.join(run_dir, layout.METRICS), result)
+            write_json(os.path.join(run_dir, layout.METRICS), result)
         return result
 
     return _run(fn_args, after_export=score_test_split)
