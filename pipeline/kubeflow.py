@@ -21,7 +21,6 @@ import os
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from common import layout
 from pipeline import IMAGE
 
 DATA_CLAIM, DATA_MOUNT = "mtrank-data", "/data"
@@ -112,6 +111,7 @@ def evaluator(
 
     import json
 
+    from common import layout
     from pipeline import dag, pusher
 
     dag.configure_logging()
@@ -146,6 +146,7 @@ def pusher(
 ) -> int:
     import os
 
+    from common import layout
     from pipeline import dag
 
     dag.configure_logging()
