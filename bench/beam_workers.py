@@ -3,12 +3,14 @@
 Runs ExampleGen on synthetic raw Ali-CCP rows with the in-process runner, `--runs` times per
 worker count, and prints one JSON line per run: seconds, the accounting check's error (null when
 read = written + rejected + dropped), the records actually in each split's files, and whether the
-parsed examples, keyed by (split, sample id), equal the one-worker run's.
-Beam 2.77 loses rows here with 2 workers (README, "Beyond one machine"), so this is a
-reproduction to run by hand, not a test: it needs about 2M rows and fails in most runs, not all.
+parsed examples, keyed by (split, sample id), equal the one-worker run's (slow: about 60 s per
+300K rows; `--no-compare` skips it).
+`--unpatched` runs Beam 2.77 as released, without `common.beam.use_lossless_data_plane`: its
+time-based data-plane stream then loses rows on 2 workers in most runs of 2M rows (README, "Beyond
+one machine"; tests/test_beam_workers.py has the minimal reproduction).
 
-Usage: python bench/beam_workers.py [--rows 2000000] [--workers 1,2] [--runs 3]
-                                    [--mode multi_processing] [--data-dir bench/.data]
+Usage: python bench/beam_workers.py [--rows 2000000] [--workers 1,2] [--runs 3] [--unpatched]
+                                    [--no-compare] [--mode multi_processing] [--data-dir bench/.data]
 """
 
 from __future__ import annotations
@@ -59,7 +61,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--mode", default="multi_processing", choices=("multi_processing", "multi_threading"))
     parser.add_argument("--data-dir", default="bench/.data")
+    parser.add_argument("--unpatched", action="store_true", help="Beam's own data-plane stream, which loses rows")
+    parser.add_argument("--no-compare", action="store_true", help="skip parsing and comparing the examples")
     args = parser.parse_args()
+    if args.unpatched:
+        import common.beam
+
+        common.beam.use_lossless_data_plane = lambda: None
 
     from common.layout import SPLITS
     from example_gen import beam_pipeline
@@ -83,7 +91,7 @@ def main() -> None:
             except RuntimeError as e:  # the accounting check
                 error = str(e)
             seconds = time.perf_counter() - started
-            examples = examples_by_id(output)
+            examples = None if args.no_compare else examples_by_id(output)
             if reference is None and error is None:
                 reference = examples
             line = {
@@ -92,7 +100,9 @@ def main() -> None:
                 "seconds": round(seconds, 1),
                 "rows_per_s": round(args.rows / seconds),
                 "accounting_error": error,
-                "records": {split: sum(1 for s, _ in examples if s == split) for split in SPLITS},
+                "records": None
+                if examples is None
+                else {split: sum(1 for s, _ in examples if s == split) for split in SPLITS},
                 "equal_to_one_worker": None if reference is None else examples == reference,
             }
             print(json.dumps(line), flush=True)

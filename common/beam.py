@@ -11,6 +11,7 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.worker import data_plane
 
 from common import IN_PROCESS
 
@@ -21,14 +22,53 @@ class InputError(ValueError):
 
 def pipeline_options(runner: str, beam_args) -> PipelineOptions:
     if runner == IN_PROCESS:
-        # Beam's DirectRunner first tries to download the Prism runner, which fails offline. One
-        # worker: with --direct_running_mode=multi_processing --direct_num_workers=2, Beam 2.77
-        # lost whole join groups without an error in 2 of 3 runs of 2M rows here (caught by
-        # ExampleGen's accounting); the run that kept everything was ~15% faster.
+        # Beam's DirectRunner first tries to download the Prism runner, which fails offline.
         runner_args = ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"]
+        use_lossless_data_plane()
     else:
         runner_args = [f"--runner={runner}"]
     return PipelineOptions(runner_args + list(beam_args))
+
+
+class _LosslessTimeBasedStream(data_plane.TimeBasedBufferingClosableOutputStream):
+    """Beam 2.77's time-based output stream with its writes under the flush lock.
+
+    Beam's own flushes from a timer thread: it takes the buffer, hands it to the data channel
+    (whose queue may block) and then clears the buffer, while the writing thread goes on writing
+    into it unlocked; whatever was written between the take and the clear is lost without an
+    error. The in-process runner with several workers (`--direct_num_workers` 2+) sends each
+    bundle's input through such streams, and lost 31 MB of 1 GB that way in a 2M-row ExampleGen
+    run here (tests/test_beam_data_plane.py reproduces it on Beam's class alone).
+    """
+
+    def _locked(method):
+        def write(self, *args):
+            with self._flush_lock:
+                return method(self, *args)
+
+        write.__name__ = method.__name__
+        return write
+
+    write = _locked(data_plane.SizeBasedBufferingClosableOutputStream.write)
+    write_byte = _locked(data_plane.SizeBasedBufferingClosableOutputStream.write_byte)
+    write_var_int64 = _locked(data_plane.SizeBasedBufferingClosableOutputStream.write_var_int64)
+    write_var_int32 = _locked(data_plane.SizeBasedBufferingClosableOutputStream.write_var_int32)
+    write_bigendian_int64 = _locked(data_plane.SizeBasedBufferingClosableOutputStream.write_bigendian_int64)
+    write_bigendian_uint64 = _locked(data_plane.SizeBasedBufferingClosableOutputStream.write_bigendian_uint64)
+    write_bigendian_int32 = _locked(data_plane.SizeBasedBufferingClosableOutputStream.write_bigendian_int32)
+    write_bigendian_int16 = _locked(data_plane.SizeBasedBufferingClosableOutputStream.write_bigendian_int16)
+    write_bigendian_double = _locked(data_plane.SizeBasedBufferingClosableOutputStream.write_bigendian_double)
+    write_bigendian_float = _locked(data_plane.SizeBasedBufferingClosableOutputStream.write_bigendian_float)
+    del _locked
+
+
+def use_lossless_data_plane() -> None:
+    """Makes this process's Beam data channels build `_LosslessTimeBasedStream`s (idempotent).
+
+    `ClosableOutputStream.create` looks the class up in its module when it builds a stream, so
+    the runner's side of every data channel gets it. Workers in other processes
+    (`multi_processing`) flush by size only, which has no timer thread and needs no patch."""
+    data_plane.TimeBasedBufferingClosableOutputStream = _LosslessTimeBasedStream
 
 
 class FramedRecordSink(beam.io.filebasedsink.FileBasedSink):

@@ -136,6 +136,19 @@ def test_numeric_fields_follow_their_options_with_training_statistics(ingested_s
         np.testing.assert_array_equal(np.float32(column(out, "numerical_3")), np.float32(column(raw, "numerical_3")))
 
 
+def test_a_row_count_that_differs_from_example_gen_s_is_named_by_split():
+    from transform.beam_pipeline import check_rows
+
+    example_gen_stats = {"samples": {"written": {"train": 900, "eval": 100, "test": 250}}}
+    assert check_rows({"train": 900, "eval": 100, "test": 250}, example_gen_stats) == []
+    problems = check_rows({"train": 899, "eval": 100, "test": 251}, example_gen_stats)
+    assert problems == [
+        "train: ExampleGen wrote 900 rows, Transform wrote 899",
+        "test: ExampleGen wrote 250 rows, Transform wrote 251",
+    ]
+    assert check_rows({"train": 900}, {"samples": {"written": {"train": 900, "eval": 0}}}) == []
+
+
 def test_unknown_or_invalid_options_are_named():
     with pytest.raises(ValueError, match="unknown keys \\['frequency'\\]"):
         Options.from_config({"frequency": 3})

@@ -245,6 +245,19 @@ def stats_from_counters(counts: dict, config: TransformConfig, schema: F.Schema)
     return stats
 
 
+def check_rows(rows_written: dict, example_gen_stats: dict) -> list[str]:
+    """Splits whose row count differs from what ExampleGen wrote (empty when every row came through).
+
+    Transform reads each of ExampleGen's examples once and writes it once, so any gap is a lost
+    or doubled row, for example on a runner with several workers."""
+    expected = example_gen_stats.get("samples", {}).get("written", {})
+    return [
+        f"{split}: ExampleGen wrote {expected[split]:,} rows, Transform wrote {rows_written.get(split, 0):,}"
+        for split in SPLITS
+        if split in expected and expected[split] != rows_written.get(split, 0)
+    ]
+
+
 def _write_raw_metadata(output: str, schema: F.Schema) -> None:
     """The raw schema beside the transform graph, where TFX's Transform puts it
     (`TFTransformOutput.raw_feature_spec()`): the serving export parses requests with it."""
@@ -293,6 +306,9 @@ def run(config: TransformConfig) -> dict:
     _write_raw_metadata(config.output, schema)
     stats = stats_from_counters(counters(result, noise.NAMESPACE), config, schema)
     stats["seconds"] = round(time.perf_counter() - started, 2)
+    problems = check_rows(stats["rows"], example_gen_stats)
+    if problems:
+        raise RuntimeError("Transform lost track of rows: " + "; ".join(problems))
     with FileSystems.create(FileSystems.join(config.output, TRANSFORMED, STATS)) as f:
         f.write(json.dumps(stats, indent=2).encode())
     return stats
