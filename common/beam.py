@@ -10,7 +10,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import Metrics, MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from apache_beam.runners.worker import data_plane
 
 from common import IN_PROCESS
@@ -21,13 +21,22 @@ class InputError(ValueError):
 
 
 def pipeline_options(runner: str, beam_args) -> PipelineOptions:
+    """Beam's options for `runner` and the user's `beam_args`; InputError for a combination that
+    loses rows. Call it before a stage touches its output folder."""
     if runner == IN_PROCESS:
         # Beam's DirectRunner first tries to download the Prism runner, which fails offline.
-        runner_args = ["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner"]
+        options = PipelineOptions(["--runner=apache_beam.runners.portability.fn_api_runner.FnApiRunner", *beam_args])
+        direct = options.view_as(DirectOptions)
+        if direct.direct_running_mode == "multi_threading" and direct.direct_num_workers != 1:
+            # Its workers share this process and flush their output from a timer thread too: Beam
+            # loses rows there, and with the lossless stream a 2M-row run never finished here.
+            raise InputError(
+                "--direct_running_mode=multi_threading with several workers loses rows in Beam 2.77; "
+                "use --direct_running_mode=multi_processing"
+            )
         use_lossless_data_plane()
-    else:
-        runner_args = [f"--runner={runner}"]
-    return PipelineOptions(runner_args + list(beam_args))
+        return options
+    return PipelineOptions([f"--runner={runner}", *beam_args])
 
 
 class _LosslessTimeBasedStream(data_plane.TimeBasedBufferingClosableOutputStream):

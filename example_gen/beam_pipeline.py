@@ -503,13 +503,14 @@ def run(config: IngestConfig) -> dict:
     if not 0.0 <= config.eval_fraction < 1.0:
         raise InputError(f"--eval-fraction {config.eval_fraction} must be in [0, 1)")
     roles, kinds = discover(config)
+    options = pipeline_options(config.runner, config.beam_args)
     check_writable(config.output)
     layouts = {posixpath.basename(p): (k if isinstance(k, str) else k.schema.name) for p, k in kinds.items()}
     clear_outputs(config.output, (EXAMPLES, REJECTED, STATS), "ExampleGen", config.overwrite)
     size = sum(FileSystems.match([p])[0].metadata_list[0].size_in_bytes for p in roles)
     _LOG.info("ExampleGen: %s, %d files, %.1f MB -> %s", config.format, len(roles), size / 1e6, config.output)
     started = time.perf_counter()
-    p = beam.Pipeline(options=pipeline_options(config.runner, config.beam_args))
+    p = beam.Pipeline(options=options)
     build(p, config, roles, kinds)
     result = p.run()
     result.wait_until_finish()

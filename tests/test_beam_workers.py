@@ -101,3 +101,22 @@ def test_example_gen_and_transform_on_two_worker_processes_equal_the_one_worker_
     assert _without_timing(two_transform_stats) == _without_timing(one_transform_stats)
     for split in ("train", "eval", "test"):
         assert read_transformed(two_transformed, split) == read_transformed(one_transformed, split), split
+
+
+def test_several_threads_in_one_process_are_refused_before_the_output_is_touched(tmp_path, synthetic_raw):
+    from common.beam import InputError
+    from example_gen import beam_pipeline
+
+    output = tmp_path / "examples"
+    (output / "stats.json").parent.mkdir()
+    (output / "stats.json").write_text("{}")
+    config = beam_pipeline.IngestConfig(
+        format="aliccp-raw",
+        input=str(synthetic_raw[0]),
+        output=str(output),
+        overwrite=True,
+        beam_args=["--direct_running_mode=multi_threading", "--direct_num_workers=2"],
+    )
+    with pytest.raises(InputError, match="multi_threading with several workers loses rows.*multi_processing"):
+        beam_pipeline.run(config)
+    assert (output / "stats.json").read_text() == "{}"

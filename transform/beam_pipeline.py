@@ -284,6 +284,7 @@ def run(config: TransformConfig) -> dict:
     files = {split: found for split in SPLITS if (found := _split_files(config.examples, split))}
     if "train" not in files:
         raise InputError(f"--examples {config.examples} has no training examples (examples/train/*.tfrecord.gz)")
+    options = pipeline_options(config.runner, config.beam_args)
     check_writable(config.output)
     clear_outputs(config.output, (TRANSFORM_GRAPH, TRANSFORMED), "Transform", config.overwrite)
     temp_dir = FileSystems.join(config.output, ".transform-tmp")
@@ -294,7 +295,7 @@ def run(config: TransformConfig) -> dict:
 
     import tensorflow_transform.beam as tft_beam
 
-    p = beam.Pipeline(options=pipeline_options(config.runner, config.beam_args))
+    p = beam.Pipeline(options=options)
     try:
         with tft_beam.Context(temp_dir=temp_dir, desired_batch_size=config.batch_size):
             build(p, config, schema, files)
