@@ -120,8 +120,8 @@ def _paper_params(transformed: pathlib.Path) -> dict:
     counts = {}
     for label, changes in (
         ("mmoe", {"name": "mmoe"}),
-        ("cgc", {"name": "cgc"}),
-        ("ple", {"name": "ple"}),
+        ("cgc", {"name": "cgc", "shared_experts": 4}),
+        ("ple", {"name": "ple", "shared_experts": 4}),
         ("fdn (2 DCPs)", {"name": "fdn", "pairs": 2}),
         ("fdn (4 DCPs)", {"name": "fdn", "pairs": 4}),
     ):

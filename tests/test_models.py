@@ -273,7 +273,16 @@ def test_config_defaults_and_loss_convention():
     assert C.from_dict({"model": {"name": "esmm"}, "loss": {"convention": "clicked"}}).loss_convention == "clicked"
 
 
-def test_ple_expert_units_default_to_one_layer_of_64_and_explicit_units_win():
+def test_ple_defaults_to_one_layer_of_64_and_one_shared_expert_and_explicit_values_win():
+    assert C.from_dict({"model": {"name": "ple"}}).model.shared_experts == 1
+    assert C.from_dict({"model": {"name": "cgc"}}).model.shared_experts == 4
+    assert C.from_dict({"model": {"name": "ple", "shared_experts": None}}).model.shared_experts == 1
+    assert C.from_dict({"model": {"name": "ple", "shared_experts": 4}}).model.shared_experts == 4
+    assert C.TrainerConfig().replace(model={"name": "ple"}).model.shared_experts == 1
+    assert C.from_dict({"model": {"name": "ple"}}).replace(model={"name": "cgc"}).model.shared_experts == 4
+    assert C.from_dict({"model": {"name": "ple"}}).replace(model={"levels": 3}).model.shared_experts == 1
+    with pytest.raises(ValueError, match="model.shared_experts must be positive"):
+        C.from_dict({"model": {"name": "ple", "shared_experts": 0}})
     assert C.from_dict({"model": {"name": "ple"}}).model.expert_units == (64,)
     assert C.from_dict({"model": {"name": "ple", "expert_units": None}}).model.expert_units == (64,)
     assert C.from_dict({"model": {"name": "mmoe"}}).model.expert_units == (128, 64)
@@ -283,6 +292,7 @@ def test_ple_expert_units_default_to_one_layer_of_64_and_explicit_units_win():
     ple = models.build(SPEC.to_dict(), dataclasses.asdict(C.from_dict({"model": {"name": "ple"}}).model))
     ple(_batch())
     assert [tuple(k.shape)[1:] for k in ple.expert_kernels()] == [(ple.embed.output_dim, 64), (64, 64)]
+    assert [k.shape[0] for k in ple.expert_kernels()] == [2 * 2 + 1, 2 * 2 + 1]  # per level: 2 per task, 1 shared
 
 
 def test_dummy_batch_matches_the_spec():
@@ -299,4 +309,5 @@ def test_fdn_with_two_pairs_has_fewer_parameters_than_ple_at_the_paper_settings(
         model(_batch())
         return model.count_params()
 
-    assert params(name="fdn", pairs=2) < params(name="ple") and params(name="fdn", pairs=4) > params(name="ple")
+    ple = params(name="ple", shared_experts=4)  # the paper's: 2 task-specific + 4 shared experts per level
+    assert params(name="fdn", pairs=2) < ple and params(name="fdn", pairs=4) > ple

@@ -27,11 +27,13 @@ ORTH_VARIANTS = ("paper", "authors")
 MTN_TARGETS = ("towers", "experts")
 MONITORS = ("logloss", "cvr_auc")
 EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "ftrl")
-# `model.expert_units` when null: PLE stacks two extraction levels of experts, and at [128, 64] per
-# level it overfits before its first pass ends; one layer of 64 per level has the lower eval log loss
-# at 200K and 1M rows (the README's PLE sweep) and trains twice as fast.
-EXPERT_UNITS = {"ple": (64,)}
-DEFAULT_EXPERT_UNITS = (128, 64)
+# The `model` keys that default to null resolve per model: `MODEL_DEFAULTS[name]`, else
+# `GENERAL_DEFAULTS`. PLE stacks two extraction levels: at [128, 64] units per expert it overfits
+# before its first pass ends, and with 4 shared experts per level its CVR falls behind. One layer of
+# 64 units and 1 shared expert per level have the lower eval log loss at 200K and 1M rows (the
+# README's PLE sweeps); CGC, one level, ties at 2 and 4 shared experts and keeps 4.
+GENERAL_DEFAULTS = {"expert_units": (128, 64), "shared_experts": 4}
+MODEL_DEFAULTS = {"ple": {"expert_units": (64,), "shared_experts": 1}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +41,12 @@ class ModelConfig:
     name: str = "mmoe"
     embedding_dim: int = 16
     pooling: str = "sum"  # multi-valued fields: "sum" or "mean" of their ids' weight-scaled embeddings
-    # each expert; the shared bottom and single-task networks too. None: `EXPERT_UNITS` of the model,
-    # else DEFAULT_EXPERT_UNITS.
+    # each expert; the shared bottom and single-task networks too. None: the model's default.
     expert_units: typing.Optional[tuple] = None
     tower_units: tuple = (64,)  # hidden layers of each task tower, before its logit
     num_experts: int = 8  # omoe, mmoe
     specific_experts: int = 2  # cgc, ple: per task, per level
-    shared_experts: int = 4  # cgc, ple: per level
+    shared_experts: typing.Optional[int] = None  # cgc, ple: per level. None: the model's default.
     levels: int = 2  # ple
     pairs: int = 2  # fdn: decomposition pairs per task
     shared_features: bool = True  # fdn: False is the paper's "without shared features" ablation
@@ -53,8 +54,9 @@ class ModelConfig:
     wide: bool = False  # add a linear part's logits (one weight per id per task), as in Wide & Deep
 
     def __post_init__(self):
-        if self.expert_units is None:
-            object.__setattr__(self, "expert_units", EXPERT_UNITS.get(self.name, DEFAULT_EXPERT_UNITS))
+        for key, general in GENERAL_DEFAULTS.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, MODEL_DEFAULTS.get(self.name, {}).get(key, general))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,10 +149,11 @@ class TrainerConfig:
 
     def replace(self, **sections) -> "TrainerConfig":
         """A copy with some sections' keys changed: replace(training={"epochs": 2}). A new model name
-        without `expert_units` takes that model's default units."""
+        takes that model's defaults of the keys it does not set (`MODEL_DEFAULTS`)."""
         merged = self.to_dict()
-        if "name" in (sections.get("model") or {}) and "expert_units" not in sections["model"]:
-            merged["model"]["expert_units"] = None
+        if "name" in (sections.get("model") or {}):
+            for key in GENERAL_DEFAULTS.keys() - sections["model"].keys():
+                merged["model"][key] = None
         for section, values in sections.items():
             if values is None or merged.get(section) is None:
                 merged[section] = values
@@ -177,7 +180,7 @@ _CHOICES = {
     ("training", "embedding_optimizer"): EMBEDDING_OPTIMIZERS,
     ("hardware", "distribute"): ("auto", "none"),
 }
-_NULLABLE = {"decay_steps", "expert_units"}  # keys whose default is set but may be null
+_NULLABLE = {"decay_steps", *GENERAL_DEFAULTS}  # keys whose default is set but may be null
 _POSITIVE = {
     "embedding_dim",
     "num_experts",
