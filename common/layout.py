@@ -18,3 +18,5 @@ BLESSED, NOT_BLESSED = "BLESSED", "NOT_BLESSED"
 # Trainer: model/ (checkpoints, logs, metrics.json, config.json), model/serving/ (the SavedModel)
 MODEL = "model"
 SERVING = "serving"
+# The linear reference (the `logistic` model) the Evaluator prints beside the model: reference/model/...
+REFERENCE = "reference"

@@ -124,7 +124,7 @@ def _run(args, beam_args) -> None:
         beam_runner=args.beam_runner,
         beam_args=beam_args,
     )
-    steps = (args.data is None) + (1 if args.runner == "kfp-local" else 5) + (not args.no_serve)
+    steps = (args.data is None) + (1 if args.runner == "kfp-local" else 6) + (not args.no_serve)
     step = 0
 
     def stage(text: str) -> None:

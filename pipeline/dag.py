@@ -287,12 +287,20 @@ def print_training_summary(result: dict, run_dir: str) -> None:
     print(f"  SavedModel {result['serving_model_dir']}; metrics {os.path.join(run_dir, 'metrics.json')}", flush=True)
 
 
-def evaluator(saved_model: str, examples: str, output: str, config, baseline: str | None) -> dict:
+def reference_config(config: dict) -> dict:
+    """The linear reference's trainer config: the `logistic` model at its defaults, trained with
+    the run's `training` and `hardware` sections (its seed, its epochs)."""
+    return {"model": {"name": "logistic"}, **{k: v for k, v in config.items() if k in ("training", "hardware")}}
+
+
+def evaluator(
+    saved_model: str, examples: str, output: str, config, baseline: str | None, reference: str | None = None
+) -> dict:
     import_tensorflow_quietly()
     from pipeline import evaluator as evaluation
 
     try:
-        result = evaluation.evaluate(saved_model, examples, output, config, baseline)
+        result = evaluation.evaluate(saved_model, examples, output, config, baseline, reference)
     except ValueError as e:
         raise StageError(str(e)) from None
     print(evaluation.table(result))
@@ -353,6 +361,7 @@ def record(
         "model": os.path.join(artifacts["model"], layout.MODEL, layout.SERVING),
         "evaluation": os.path.join(artifacts["evaluation"], layout.EVALUATION),
         "baseline": (evaluated.get("baseline") or {}).get("model"),
+        "reference": (evaluated.get("reference") or {}).get("model"),
         "blessed": evaluated["blessed"],
         "pushed": pushed,
     }
@@ -367,7 +376,11 @@ def record(
             "data": {"path": data, "format": data_format, "fingerprint": data_fingerprint},
             "lineage": lineage,
             "warm_start": trained.get("warm_start"),
-            "metrics": {"eval": trained.get("eval"), "test": evaluated["overall"]},
+            "metrics": {
+                "eval": trained.get("eval"),
+                "test": evaluated["overall"],
+                "reference_test": (evaluated.get("reference") or {}).get("overall"),
+            },
         },
     )
 
@@ -440,13 +453,18 @@ def run_local(options: RunOptions, stage) -> dict:
     warm = warm_start_source(options.serving_base, options.model_name, options.warm_start)
     stage(f"Trainer: {out}/transformed -> {out}/model" + (f", warm-started from {warm}" if warm else ""))
     trained = trainer(out, out, options.trainer_config, warm_start_from=warm)
+    reference_out = os.path.join(out, layout.REFERENCE)
+    stage(f"Trainer: the linear reference (logistic) -> {reference_out}/model")
+    trainer(out, reference_out, reference_config(options.trainer_config))
     model_base = os.path.join(options.serving_base, options.model_name)
     baseline = push.latest(model_base)
     stage(
         f"Evaluator: {trained['serving_model_dir']} on the test split"
         + (f", against the last pushed model {baseline}" if baseline else "")
+        + ", beside the linear reference"
     )
-    evaluation = evaluator(trained["serving_model_dir"], out, out, config, baseline)
+    reference = os.path.join(reference_out, layout.MODEL, layout.SERVING)
+    evaluation = evaluator(trained["serving_model_dir"], out, out, config, baseline, reference)
     stage(f"Pusher: -> {model_base}/<next version>/")
     pushed = pusher(trained["serving_model_dir"], out, options.serving_base, options.model_name)
     path = record(

@@ -3,7 +3,9 @@
 Metrics: CTR AUC and log loss on all rows, CVR on clicked rows only, CTCVR on all rows, overall
 and per value of each slicing feature (e.g. Ali-CCP's 301, the scenario). The model is blessed
 only if every AUC passes its absolute threshold and, when a baseline (the last pushed model) is
-given, no AUC falls below the baseline's on the same rows by more than the tolerance. Writes
+given, no AUC falls below the baseline's on the same rows by more than the tolerance. A reference
+model (the run's `logistic`, the linear baseline every deep model must beat) is scored on the same
+rows and shown beside the model with each AUC's lift over it; it does not gate. Writes
 OUTPUT/evaluation/{metrics.json, BLESSED | NOT_BLESSED}; NOT_BLESSED holds the reasons.
 """
 
@@ -96,10 +98,16 @@ def _judge(metrics: dict, baseline: dict | None, config: EvalConfig) -> list[str
 
 
 def evaluate(
-    saved_model: str, examples: str, output: str, config: EvalConfig = EvalConfig(), baseline_model: str | None = None
+    saved_model: str,
+    examples: str,
+    output: str,
+    config: EvalConfig = EvalConfig(),
+    baseline_model: str | None = None,
+    reference_model: str | None = None,
 ) -> dict:
     """Evaluates `saved_model` on `examples`/examples/test (ExampleGen's raw output) against
-    thresholds and `baseline_model`; writes OUTPUT/evaluation/ and returns its metrics.json."""
+    thresholds and `baseline_model`, beside `reference_model`; writes OUTPUT/evaluation/ and
+    returns its metrics.json."""
     from trainer.export import score_examples
     import tensorflow as tf
 
@@ -119,6 +127,10 @@ def evaluate(
         base_scores, base_labels = score_examples(baseline_model, files)
         baseline = _metrics(base_scores, base_labels)
         result["baseline"] = {"model": baseline_model, "overall": baseline}
+    if reference_model is not None:
+        reference = _metrics(*score_examples(reference_model, files))
+        lift = {name: result["overall"][name] - reference[name] for name in AUCS}
+        result["reference"] = {"model": reference_model, "overall": reference, "lift": lift}
     reasons = _judge(result["overall"], baseline, config)
     result["blessed"], result["reasons"] = not reasons, reasons
     folder = os.path.join(output, EVALUATION)
@@ -138,10 +150,13 @@ def is_blessed(output: str) -> bool:
 
 
 def table(result: dict) -> str:
-    """The evaluation as a Markdown table: overall, baseline, then each slice."""
+    """The evaluation as a Markdown table: overall, baseline, reference, then each slice; below it,
+    the lift over the reference."""
     rows = [("overall", result["overall"])]
     if "baseline" in result:
         rows.append(("last pushed model", result["baseline"]["overall"]))
+    if "reference" in result:
+        rows.append(("linear reference (logistic)", result["reference"]["overall"]))
     for feature, slices in result["slices"].items():
         rows.extend((f"{feature} = {value}", m) for value, m in slices.items())
     lines = [
@@ -152,5 +167,11 @@ def table(result: dict) -> str:
         lines.append(
             f"| {m['rows']:,} | {m['ctr_auc']:.4f} | {m['cvr_auc']:.4f} | {m['ctcvr_auc']:.4f} "
             f"| {m['ctr_logloss']:.4f} | {m['cvr_logloss']:.4f} | {name} |"
+        )
+    if "reference" in result:
+        lift = result["reference"]["lift"]
+        lines.append(
+            f"lift over the linear reference: CTR AUC {lift['ctr_auc']:+.4f}  CVR AUC {lift['cvr_auc']:+.4f}  "
+            f"CTCVR AUC {lift['ctcvr_auc']:+.4f}"
         )
     return "\n".join(lines)

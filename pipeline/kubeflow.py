@@ -99,8 +99,19 @@ def trainer(
     )
 
 
+def reference_trainer(transform_graph: Input[Artifact], trainer_config: str, epochs: int, reference: Output[Model]):
+    import json
+
+    from pipeline import dag
+
+    dag.configure_logging()
+    config = dag.trainer_config(json.loads(trainer_config), epochs=epochs or None)
+    dag.trainer(transform_graph.path, reference.path, dag.reference_config(config))
+
+
 def evaluator(
     model: Input[Model],
+    reference: Input[Model],
     examples: Input[Dataset],
     eval_config: str,
     serving_base: str,
@@ -122,6 +133,7 @@ def evaluator(
         evaluation.path,
         dag.eval_config(json.loads(eval_config)),
         baseline,
+        os.path.join(reference.path, layout.MODEL, layout.SERVING),
     )
     return result["blessed"]
 
@@ -188,7 +200,7 @@ def build(image: str = IMAGE, claims: bool = True):
     def component(func):
         return dsl.component(func, base_image=image, install_kfp_package=False)
 
-    steps = {f.__name__: component(f) for f in (example_gen, transform, trainer, evaluator, pusher)}
+    steps = {f.__name__: component(f) for f in (example_gen, transform, trainer, reference_trainer, evaluator, pusher)}
 
     def mount(task, claim: str, path: str):
         if claims:
@@ -249,9 +261,14 @@ def build(image: str = IMAGE, claims: bool = True):
             MODELS_MOUNT,
         )
         train.set_display_name("Trainer").set_cpu_request("4").set_memory_request("16G")
+        reference = steps["reference_trainer"](
+            transform_graph=transformed.outputs["transform_graph"], trainer_config=trainer_config, epochs=epochs
+        )
+        reference.set_display_name("Trainer (linear reference)").set_cpu_request("2").set_memory_request("8G")
         evaluate = mount(
             steps["evaluator"](
                 model=train.outputs["model"],
+                reference=reference.outputs["reference"],
                 examples=gen.outputs["examples"],
                 eval_config=eval_config,
                 serving_base=serving_base,
@@ -279,7 +296,7 @@ def build(image: str = IMAGE, claims: bool = True):
             runner=runner,
         )
         mount(push, MODELS_CLAIM, MODELS_MOUNT).set_display_name("Pusher")
-        for task in (gen, transformed, train, evaluate, push):
+        for task in (gen, transformed, train, reference, evaluate, push):
             task.set_caching_options(False)
         return push.outputs["pushed"]
 
@@ -312,7 +329,8 @@ def run_local(options, stage) -> dict:
     dag.transform_config(options.transform_config)
     root = os.path.join(options.output, "kfp")
     stage(
-        f"Kubeflow Pipelines local runner: ExampleGen -> Transform -> Trainer -> Evaluator -> Pusher, "
+        f"Kubeflow Pipelines local runner: ExampleGen -> Transform -> Trainer (+ the linear reference) -> "
+        f"Evaluator -> Pusher, "
         f"artifacts under {root}"
     )
     workspace = os.path.join(root, ".workspace")

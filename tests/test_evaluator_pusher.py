@@ -60,6 +60,24 @@ def test_metrics_and_slices_are_the_saved_models(tmp_path, ranked):
     assert saved["overall"]["rows"] == result["overall"]["rows"] and "| overall |" in evaluator.table(result)
 
 
+def test_the_reference_is_shown_with_the_lift_over_it_and_does_not_gate(tmp_path, ranked):
+    examples, worse, better = ranked
+    config = evaluator.EvalConfig(thresholds=OPEN, tolerance=0.0)
+    result = evaluator.evaluate(worse, examples, str(tmp_path), config, reference_model=better)
+    alone = evaluator.evaluate(better, examples, str(tmp_path / "alone"), config)
+    assert result["reference"]["overall"] == alone["overall"]  # the reference scored on the same rows
+    lift = result["reference"]["lift"]
+    assert (
+        lift["ctr_auc"] == pytest.approx(result["overall"]["ctr_auc"] - alone["overall"]["ctr_auc"])
+        and lift["ctr_auc"] < -0.01
+    )
+    assert result["blessed"]  # a model below its reference is still judged by thresholds and baseline only
+    table = evaluator.table(result)
+    assert f"| {alone['overall']['ctr_auc']:.4f} |" in table.split("linear reference (logistic)")[0].splitlines()[-1]
+    assert f"lift over the linear reference: CTR AUC {lift['ctr_auc']:+.4f}" in table
+    assert json.loads((tmp_path / "evaluation" / "metrics.json").read_text())["reference"]["model"] == better
+
+
 def test_thresholds_and_the_baseline_decide_the_blessing(tmp_path, ranked):
     examples, worse, better = ranked
     strict = evaluator.EvalConfig(thresholds={"ctr_auc": 0.99, "cvr_auc": None, "ctcvr_auc": None})

@@ -18,7 +18,7 @@ from pipeline import kubeflow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MTRANK = str(REPO / ".venv" / "bin" / "mtrank")
-STAGES = ("example-gen", "transform", "trainer", "evaluator", "pusher")
+STAGES = ("example-gen", "transform", "trainer", "reference-trainer", "evaluator", "pusher")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,8 @@ def test_artifacts_flow_between_the_steps_as_in_tfx(compiled):
     assert producer("transform", "examples") == ("example-gen", "examples")
     assert producer("trainer", "transform_graph") == ("transform", "transform_graph")
     assert producer("evaluator", "model") == ("trainer", "model")
+    assert producer("reference-trainer", "transform_graph") == ("transform", "transform_graph")
+    assert producer("evaluator", "reference") == ("reference-trainer", "reference")
     assert producer("evaluator", "examples") == ("example-gen", "examples")
     assert producer("pusher", "evaluation") == ("evaluator", "evaluation")
     assert producer("pusher", "model") == ("trainer", "model")

@@ -87,13 +87,18 @@ def pods(tmp_path_factory):
             given["transform_graph"], json.dumps(TRAINER), "", 0.0, 1, False, serving, "mtrank", out
         ),
     )
+    pods.run(
+        "reference_trainer",
+        {"transform_graph": "transform"},
+        lambda given, out: kubeflow.reference_trainer(given["transform_graph"], json.dumps(TRAINER), 1, out),
+    )
     pods.verdicts = {}
     for verdict, thresholds in (("blessed", OPEN), ("not_blessed", CLOSED)):
         blessed = pods.run(
             f"evaluator_{verdict}",
-            {"model": "trainer", "examples": "example_gen"},
+            {"model": "trainer", "reference": "reference_trainer", "examples": "example_gen"},
             lambda given, out: kubeflow.evaluator(
-                given["model"], given["examples"], json.dumps(thresholds), serving, "mtrank", out
+                given["model"], given["reference"], given["examples"], json.dumps(thresholds), serving, "mtrank", out
             ),
         )
         version = pods.run(
@@ -138,8 +143,13 @@ def test_every_component_succeeds_with_only_its_declared_inputs(pods):
     metrics = json.loads((model / "metrics.json").read_text())
     assert metrics["test"]["rows"] == stats["rows"]["test"] and 0.0 < metrics["test"]["ctr_auc"] < 1.0
     assert (model / "serving" / "saved_model.pb").exists()
+    reference = json.loads((pods.output("reference_trainer") / "model" / "config.json").read_text())["trainer"]
+    assert reference["model"]["name"] == "logistic" and reference["training"]["batch_size"] == 256
     for verdict in ("blessed", "not_blessed"):
-        assert (pods.output(f"evaluator_{verdict}") / "evaluation" / "metrics.json").exists()
+        evaluated = json.loads((pods.output(f"evaluator_{verdict}") / "evaluation" / "metrics.json").read_text())
+        assert evaluated["reference"]["overall"]["rows"] == evaluated["overall"]["rows"]
+        lift = evaluated["reference"]["lift"]["ctr_auc"]
+        assert lift == pytest.approx(evaluated["overall"]["ctr_auc"] - evaluated["reference"]["overall"]["ctr_auc"])
 
 
 def test_a_blessed_model_is_pushed_and_recorded(pods):

@@ -57,8 +57,10 @@ def main_job(tmp_path_factory, base, open_config):
 
 def test_run_is_the_main_job_end_to_end(main_job, base):
     out, result = main_job
-    assert "[3/7] Transform" in result.stdout and "[4/7] Trainer" in result.stdout
-    assert "[5/7] Evaluator" in result.stdout and "| overall |" in result.stdout and "f301 = " in result.stdout
+    assert "[3/8] Transform" in result.stdout and "[4/8] Trainer" in result.stdout
+    assert "[5/8] Trainer: the linear reference (logistic)" in result.stdout
+    assert "[6/8] Evaluator" in result.stdout and "| overall |" in result.stdout and "f301 = " in result.stdout
+    assert "| linear reference (logistic) |" in result.stdout and "lift over the linear reference" in result.stdout
     assert "BLESSED" in result.stdout and "pushed version 1" in result.stdout
     assert (base / "mtrank" / "1" / "saved_model.pb").exists() and (out / "evaluation" / "BLESSED").exists()
     served = [line for line in result.stdout.splitlines() if line.startswith("  | ") and line[4].isdigit()]
@@ -67,6 +69,14 @@ def test_run_is_the_main_job_end_to_end(main_job, base):
     assert all(0 < float(x) < 1 for line in served for x in line.strip("| ").split(" | ")[1:])
     evaluation = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert evaluation["blessed"] and evaluation["overall"]["rows"] == written["test"]
+    reference = evaluation["reference"]
+    assert reference["model"] == str(out / "reference" / "model" / "serving")
+    assert reference["overall"]["rows"] == written["test"]
+    assert reference["lift"]["ctr_auc"] == pytest.approx(
+        evaluation["overall"]["ctr_auc"] - reference["overall"]["ctr_auc"]
+    )
+    reference_config = json.loads((out / "reference" / "model" / "config.json").read_text())["trainer"]
+    assert reference_config["model"]["name"] == "logistic"
     record = json.loads((out / "run.json").read_text())
     assert record["lineage"]["pushed"]["version"] == 1 and record["packages"]["tensorflow"].startswith("2.21")
     assert record["data"]["fingerprint"]["files"] == 5 and len(record["data"]["fingerprint"]["sha256"]) == 64
