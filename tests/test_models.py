@@ -311,3 +311,27 @@ def test_fdn_with_two_pairs_has_fewer_parameters_than_ple_at_the_paper_settings(
 
     ple = params(name="ple", shared_experts=4)  # the paper's: 2 task-specific + 4 shared experts per level
     assert params(name="fdn", pairs=2) < ple and params(name="fdn", pairs=4) > ple
+
+
+def test_mtn_s_own_step_under_mixed_precision_moves_the_weights_as_keras_own_step_does():
+    """Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer, which unscales the
+    gradients it applies; MTN's step (outside Keras' train_step) must hand it scaled ones. With
+    lambda 0, MTN's step and Keras' own step (no MTN) make the same update."""
+    batch, y = _batch(), _labels()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        deltas = {}
+        for name, sections in (("keras", {}), ("mtn", {"mtn": {"lam": 0.0}})):
+            keras.utils.set_random_seed(3)
+            trainee = _trainee("mmoe", hardware={"mixed_precision": True}, **sections)
+            trainee.compile_for_training(keras.optimizers.SGD(0.5), xla=False)
+            assert type(trainee.optimizer).__name__ == "LossScaleOptimizer"
+            assert (trainee._compiled_step is not None) == (name == "mtn")  # MTN takes its own step
+            before = [keras.ops.convert_to_numpy(v) for v in trainee.network.trainable_variables]
+            trainee.train_on_batch(batch, y)
+            after = [keras.ops.convert_to_numpy(v) for v in trainee.network.trainable_variables]
+            deltas[name] = np.concatenate([(a - b).ravel() for a, b in zip(after, before)])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert np.abs(deltas["keras"]).max() > 1e-3  # the step moved the weights
+    np.testing.assert_allclose(deltas["mtn"], deltas["keras"], atol=2e-3 * np.abs(deltas["keras"]).max())

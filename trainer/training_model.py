@@ -233,17 +233,21 @@ class TrainingModel(keras.Model):
     def _gradients(self, x, y, mtn_grads, clicks=None):
         """(loss, {term: value}, gradients): the task and FDN terms, and the gradients of their sum
         plus MTN's (computed outside), divided by the replicas in sync, whose gradients the
-        optimizer sums. `clicks`: see `loss_terms`."""
+        optimizer sums. `clicks`: see `loss_terms`.
+
+        The gradients are of the optimizer's scaled loss, as in Keras' own train step: under
+        mixed_float16 the optimizer is a LossScaleOptimizer, whose `apply_gradients` divides them
+        by its loss scale (unscaled gradients would shrink by that factor, 2^15 at first)."""
         with tf.GradientTape() as tape:
             terms = self.loss_terms(y, self(x, training=True), include_mtn=False, clicks=clicks)
             loss = sum(terms.values())
-            scaled = _per_replica(loss)
+            scaled = self.optimizer.scale_loss(_per_replica(loss))
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         extra = iter(mtn_grads)  # in the order of `variables`
         for i, variable in enumerate(variables):
             if _is_mtn_input(variable, self):
-                mtn_grad = _per_replica(next(extra))
+                mtn_grad = self.optimizer.scale_loss(_per_replica(next(extra)))  # the scale is linear
                 grads[i] = mtn_grad if grads[i] is None else grads[i] + mtn_grad
         return loss, terms, grads
 
