@@ -275,7 +275,7 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, records)
             "(`params_trained_network` in metrics.csv).",
             report.render_claims(claims(values), scale, len(seeds)),
             "## Settings",
-            report.settings_table(settings),
+            report.settings_table(settings, seeds),
         ]
     )
     report.write(out, markdown, records)

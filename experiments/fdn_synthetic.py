@@ -265,7 +265,7 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, records)
             "- Parameters of the inference network (an oracle is a single-task model holding both tasks' networks, "
             "of which it trains one): " + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ".",
             "## Settings",
-            report.settings_table(settings),
+            report.settings_table(settings, seeds),
         ]
     )
     report.write(out, markdown, records)

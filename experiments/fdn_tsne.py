@@ -260,7 +260,7 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, records)
             "distances and cluster sizes are not faithful, so the feature-space silhouette is the measure to trust.\n"
             "- The figure shows the first seed only; the table is over every seed.",
             "## Settings",
-            report.settings_table(settings),
+            report.settings_table(settings, seeds),
         ]
     )
     report.write(out, markdown, records)

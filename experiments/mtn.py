@@ -125,7 +125,7 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             "- ESMM trains on its own loss (CTR and CTCVR over all impressions); MMoE and Shared-bottom on CTR over "
             "all rows and CVR over clicked rows.",
             "## Settings",
-            report.settings_table(settings),
+            report.settings_table(settings, seeds),
         ]
     )
     report.write(out, markdown, records)

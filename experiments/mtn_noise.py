@@ -167,7 +167,7 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, records)
         "## Notes",
         "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.",
         "## Settings",
-        report.settings_table(settings),
+        report.settings_table(settings, seeds),
     ]
     report.write(out, "\n\n".join(sections), records)
 

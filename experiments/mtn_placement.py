@@ -3,7 +3,8 @@
 MTN on the task towers (as proposed) against MTN on the experts (`mtn.target`), and on every
 depth against the first depth only (`mtn.depth`). For Figure 3, each trained MMoE's experts are
 run on the test rows: the heatmap shows the mean over rows of ||e_i(x) - e_j(x)|| for every pair
-of experts, without MTN and with MTN on the experts, which the paper shows makes experts alike.
+of experts, without MTN, with MTN on the towers and with MTN on the experts (the paper's three
+panels; it shows MTN on the experts making them alike).
 The experts' outputs come from the network's `forward` (its extras hold them, [B, E, units]), on
 the best epoch's weights the Trainer saved.
 """
@@ -191,9 +192,10 @@ def claims(values: dict) -> list[report.Claim]:
 
 
 def _heatmap(out: str, records) -> str:
-    """Mean over seeds of the distance matrices, without MTN and with MTN on the experts."""
+    """Mean over seeds of the distance matrices, as the paper's Figure 3: without MTN, with MTN on
+    the towers, with MTN on the experts (all depths)."""
     panels = {}
-    for placement in ("none", "experts"):
+    for placement in ("none", "towers", "experts"):
         matrices = [distance_matrix(r.metrics) for r in records if r.cell.regularizer == placement]
         if matrices:
             panels[LABELS[placement]] = np.mean(matrices, axis=0)
@@ -232,7 +234,7 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             "## Notes",
             "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.",
             "## Settings",
-            report.settings_table(settings),
+            report.settings_table(settings, seeds),
         ]
     )
     report.write(out, markdown, records)

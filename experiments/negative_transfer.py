@@ -299,7 +299,7 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, records)
             + ".\n"
             "- The MMoE paper's claims are about its own settings (model sizes, training length); these are ours.",
             "## Settings",
-            report.settings_table(settings),
+            report.settings_table(settings, seeds),
         ]
     )
     report.write(out, markdown, records)

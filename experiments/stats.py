@@ -6,6 +6,7 @@ and a pair is always the same seed (same data draw, same initialisation) under t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -65,3 +66,40 @@ def format_p(p: float) -> str:
     if math.isnan(p):
         return "p undefined"
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+POWER = 0.8  # the minimum detectable effect's power
+
+
+@dataclasses.dataclass(frozen=True)
+class Pooled:
+    """A one-sample t-test of per-seed effects (positive: the claimed direction) against 0.
+
+    `mde`: the smallest true mean effect this test would find significant (two-sided, at
+    SIGNIFICANT) with probability POWER, at these seeds and this seed-to-seed spread."""
+
+    seeds: int
+    mean: float
+    p: float
+    ci_low: float
+    ci_high: float
+    mde: float
+
+
+def pooled_test(effects) -> Pooled:
+    """The test of `effects` ([n], one per seed). With no spread (every seed the same effect) a
+    non-zero mean is certain (p 0) and a zero one is not (p 1); under two seeds, p is NaN."""
+    effects = np.asarray(list(effects), float)
+    n = len(effects)
+    if n == 0:
+        return Pooled(0, math.nan, math.nan, math.nan, math.nan, math.nan)
+    mean = float(effects.mean())
+    if n < 2 or not np.all(np.isfinite(effects)):
+        return Pooled(n, mean, math.nan, math.nan, math.nan, math.nan)
+    se = float(effects.std(ddof=1)) / math.sqrt(n)
+    if se == 0.0:
+        return Pooled(n, mean, 0.0 if mean != 0.0 else 1.0, mean, mean, 0.0)
+    t_crit = float(stats.t.ppf(1 - SIGNIFICANT / 2, n - 1))
+    p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+    mde = (t_crit + float(stats.t.ppf(POWER, n - 1))) * se
+    return Pooled(n, mean, p, mean - t_crit * se, mean + t_crit * se, mde)

@@ -97,7 +97,58 @@ def test_claim_verdicts_follow_the_numbers():
     assert claim({s: 2.0 + 0.01 * s for s in seeds}, {s: 1.0 for s in seeds}).verdict == report.NOT_REPRODUCED
     noisy = claim({0: 1.0, 1: 3.0, 2: 1.0}, {0: 2.0, 1: 2.0, 2: 2.0})  # lower on average, not significantly
     assert noisy.verdict == report.INCONCLUSIVE
-    assert claim({}, {}).verdict == report.NOT_REPRODUCED
+    assert claim({}, {}).verdict == report.INCONCLUSIVE  # nothing measured: no verdict either way
+
+
+def test_a_claim_is_judged_on_its_pooled_effect_not_on_its_worst_comparison():
+    seeds = range(5)
+    lift = {s: 0.01 + 0.001 * s for s in seeds}  # the paper's way, steadily
+    base = {s: 0.70 for s in seeds}
+    comparisons = [
+        report.Comparison("A", "B", {s: base[s] + lift[s] for s in seeds}, base, higher_is_better=True)
+        for _ in range(3)
+    ]
+    # one comparison goes the other way by a little, as one of nine does by chance under a small true effect
+    comparisons.append(
+        report.Comparison("A", "B", {s: 0.70 - 0.002 - 0.0005 * (s % 2) for s in seeds}, base, higher_is_better=True)
+    )
+    claim = report.Claim("paper", "A beats B", tuple(comparisons))
+    assert not comparisons[-1].holds  # the old rule's "did not reproduce"
+    effects = [(3 * lift[s] - 0.002 - 0.0005 * (s % 2)) / 4 for s in seeds]
+    assert claim.seed_effects == pytest.approx(dict(zip(seeds, effects)))
+    pooled = claim.pooled
+    assert claim.verdict == report.REPRODUCED and pooled.p < 0.05 and pooled.mean == pytest.approx(np.mean(effects))
+    se = np.std(effects, ddof=1) / np.sqrt(5)
+    t_crit, t_power = scipy_stats.t.ppf(0.975, 4), scipy_stats.t.ppf(0.8, 4)
+    assert pooled.ci_low == pytest.approx(np.mean(effects) - t_crit * se)
+    assert pooled.mde == pytest.approx((t_crit + t_power) * se)
+    text = report.render_claims([claim], "quick", 5)
+    assert f"minimum detectable effect {pooled.mde:.4f}" in text and "the paper's effect is not recorded" in text
+
+
+def test_a_claim_does_not_reproduce_when_its_interval_lies_below_the_paper_s_effect():
+    seeds = range(5)
+    tiny = {s: 0.7 + 0.0001 * (1 + s % 2) for s in seeds}  # the paper's way, far below the paper's effect
+    base = {s: 0.7 for s in seeds}
+    comparison = report.Comparison("A", "B", {s: tiny[s] + 0.00001 * s for s in seeds}, base, higher_is_better=True)
+    small = report.Claim("paper", "A beats B", (comparison,), paper_effect=0.01)
+    assert small.pooled.ci_high < 0.01 and small.verdict == report.NOT_REPRODUCED
+    noisy = report.Comparison("A", "B", {0: 0.72, 1: 0.69, 2: 0.71}, {0: 0.70, 1: 0.70, 2: 0.70}, True)
+    assert report.Claim("paper", "A beats B", (noisy,), paper_effect=0.01).verdict == report.INCONCLUSIVE
+    assert "the paper's effect +0.0100" in report.Claim("paper", "x", (noisy,), paper_effect=0.01).describe_pooled()
+
+
+def test_a_comparison_whose_baseline_arm_does_not_beat_the_reference_is_not_judged():
+    seeds = range(4)
+    better = {s: 0.66 + 0.01 * s for s in seeds}
+    worse = {s: 0.60 + 0.005 * s for s in seeds}
+    logistic = {s: 0.64 for s in seeds}
+    gated = report.Comparison("MMoE + MTN", "MMoE", better, worse, True, reference_values=logistic)
+    claim = report.Claim("paper", "MTN helps", (gated,))
+    assert gated.trained is False and claim.verdict == report.UNDER_TRAINED
+    assert "under-trained: MMoE does not beat logistic (0.6400)" in report.render_claims([claim], "quick", 4)
+    trained = dataclasses.replace(gated, reference_values={s: 0.55 for s in seeds})
+    assert trained.trained is True and report.Claim("paper", "MTN helps", (trained,)).verdict == report.REPRODUCED
 
 
 def _record(variant: str, seed: int, metrics: dict, setting=()) -> grid.Record:

@@ -25,7 +25,7 @@ CHANGE = {
     "full": [0.0, 0.0, 0.0],
     "no_aux": [-0.010, -0.012, -0.011],
     "no_orth": [0.006, -0.004, 0.002],
-    "no_shared": [-0.002, 0.010, -0.003],
+    "no_shared": [0.008, 0.010, 0.009],
 }
 PARAMS = {
     "mmoe": 1000,
@@ -111,9 +111,11 @@ def test_report_has_table_3_loss_terms_parameter_table_marks_and_claims(tmp_path
     claims = [line for line in text[text.index("## Claims") :].splitlines() if line[:1].isdigit()]
     assert len(claims) == 3
     assert claims[0].startswith(f"1. **{report.REPRODUCED}**: Removing the auxiliary heads")
-    assert claims[1].startswith(f"2. **{report.NOT_REPRODUCED}**: Removing the orthogonality loss")
+    # mixed, the wrong way on average, not significantly
+    assert claims[1].startswith(f"2. **{report.INCONCLUSIVE}**: Removing the orthogonality loss")
+    # steadily the wrong way
     assert claims[2].startswith(f"3. **{report.NOT_REPRODUCED}**: Removing the shared features")
-    assert "FDN CVR 0.7110 < FDN without shared features CVR 0.7127" in text
+    assert "FDN CVR 0.7110 < FDN without shared features CVR 0.7200" in text
     assert (tmp_path / "figures" / "ablation_delta.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
