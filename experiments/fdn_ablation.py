@@ -76,14 +76,18 @@ def overrides(model: str, arm: str | None, settings: Settings) -> dict:
 
 
 def cells(settings: Settings, seeds: list) -> list[Cell]:
-    return make_cells([(MODEL, arm) for arm in ARMS], seeds)
+    return make_cells([(MODEL, arm) for arm in ARMS] + [ranking.REFERENCE], seeds)
 
 
 def cell_config(cell: Cell, settings: Settings) -> dict:
+    if ranking.is_reference(cell):
+        return ranking.cell_config(cell, settings, None)
     return ranking.cell_config(cell, settings, None, overrides(MODEL, cell.regularizer, settings))
 
 
 def run_cell(cell: Cell, settings: Settings, prepared: ranking.Prepared) -> dict:
+    if ranking.is_reference(cell):
+        return ranking.train_cell(cell, settings, prepared, None)
     return ranking.train_cell(
         cell,
         settings,
@@ -151,6 +155,7 @@ def auc(values: dict, arm: str, task: str) -> dict:
 
 def auc_table(values: dict, records) -> report.Table:
     rows = ranking.ceiling_row(records, lambda task: [ranking.TASK_TITLES[task]])
+    rows += ranking.reference_row(records, lambda task, noise: [ranking.TASK_TITLES[task]])
     rows += [
         report.Row(
             label(arm),
@@ -205,7 +210,7 @@ def delta(values: dict, arm: str, task: str) -> dict:
     return {s: own[s] - full[s] for s in sorted(set(own) & set(full))}
 
 
-def claims(values: dict) -> list[report.Claim]:
+def claims(values: dict, records=()) -> list[report.Claim]:
     return [
         report.Claim(
             "FDN paper, Table 3",
@@ -217,6 +222,7 @@ def claims(values: dict) -> list[report.Claim]:
                     auc(values, FULL, t),
                     auc(values, arm, t),
                     higher_is_better=True,
+                    reference_values=ranking.reference_auc(records, t),
                 )
                 for t in ranking.TASKS
             ),
@@ -273,7 +279,7 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, records)
             "follows the data's vocabularies. *Trained, not served*: FDN's auxiliary heads, which live in the "
             "Trainer's training wrapper and are not exported. The trained networks of this run have the same counts "
             "(`params_trained_network` in metrics.csv).",
-            report.render_claims(claims(values), scale, len(seeds)),
+            report.render_claims(claims(values, records), scale, len(seeds)),
             "## Settings",
             report.settings_table(settings, seeds),
         ]

@@ -23,7 +23,7 @@ SCALES = {
 
 
 def cells(settings: ranking.Settings, seeds: list) -> list[Cell]:
-    return make_cells(ARMS, seeds)
+    return make_cells(ARMS + (ranking.REFERENCE,), seeds)
 
 
 def _mtn(cell: Cell) -> dict | None:
@@ -47,6 +47,7 @@ def label(model: str, regularizer: str) -> str:
 
 def auc_table(values: dict, records) -> report.Table:
     rows = ranking.ceiling_row(records, lambda task: [ranking.TASK_TITLES[task]])
+    rows += ranking.reference_row(records, lambda task, noise: [ranking.TASK_TITLES[task]])
     for model, regularizer in ARMS:
         entry = values.get((model, regularizer), {})
         rows.append(
@@ -77,7 +78,7 @@ def gain_table(values: dict) -> report.Table:
     return report.Table(columns, tuple(rows))
 
 
-def claims(values: dict) -> list[report.Claim]:
+def claims(values: dict, records=()) -> list[report.Claim]:
     def auc(model, regularizer, task):
         return values.get((model, regularizer), {}).get(f"{task}_auc", {})
 
@@ -92,6 +93,7 @@ def claims(values: dict) -> list[report.Claim]:
                     auc(model, "mtn", task),
                     auc(model, "none", task),
                     higher_is_better=True,
+                    reference_values=ranking.reference_auc(records, task),
                 )
                 for task in ranking.TASKS
             ),
@@ -119,7 +121,7 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             report.significance_note("the same model without MTN", len(seeds)),
             "## MTN's gain: AUC with MTN minus without, per seed",
             report.render_table(gain_table(values)),
-            report.render_claims(claims(values), scale, len(seeds)),
+            report.render_claims(claims(values, records), scale, len(seeds)),
             "## Notes",
             "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.\n"
             "- ESMM trains on its own loss (CTR and CTCVR over all impressions); MMoE and Shared-bottom on CTR over "

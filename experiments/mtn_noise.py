@@ -34,7 +34,7 @@ def prepare(settings: Settings, out: str, log=print) -> ranking.Prepared:
 
 
 def cells(settings: Settings, seeds: list) -> list[Cell]:
-    return make_cells(mtn.ARMS, seeds, noise_levels=settings.noise_levels)
+    return make_cells(mtn.ARMS + (ranking.REFERENCE,), seeds, noise_levels=settings.noise_levels)
 
 
 def cell_config(cell: Cell, settings: Settings) -> dict:
@@ -56,6 +56,7 @@ def task_table(values: dict, records, noise_levels, task: str) -> report.Table:
     """One task: a row per model variant, a column per noise proportion."""
     columns = tuple(report.Column(_heading(p)) for p in noise_levels)
     rows = ranking.ceiling_row(records, lambda t: [_heading(p) for p in noise_levels] if t == task else [])
+    rows += ranking.reference_row(records, lambda t, p: [_heading(p)] if t == task else [])
     for model, regularizer in mtn.ARMS:
         rows.append(
             report.Row(
@@ -75,7 +76,7 @@ def _gain(values: dict, model: str, noise: float, task: str) -> dict:
     return {s: at["mtn"][s] - at["none"][s] for s in sorted(set(at["mtn"]) & set(at["none"]))}
 
 
-def claims(values: dict, noise_levels) -> list[report.Claim]:
+def claims(values: dict, noise_levels, records=()) -> list[report.Claim]:
     low, high = min(noise_levels), max(noise_levels)
     source = "MTN paper, Table 2"
     holds = [
@@ -89,6 +90,7 @@ def claims(values: dict, noise_levels) -> list[report.Claim]:
                     values.get((model, "mtn", p), {}).get(f"{task}_auc", {}),
                     values.get((model, "none", p), {}).get(f"{task}_auc", {}),
                     higher_is_better=True,
+                    reference_values=ranking.reference_auc(records, task, p),
                 )
                 for p in noise_levels
                 if p > 0
@@ -163,7 +165,7 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, records)
         ]
     sections += [
         f"![test AUC against the noise proportion]({figure})",
-        report.render_claims(claims(values, noise_levels), scale, len(seeds)),
+        report.render_claims(claims(values, noise_levels, records), scale, len(seeds)),
         "## Notes",
         "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.",
         "## Settings",

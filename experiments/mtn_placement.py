@@ -46,14 +46,16 @@ SCALES = {
 
 
 def cells(settings: ranking.Settings, seeds: list) -> list[Cell]:
-    return make_cells([(MODEL, placement) for placement in PLACEMENTS], seeds)
+    return make_cells([(MODEL, placement) for placement in PLACEMENTS] + [ranking.REFERENCE], seeds)
 
 
 def cell_config(cell: Cell, settings: ranking.Settings) -> dict:
-    return ranking.cell_config(cell, settings, PLACEMENTS[cell.regularizer])
+    return ranking.cell_config(cell, settings, None if ranking.is_reference(cell) else PLACEMENTS[cell.regularizer])
 
 
 def run_cell(cell: Cell, settings: ranking.Settings, prepared: ranking.Prepared) -> dict:
+    if ranking.is_reference(cell):
+        return ranking.train_cell(cell, settings, prepared, None)
     return ranking.train_cell(cell, settings, prepared, PLACEMENTS[cell.regularizer], after=expert_metrics)
 
 
@@ -136,6 +138,7 @@ def auc_table(values: dict, records) -> report.Table:
         report.Column("distance / expert norm", digits=3),
     )
     rows = ranking.ceiling_row(records, lambda task: [ranking.TASK_TITLES[task]])
+    rows += ranking.reference_row(records, lambda task, noise: [ranking.TASK_TITLES[task]])
     for placement in PLACEMENTS:
         entry = values.get(placement, {})
         row = {ranking.TASK_TITLES[t]: entry.get(f"{t}_auc", {}) for t in ranking.TASKS}
@@ -149,7 +152,7 @@ def auc_table(values: dict, records) -> report.Table:
     return report.Table(columns, tuple(rows), first_column="model")
 
 
-def claims(values: dict) -> list[report.Claim]:
+def claims(values: dict, records=()) -> list[report.Claim]:
     def auc(placement, task):
         return values.get(placement, {}).get(f"{task}_auc", {})
 
@@ -161,6 +164,7 @@ def claims(values: dict) -> list[report.Claim]:
                 auc(better, t),
                 auc(worse, t),
                 higher_is_better=True,
+                reference_values=ranking.reference_auc(records, t),
             )
             for t in ranking.TASKS
         )
@@ -230,7 +234,7 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             report.render_table(auc_table(values, records)),
             report.significance_note("MMoE without MTN", len(seeds)),
             f"![distances between the experts' outputs]({figure})",
-            report.render_claims(claims(values), scale, len(seeds)),
+            report.render_claims(claims(values, records), scale, len(seeds)),
             "## Notes",
             "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.",
             "## Settings",

@@ -37,6 +37,38 @@ TASK_TITLES = {"ctr": "CTR AUC", "cvr": "CVR AUC", "ctcvr": "CTCVR AUC"}
 SYNTHETIC = "synthetic"
 CEILING_LABEL = "Bayes-optimal (true probabilities)"
 MODELS = {"mmoe": "MMoE", "esmm": "ESMM", "shared_bottom": "Shared-bottom"}
+# The convergence gate's arm: the zoo's linear baseline, trained on every noise level and seed of a
+# ranking experiment. A comparison is judged only when its baseline arm beats it (report.Comparison).
+REFERENCE = ("logistic", "reference")
+REFERENCE_LABEL = "logistic (the linear baseline)"
+
+
+def is_reference(cell: grid.Cell) -> bool:
+    return (cell.variant, cell.regularizer) == REFERENCE
+
+
+def reference_auc(records, task: str, noise: float = 0.0) -> dict | None:
+    """{seed: the reference's test AUC on `task`} at a noise level; None when the run has no
+    reference cells (then there is no gate)."""
+    found = {
+        r.cell.seed: r.metrics[f"{task}_auc"]
+        for r in records
+        if is_reference(r.cell) and r.cell.noise == noise and f"{task}_auc" in r.metrics
+    }
+    return found or None
+
+
+def reference_row(records, column_of) -> list:
+    """The reference as a table row (`column_of(task, noise)` -> its columns' titles), or nothing."""
+    noises = sorted({r.cell.noise for r in records if is_reference(r.cell)})
+    row = {
+        column: values
+        for task in TASKS
+        for noise in noises
+        if (values := reference_auc(records, task, noise))
+        for column in column_of(task, noise)
+    }
+    return [report.Row(REFERENCE_LABEL, row)] if row else []
 
 
 @dataclasses.dataclass(frozen=True)

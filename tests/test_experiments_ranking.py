@@ -90,6 +90,34 @@ def test_mtn_report_has_every_row_and_column_marks_from_t_tests_and_claims(tmp_p
     assert "of the task losses" in text and "Bayes-optimal" in text
 
 
+def test_a_model_below_the_logistic_reference_gets_no_verdict(tmp_path):
+    """The reference sits between the models: above Shared-bottom's AUCs (whose claim is then not
+    judged) and below MMoE's and ESMM's (judged as before)."""
+    records = _mtn_records()
+    shared_bottom = {r.cell.seed: r.metrics for r in records if r.cell.variant == "shared_bottom"}
+    records += [
+        grid.Record(
+            grid.Cell(*ranking.REFERENCE, seed=seed),
+            {},
+            _metrics({t: metrics[f"{t}_auc"] + 0.001 for t in ranking.TASKS}, seed),
+            1.0,
+        )
+        for seed, metrics in shared_bottom.items()
+    ]
+    for model in ("mmoe", "esmm"):  # lift the other models clear of the reference
+        for r in records:
+            if r.cell.variant == model:
+                r.metrics.update({f"{t}_auc": r.metrics[f"{t}_auc"] + 0.05 for t in ranking.TASKS})
+    mtn.write_report(str(tmp_path), mtn.SCALES["quick"], "quick", SEEDS, records)
+    text = (tmp_path / "report.md").read_text()
+    assert f"| {ranking.REFERENCE_LABEL} |" in text
+    claims = [line for line in text[text.index("## Claims") :].splitlines() if line[:1].isdigit()]
+    assert claims[0].startswith(f"1. **{report.REPRODUCED}**: MTN improves MMoE's")
+    assert claims[1].startswith(f"2. **{report.NOT_REPRODUCED}**: MTN improves ESMM's")
+    assert claims[2].startswith(f"3. **{report.UNDER_TRAINED}**: MTN improves Shared-bottom's")
+    assert "under-trained: Shared-bottom CTR does not beat logistic" in text
+
+
 def test_real_data_report_has_no_ceiling_row_and_says_why(tmp_path):
     settings = dataclasses.replace(
         mtn.SCALES["quick"],
@@ -216,7 +244,7 @@ def test_tiny_placement_grid_trains_resumes_and_reruns_identically(tmp_path, tra
     out = tmp_path / "run"
     base.run(experiment, "tiny", None, str(out), log=lambda line: None, settings=TINY)
     text = (out / "report.md").read_text()
-    for label in [ranking.CEILING_LABEL] + list(mtn_placement.LABELS.values()):
+    for label in [ranking.CEILING_LABEL, ranking.REFERENCE_LABEL] + list(mtn_placement.LABELS.values()):
         assert f"| {label} |" in text
     keys = [cell.key for cell in experiment.cells(TINY, [0, 1])]
     metrics = json.loads((out / "runs" / keys[3] / "metrics.json").read_text())
