@@ -120,12 +120,13 @@ def _loss_terms(trainee: _Trainee, config: TrainerConfig, tasks: tuple, x, y, sp
     terms = {f"mse_{t + 1}": tf.reduce_mean(tf.square(y[:, t] - predictions[:, t])) for t in tasks}
     if trainee.aux_heads is not None:
         aux = trainee.aux_heads(extras["specific"])  # [B, k, M]: one prediction per task-specific expert
+        over_heads = tf.reduce_sum if config.fdn.aux_reduction == "sum" else tf.reduce_mean
         terms["aux"] = config.fdn.aux_weight * tf.add_n(
-            [tf.reduce_mean(tf.square(y[:, t, None] - aux[:, t])) for t in tasks]
+            [tf.reduce_mean(over_heads(tf.square(y[:, t, None] - aux[:, t]), axis=1)) for t in tasks]
         )
     if trainee.orth:
         terms["orth"] = config.fdn.orth_weight * regularizers.orthogonality_loss(
-            extras["specific"], extras["shared"], config.fdn.orth_variant
+            extras["specific"], extras["shared"], config.fdn.orth_variant, config.fdn.orth_normalized
         )
     return terms
 

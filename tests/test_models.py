@@ -227,6 +227,23 @@ def test_fdn_loss_terms_follow_the_ablation_switches():
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in terms.values())
 
 
+def test_fdn_s_aux_loss_is_the_mean_over_its_heads_or_the_paper_s_sum():
+    batch, y = _batch(), _labels()
+    mean = _trainee("fdn", fdn={"aux_weight": 1.0})
+    total = _trainee("fdn", fdn={"aux_weight": 1.0, "aux_reduction": "sum"})
+    total.set_weights(mean.get_weights())
+    pairs = mean.config.model.pairs
+    assert pairs > 1
+    mean_aux = float(mean.loss_terms(y, mean(batch))["aux_loss"])
+    assert float(total.loss_terms(y, total(batch))["aux_loss"]) == pytest.approx(pairs * mean_aux, rel=1e-5)
+    unnormalized = _trainee("fdn", fdn={"orth_normalized": False})
+    unnormalized.set_weights(mean.get_weights())
+    rows = len(y["click"])
+    assert float(unnormalized.loss_terms(y, unnormalized(batch))["orth_loss"]) == pytest.approx(
+        rows**2 * float(mean.loss_terms(y, mean(batch))["orth_loss"]), rel=1e-4
+    )
+
+
 def test_mtn_attaches_to_towers_or_experts_without_changing_the_network():
     plain = _trainee("mmoe")
     with_mtn = _trainee("mmoe", mtn={"lam": 1e-3})
@@ -234,6 +251,12 @@ def test_mtn_attaches_to_towers_or_experts_without_changing_the_network():
     assert with_mtn.mtn is not None and with_mtn.regularizer_params > 0 and plain.regularizer_params == 0
     assert float(with_mtn.loss_terms(_labels(), with_mtn(_batch()))["mtn_loss"]) > 0
     assert with_mtn.mtn.num_depths == 2  # tower [5] + logit
+    paper = _trainee("mmoe", mtn={"lam": 1e-3, "subsets": "all", "alpha_floor": 0.0})
+    assert paper.mtn.alphas.shape == (2, 7) and float(paper.loss_terms(_labels(), paper(_batch()))["mtn_loss"]) > 0
+    with pytest.raises(ValueError, match=r"mtn.subsets must be one of \['modes', 'all'\]"):
+        C.from_dict({"mtn": {"subsets": "seven"}})
+    with pytest.raises(ValueError, match=r"fdn.aux_reduction must be one of \['mean', 'sum'\]"):
+        C.from_dict({"fdn": {"aux_reduction": "max"}})
     assert _trainee("mmoe", mtn={"target": "experts", "depth": 1}).mtn.num_depths == 1
     with pytest.raises(ValueError, match="mtn.depth 5"):
         _trainee("mmoe", mtn={"depth": 5})

@@ -208,6 +208,39 @@ def test_trace_norm_equals_numpy_formula_with_the_alphas():
     )
 
 
+def test_all_seven_subsets_each_with_its_alpha_as_the_paper_writes_it():
+    """subsets="all": R = sum over the 7 non-empty mode subsets s of alpha_s ||unfold_s(W)||_* +
+    ||W||_F, each unfolding computed on its own in numpy (complements and the full set included)."""
+    rng = np.random.default_rng(12)
+    stacks = [rng.normal(size=(2, 6, 5)).astype(np.float32), rng.normal(size=(2, 5, 1)).astype(np.float32)]
+    layer = R.TensorTraceNorm(2, lam=0.3, alpha_floor=0.0, subsets="all")
+    logits = rng.normal(size=(2, 7)).astype(np.float32)
+    layer.alpha_logits.assign(logits)
+    e = np.exp(logits.astype(np.float64))
+    alphas = e / e.sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose(layer.alphas.numpy(), alphas, rtol=1e-6)
+    order = ([0], [1], [2], [1, 2], [0, 2], [0, 1], [0, 1, 2])
+    expected = [
+        np.linalg.norm(w.ravel()) + sum(alphas[i, j] * np_nuclear(np_unfold(w, s)) for j, s in enumerate(order))
+        for i, w in enumerate(stacks)
+    ]
+    value = layer([tf.constant(s) for s in stacks])
+    np.testing.assert_allclose(value.numpy(), 0.3 * np.mean(expected), rtol=1e-5)
+    # the three-alpha form is the slice where the complements' and the full set's alphas are 0
+    modes = R.TensorTraceNorm(2, lam=0.3, alpha_floor=0.0)
+    modes.alpha_logits.assign(logits[:, :3])
+    masked = np.where(np.arange(7) < 3, alphas, 0.0)
+    masked /= masked.sum(axis=-1, keepdims=True)
+    expected = [
+        np.linalg.norm(w.ravel()) + sum(masked[i, j] * np_nuclear(np_unfold(w, s)) for j, s in enumerate(order))
+        for i, w in enumerate(stacks)
+    ]
+    np.testing.assert_allclose(modes([tf.constant(s) for s in stacks]).numpy(), 0.3 * np.mean(expected), rtol=1e-5)
+    assert R.TensorTraceNorm.from_config(layer.get_config()).alpha_logits.shape == (2, 7)
+    with pytest.raises(ValueError, match="subsets must be one of"):
+        R.TensorTraceNorm(1, subsets="some")
+
+
 def _repeated_sv_stacks():
     q = orthogonal(6, seed=10)
     return {
@@ -393,6 +426,18 @@ def test_orthogonality_paper_matches_numpy_and_is_batch_size_free():
     assert R.orthogonality_loss(s, p).numpy() == value.numpy()  # "paper" is the default
     doubled = R.orthogonality_loss(np.concatenate([s, s]), np.concatenate([p, p]), "paper")
     np.testing.assert_allclose(doubled.numpy(), value.numpy(), rtol=1e-5)
+
+
+def test_orthogonality_paper_unnormalized_is_the_paper_s_sum_without_the_batch_factor():
+    rng = np.random.default_rng(13)
+    specific, shared = rng.normal(size=(2, 64, 2, 3, 5)).astype(np.float32)
+    normalized = R.orthogonality_loss(specific, shared, "paper").numpy()
+    unnormalized = R.orthogonality_loss(specific, shared, "paper", normalized=False).numpy()
+    expected = sum(
+        np.linalg.norm(shared[:, k, m].T @ specific[:, k, m]) ** 2 for k in range(2) for m in range(3)
+    )  # sum over tasks and pairs of ||(F^s)^T F^p||_F^2
+    np.testing.assert_allclose(unnormalized, expected, rtol=1e-4)
+    np.testing.assert_allclose(normalized, expected / 64**2, rtol=1e-4)
 
 
 def test_orthogonality_paper_is_zero_for_features_in_orthogonal_subspaces():

@@ -4,8 +4,8 @@ A JSON object with up to six sections, each optional; every key is checked by na
 
     {"model":    {"name": "mmoe", "embedding_dim": 16, "expert_units": [128, 64], ...},
      "loss":     {"convention": "both", "weights": {"ctr": 1.0, "cvr": 0.3, "ctcvr": 1.0}},
-     "fdn":      {"aux": true, "orth": true, "orth_variant": "paper", ...},
-     "mtn":      {"lam": 1e-5, "target": "towers", "depth": null, "alpha_floor": 0.5},
+     "fdn":      {"aux": true, "orth": true, "orth_variant": "paper", "aux_reduction": "mean", ...},
+     "mtn":      {"lam": 1e-5, "target": "towers", "depth": null, "alpha_floor": 0.5, "subsets": "modes"},
      "training": {"epochs": 10, "batch_size": 2048, "seed": 0, ...},
      "hardware": {"xla": true, "mixed_precision": false, "distribute": "auto"}}
 
@@ -25,6 +25,8 @@ LOSS_CONVENTIONS = ("esmm", "clicked", "both")
 BOTH_WEIGHTS = {"ctr": 1.0, "cvr": 0.3, "ctcvr": 1.0}
 ORTH_VARIANTS = ("paper", "authors")
 MTN_TARGETS = ("towers", "experts")
+MTN_SUBSETS = ("modes", "all")
+AUX_REDUCTIONS = ("mean", "sum")
 MONITORS = ("logloss", "cvr_auc")
 EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "ftrl")
 # The `model` keys that default to null resolve per model: `MODEL_DEFAULTS[name]`, else
@@ -76,6 +78,11 @@ class FdnConfig:
     orth: bool = True
     orth_weight: float = 0.01
     orth_variant: str = "paper"  # "authors": their public code's per-sample outer-product norm
+    # Ours: L_orth / B^2, a scale that does not depend on the batch size. False: the paper's
+    # unnormalised sum of squared cross-products (it grows with B^2).
+    orth_normalized: bool = True
+    # Ours: L_aux as the mean over the auxiliary heads. "sum": the paper's sum over them.
+    aux_reduction: str = "mean"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +90,10 @@ class MtnConfig:
     lam: float = 1e-5
     target: str = "towers"  # "experts": the paper's Analysis 3
     depth: typing.Optional[int] = None  # None: every depth; an index: that depth only
-    alpha_floor: float = 0.5  # share of alpha spread uniformly over the modes (see trainer.regularizers)
+    alpha_floor: float = 0.5  # share of alpha spread uniformly over the subsets (see trainer.regularizers)
+    # Ours: "modes", one alpha per mode unfolding. "all": the paper's 7 mode subsets, the full set's
+    # alpha (on ||W||_F) included (trainer.regularizers.TensorTraceNorm).
+    subsets: str = "modes"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +185,9 @@ _CHOICES = {
     ("model", "pooling"): ("mean", "sum"),
     ("loss", "convention"): LOSS_CONVENTIONS + (None,),
     ("fdn", "orth_variant"): ORTH_VARIANTS,
+    ("fdn", "aux_reduction"): AUX_REDUCTIONS,
     ("mtn", "target"): MTN_TARGETS,
+    ("mtn", "subsets"): MTN_SUBSETS,
     ("training", "monitor"): MONITORS,
     ("training", "embedding_optimizer"): EMBEDDING_OPTIMIZERS,
     ("hardware", "distribute"): ("auto", "none"),

@@ -6,7 +6,8 @@
 - ``unfold``: mode-n unfolding of a 3-D tensor (the matrices whose nuclear norms MTN sums).
 - ``TensorTraceNorm``: MTN (Multi-layer Tensor trace Norm). For each tower depth i the caller
   stacks the k towers' kernels into W_i [k, d_in, d_out]; the layer returns
-  ``lam * mean_i R_i`` with R_i = sum_mode alpha_{i,mode} ||unfold_mode(W_i)||_* + ||W_i||_F.
+  ``lam * mean_i R_i`` with R_i = sum_mode alpha_{i,mode} ||unfold_mode(W_i)||_* + ||W_i||_F,
+  or the paper's sum over all 7 mode subsets (``subsets="all"``).
   It owns the learnable alpha, which therefore never reaches the inference model.
 - ``orthogonality_loss``: FDN's L_orth between each task's specific and shared features, in the
   paper's form (squared cross-covariance, batch-size free) or the authors' code's form
@@ -144,38 +145,52 @@ class TensorTraceNorm(keras.layers.Layer):
         lam * mean_i R_i,   R_i = sum_{mode=0,1,2} alpha[i, mode] * ||unfold(W_i, mode)||_*
                                   + ||W_i||_F.
 
-    Why three alphas per depth and not seven. DESIGN.md writes R_i as a sum over all 7 non-empty
-    subsets s of the 3 modes. The unfolding for a subset s and the one for its complement are
-    transposes of each other, so they have the same nuclear norm: the 6 proper subsets give only
-    3 distinct norms, those of the mode-0/1/2 unfoldings. The full set {0, 1, 2} "unfolds" W_i
-    into a single vector, whose nuclear norm is its Frobenius norm, which R_i already adds with
-    weight 1. So the 7 alphas collapse to 3 without losing any expressiveness.
+    Three alphas or seven (``subsets``). DESIGN.md (the paper) writes R_i as a sum over all 7
+    non-empty subsets s of the 3 modes, each with its own alpha. The unfolding for a subset and
+    the one for its complement are transposes of each other, so they have the same nuclear norm,
+    and the full set {0, 1, 2} "unfolds" W_i into a single vector, whose nuclear norm is its
+    Frobenius norm. With ``subsets="all"`` (the paper's) the layer keeps all 7 alphas, in the
+    order {0}, {1}, {2}, {1, 2}, {0, 2}, {0, 1}, {0, 1, 2}, and computes
+
+        R_i = sum_mode (alpha_mode + alpha_complement) * N_mode + (1 + alpha_full) * ||W_i||_F.
+
+    With ``subsets="modes"`` (ours) it keeps one alpha per mode unfolding, which is the slice
+    alpha_complement = alpha_full = 0 of that family, not all of it: a free alpha over 7 subsets
+    can also move weight onto the Frobenius term, which 3 alphas cannot.
 
     Why a floor on alpha. Alpha enters the loss linearly, so gradient descent on a free
-    (softmax) alpha moves all of its mass onto the unfolding with the smallest nuclear norm
-    (on this project: within a few epochs). The regulariser then penalises one mode only
-    (with all 7 subsets it would even collapse onto the Frobenius term, i.e. plain weight
-    decay) and loses the low-rank coupling across tasks that is the point of MTN. The floor
-    keeps ``alpha_floor`` of the mass spread uniformly over the three modes, and lets training
-    move the rest:
+    (softmax) alpha moves all of its mass onto the term with the smallest norm (on this project:
+    within a few epochs). The regulariser then penalises one mode only (with all 7 subsets it
+    may collapse onto the Frobenius term, i.e. plain weight decay) and loses the low-rank
+    coupling across tasks that is the point of MTN. The floor keeps ``alpha_floor`` of the mass
+    spread uniformly over the n alphas, and lets training move the rest:
 
-        alpha = alpha_floor / 3 + (1 - alpha_floor) * softmax(alpha_logits, axis=-1)
+        alpha = alpha_floor / n + (1 - alpha_floor) * softmax(alpha_logits, axis=-1)
 
-    so every entry is >= alpha_floor / 3 and each row sums to 1. ``alpha_floor=1`` gives fixed
-    uniform alphas; ``alpha_floor=0`` is the paper's free alpha.
+    so every entry is >= alpha_floor / n and each row sums to 1. ``alpha_floor=1`` gives fixed
+    uniform alphas; ``alpha_floor=0`` with ``subsets="all"`` is the paper's free alpha.
 
     Args:
         num_depths: number of tower depths (length of the list ``call`` takes).
         lam: weight lambda of the whole term (1e-5 in the paper); >= 0.
-        alpha_floor: share of alpha held uniform over the modes, in [0, 1].
-        learn_alpha: whether ``alpha_logits`` [num_depths, 3] is trainable.
+        alpha_floor: share of alpha held uniform over the subsets, in [0, 1].
+        learn_alpha: whether ``alpha_logits`` [num_depths, n] is trainable.
+        subsets: "modes" (n = 3) or "all" (n = 7, the paper's).
 
     The layer computes in float32 whatever the global dtype policy (its dtype defaults to
     "float32" and alpha is never autocast), because mixed precision must not reach the SVD.
     """
 
+    SUBSETS = {"modes": 3, "all": 7}
+
     def __init__(
-        self, num_depths: int, lam: float = 1e-5, alpha_floor: float = 0.5, learn_alpha: bool = True, **kwargs
+        self,
+        num_depths: int,
+        lam: float = 1e-5,
+        alpha_floor: float = 0.5,
+        learn_alpha: bool = True,
+        subsets: str = "modes",
+        **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
@@ -185,13 +200,16 @@ class TensorTraceNorm(keras.layers.Layer):
             raise ValueError(f"alpha_floor must be in [0, 1], got {alpha_floor!r}")
         if not float(lam) >= 0.0:
             raise ValueError(f"lam must be >= 0, got {lam!r}")
+        if subsets not in self.SUBSETS:
+            raise ValueError(f"subsets must be one of {sorted(self.SUBSETS)}, got {subsets!r}")
+        self.subsets = subsets
         self.num_depths = int(num_depths)
         self.lam = float(lam)
         self.alpha_floor = float(alpha_floor)
         self.learn_alpha = bool(learn_alpha)
         self.alpha_logits = self.add_weight(
             name="alpha_logits",
-            shape=(self.num_depths, 3),
+            shape=(self.num_depths, self.SUBSETS[subsets]),
             initializer="zeros",
             dtype="float32",
             trainable=self.learn_alpha,
@@ -202,9 +220,10 @@ class TensorTraceNorm(keras.layers.Layer):
 
     @property
     def alphas(self) -> tf.Tensor:
-        """Current alpha [num_depths, 3]: entries >= alpha_floor / 3, rows summing to 1."""
+        """Current alpha [num_depths, n]: entries >= alpha_floor / n, rows summing to 1."""
         logits = tf.convert_to_tensor(self.alpha_logits)
-        return self.alpha_floor / 3.0 + (1.0 - self.alpha_floor) * tf.nn.softmax(logits, axis=-1)
+        n = float(self.SUBSETS[self.subsets])
+        return self.alpha_floor / n + (1.0 - self.alpha_floor) * tf.nn.softmax(logits, axis=-1)
 
     def _check(self, stacks):
         if not isinstance(stacks, (list, tuple)):
@@ -227,11 +246,13 @@ class TensorTraceNorm(keras.layers.Layer):
         self._check(stacks)
         alphas = self.alphas
         terms = []
+        every = self.subsets == "all"
         for i, stack in enumerate(stacks):
             w = tf.cast(stack, tf.float32)
-            r = frobenius_norm(w)
+            r = (1.0 + alphas[i, 6] if every else 1.0) * frobenius_norm(w)
             for mode in range(3):
-                r = r + alphas[i, mode] * nuclear_norm(unfold(w, mode))
+                alpha = alphas[i, mode] + alphas[i, 3 + mode] if every else alphas[i, mode]
+                r = r + alpha * nuclear_norm(unfold(w, mode))
             terms.append(r)
         return self.lam * tf.add_n(terms) / float(self.num_depths)
 
@@ -244,20 +265,25 @@ class TensorTraceNorm(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            num_depths=self.num_depths, lam=self.lam, alpha_floor=self.alpha_floor, learn_alpha=self.learn_alpha
+            num_depths=self.num_depths,
+            lam=self.lam,
+            alpha_floor=self.alpha_floor,
+            learn_alpha=self.learn_alpha,
+            subsets=self.subsets,
         )
         return config
 
 
-def orthogonality_loss(specific, shared, variant: str = "paper") -> tf.Tensor:
+def orthogonality_loss(specific, shared, variant: str = "paper", normalized: bool = True) -> tf.Tensor:
     """FDN's L_orth between task-specific and task-shared features; a float32 scalar.
 
     ``specific`` and ``shared``: [B, k, M, d] (batch, tasks, decomposition pairs, features).
 
     - "paper": sum over tasks k and pairs m of ||(F^s_{k,m})^T F^p_{k,m}||_F^2, F the [B, d]
-      batch feature matrices, divided by B^2. Each entry of F^s^T F^p is a sum over B rows, so
-      its square grows like B^2; after the division the term estimates ||E[f^s f^p^T]||_F^2 and
-      its scale (hence its loss weight) does not depend on the batch size.
+      batch feature matrices, divided by B^2 when `normalized` (ours; the paper does not divide).
+      Each entry of F^s^T F^p is a sum over B rows, so its square grows like B^2; after the
+      division the term estimates ||E[f^s f^p^T]||_F^2 and its scale (hence its loss weight)
+      does not depend on the batch size.
     - "authors": the FDN authors' public code: per sample, the Frobenius norm (not squared) of
       the outer product f^s_i (f^p_i)^T, i.e. ||f^s_i|| * ||f^p_i||, averaged over the batch and
       summed over tasks and pairs. The norms have a zero gradient at zero features.
@@ -277,7 +303,7 @@ def orthogonality_loss(specific, shared, variant: str = "paper") -> tf.Tensor:
     batch = tf.cast(tf.maximum(tf.shape(specific)[0], 1), tf.float32)
     if variant == "paper":
         # Divide before squaring: the same value, without overflow for large batches.
-        cross = tf.einsum("bkmd,bkme->kmde", specific, shared) / batch
+        cross = tf.einsum("bkmd,bkme->kmde", specific, shared) / (batch if normalized else 1.0)
         return tf.reduce_sum(tf.square(cross))
     per_sample = _safe_norm(specific, axis=-1) * _safe_norm(shared, axis=-1)  # [B, k, M]
     return tf.reduce_sum(per_sample) / batch

@@ -76,7 +76,9 @@ class TrainingModel(keras.Model):
         self.mtn = None
         if mtn is not None:
             depths = len(mtn_stacks(network, mtn.target, mtn.depth))
-            self.mtn = regularizers.TensorTraceNorm(depths, lam=mtn.lam, alpha_floor=mtn.alpha_floor, name="mtn")
+            self.mtn = regularizers.TensorTraceNorm(
+                depths, lam=mtn.lam, alpha_floor=mtn.alpha_floor, subsets=mtn.subsets, name="mtn"
+            )
         is_fdn = config.model.name == "fdn"
         self.aux_heads = (
             regularizers.AuxiliaryHeads(network.num_tasks, config.model.pairs, name="aux_heads")
@@ -149,16 +151,18 @@ class TrainingModel(keras.Model):
             terms["mtn_loss"] = self.mtn(mtn_stacks(self.network, self.config.mtn.target, self.config.mtn.depth))
         if self.aux_heads is not None:
             aux = ops.cast(self.aux_heads(y_pred["specific"]), "float32")  # [B, k, M]
-            ctr_aux = ops.mean(_bce_with_logits(click[:, None], aux[:, 0]))
+            # per row, the mean over the heads (ours) or their sum (the paper's)
+            over_heads = ops.sum if self.config.fdn.aux_reduction == "sum" else ops.mean
+            ctr_aux = ops.mean(over_heads(_bce_with_logits(click[:, None], aux[:, 0]), axis=1))
             cvr_aux = _masked_mean(
-                ops.mean(_bce_with_logits(conversion[:, None], aux[:, 1]), axis=1), click, clicks, replicas
+                over_heads(_bce_with_logits(conversion[:, None], aux[:, 1]), axis=1), click, clicks, replicas
             )
             terms["aux_loss"] = self.config.fdn.aux_weight * (ctr_aux + cvr_aux)
         if "embedding_l2" in y_pred:
             terms["embedding_l2_loss"] = self.embedding_l2 * y_pred["embedding_l2"]
         if self.orth:
             terms["orth_loss"] = self.config.fdn.orth_weight * regularizers.orthogonality_loss(
-                y_pred["specific"], y_pred["shared"], self.config.fdn.orth_variant
+                y_pred["specific"], y_pred["shared"], self.config.fdn.orth_variant, self.config.fdn.orth_normalized
             )
         return terms
 
