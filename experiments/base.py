@@ -17,7 +17,7 @@ import os
 import time
 from typing import Callable
 
-from experiments import grid
+from experiments import grid, presets
 
 SCALES = ("quick", "full")
 
@@ -39,6 +39,9 @@ class Experiment:
     # is costly to make (the data pipelines), made into OUT so a resumed run reuses it.
     # None: run_cell(cell, settings).
     prepare: Callable | None = None
+    # `--preset paper`: settings -> the paper's settings (experiments.presets); None: the experiment
+    # goes beyond the papers and has only the project's.
+    paper_preset: Callable | None = None
 
 
 class DataError(ValueError):
@@ -69,15 +72,31 @@ def _claim_folder(out: str, experiment: Experiment, scale: str, settings) -> Non
 
 
 def run(
-    experiment: Experiment, scale: str, seeds: int | None, out: str, log=print, settings=None, data: str | None = None
+    experiment: Experiment,
+    scale: str,
+    seeds: int | None,
+    out: str,
+    log=print,
+    settings=None,
+    data: str | None = None,
+    preset: str | None = None,
 ) -> dict:
     """Runs `experiment` at `scale` (or with `settings` given directly, e.g. by tests) over seeds
     0..seeds-1 (default: the scale's), writing into `out`; `data`: the --data folder (ignored by
-    experiments that make their own). Returns {"cells", "seconds"}."""
+    experiments that make their own); `preset`: `paper` or `project` (default: `paper` at the
+    full scale where the experiment has one, else `project`). Returns {"cells", "seconds"}."""
     if settings is None:
         if scale not in experiment.scales:
             raise ValueError(f"unknown scale {scale!r}; known: {', '.join(experiment.scales)}")
         settings = experiment.scales[scale]
+    if preset is None:
+        preset = presets.default_preset(scale) if experiment.paper_preset else presets.PROJECT
+    if preset not in presets.PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(presets.PRESETS)}")
+    if preset == presets.PAPER:
+        if experiment.paper_preset is None:
+            raise DataError(f"{experiment.name} goes beyond the papers: it has no `paper` preset")
+        settings = experiment.paper_preset(settings)
     if experiment.bind_data is not None:
         settings = experiment.bind_data(settings, data)
     seed_count = settings.seeds if seeds is None else seeds

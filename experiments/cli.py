@@ -99,12 +99,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "folder, its format told from its files (default: synthetic Ali-CCP); the other "
         "experiments generate their own data and ignore it",
     )
+    parser.add_argument(
+        "--preset",
+        choices=("paper", "project"),
+        help="paper: the papers' settings as they state them; project: the project's own choices "
+        "(experiments/README.md; default: paper at --scale full, project at quick)",
+    )
     parser.set_defaults(func=command)
 
 
 def command(args, beam_args=None) -> None:
     """The subcommand's function; ExperimentError for bad input."""
-    run(args.name, args.scale, args.seeds, args.out, args.data)
+    run(args.name, args.scale, args.seeds, args.out, args.data, preset=args.preset)
 
 
 def run(
@@ -114,6 +120,7 @@ def run(
     out: str | None = None,
     data: str | None = None,
     log=print,
+    preset: str | None = None,
 ) -> dict:
     """Runs experiment `name`; ExperimentError for bad input. Returns {"cells", "seconds"}."""
     if name not in EXPERIMENTS:
@@ -131,18 +138,23 @@ def run(
 
     experiment = importlib.import_module(EXPERIMENTS[name][0]).EXPERIMENT
     try:
-        return base.run(experiment, scale, seeds, out or default_out(name, scale), log=log, data=data)
+        return base.run(experiment, scale, seeds, out or default_out(name, scale), log=log, data=data, preset=preset)
     except (grid.GridError, base.DataError) as e:
         raise ExperimentError(str(e)) from None
 
 
 def main_experiment(
-    name: str, scale: str = "quick", seeds: int | None = None, out: str | None = None, data: str | None = None
+    name: str,
+    scale: str = "quick",
+    seeds: int | None = None,
+    out: str | None = None,
+    data: str | None = None,
+    preset: str | None = None,
 ) -> int:
     """Runs an experiment; 0 when its report is written, 2 (with `error: ...` on stderr) for bad
     input such as an unknown name or an output folder holding another experiment's runs."""
     try:
-        run(name, scale, seeds, out, data, log=lambda line: print(line, flush=True))
+        run(name, scale, seeds, out, data, log=lambda line: print(line, flush=True), preset=preset)
     except ExperimentError as e:
         print(f"error: mtrank experiment: {e}", file=sys.stderr)
         return 2
@@ -154,4 +166,4 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments", description=HELP)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    return main_experiment(args.name, args.scale, args.seeds, args.out, args.data)
+    return main_experiment(args.name, args.scale, args.seeds, args.out, args.data, args.preset)

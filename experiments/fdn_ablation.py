@@ -21,7 +21,7 @@ import json
 import os
 
 from common import layout
-from experiments import base, figures, ranking, report
+from experiments import base, figures, presets, ranking, report
 from experiments.grid import Cell, make_cells
 
 NAME = "fdn-ablation"
@@ -50,6 +50,8 @@ class Settings(ranking.Settings):
     pairs: int = 4
     aux_weight: float = 0.1  # trainer.config's defaults
     orth_weight: float = 0.01
+    aux_reduction: str = "mean"
+    orth_normalized: bool = True
 
 
 SCALES = {
@@ -68,7 +70,12 @@ def overrides(model: str, arm: str | None, settings: Settings) -> dict:
             "levels": settings.levels,
             "pairs": settings.pairs,
         },
-        "fdn": {"aux_weight": settings.aux_weight, "orth_weight": settings.orth_weight},
+        "fdn": {
+            "aux_weight": settings.aux_weight,
+            "orth_weight": settings.orth_weight,
+            "aux_reduction": settings.aux_reduction,
+            "orth_normalized": settings.orth_normalized,
+        },
     }
     for section, values in (ARMS[arm][1] if arm else {}).items():
         sections[section] = {**sections[section], **values}
@@ -297,4 +304,5 @@ EXPERIMENT = base.Experiment(
     write_report,
     bind_data=ranking.bind_data,
     prepare=ranking.prepare,
+    paper_preset=presets.fdn_paper,
 )

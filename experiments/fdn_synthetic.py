@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from experiments import base, figures, regression, report, stats
+from experiments import base, figures, presets, regression, report, stats
 from experiments.grid import Cell, make_cells
 from synth import fdn
 
@@ -40,6 +40,9 @@ class Settings:
     pairs: int = 4  # FDN: decomposition pairs per task
     aux_weight: float = 0.1  # the Trainer's defaults (trainer.config.FdnConfig)
     orth_weight: float = 0.01
+    aux_reduction: str = "mean"
+    orth_normalized: bool = True
+    preset: str = "project"  # experiments.presets
 
 
 # The paper's settings at both scales: a cell takes 5-15 s on 2 cores, so `quick` differs only
@@ -279,4 +282,5 @@ EXPERIMENT = base.Experiment(
     run_cell,
     cell_config,
     write_report,
+    paper_preset=presets.fdn_paper,
 )

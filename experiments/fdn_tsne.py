@@ -25,7 +25,7 @@ import threadpoolctl
 from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
 
-from experiments import base, fdn_synthetic, figures, regression, report
+from experiments import base, fdn_synthetic, figures, presets, regression, report
 from experiments.grid import Cell, make_cells
 
 NAME = "fdn-tsne"
@@ -275,4 +275,5 @@ EXPERIMENT = base.Experiment(
     cell_config,
     write_report,
     prepare=prepare,
+    paper_preset=presets.fdn_paper,
 )

@@ -9,7 +9,7 @@ and not the seed's.
 from __future__ import annotations
 
 
-from experiments import base, ranking, report
+from experiments import base, presets, ranking, report
 from experiments.grid import Cell, make_cells
 
 NAME = "mtn"
@@ -143,4 +143,5 @@ EXPERIMENT = base.Experiment(
     write_report,
     bind_data=ranking.bind_data,
     prepare=ranking.prepare,
+    paper_preset=presets.mtn_paper,
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments import base, figures, mtn, ranking, report
+from experiments import base, figures, mtn, presets, ranking, report
 from experiments.grid import Cell, make_cells
 
 NAME = "mtn-noise"
@@ -184,4 +184,5 @@ EXPERIMENT = base.Experiment(
     write_report,
     bind_data=ranking.bind_data,
     prepare=prepare,
+    paper_preset=presets.mtn_paper,
 )

@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from common import layout
-from experiments import base, figures, ranking, report
+from experiments import base, figures, presets, ranking, report
 from experiments.grid import Cell, make_cells
 
 NAME = "mtn-placement"
@@ -254,4 +254,5 @@ EXPERIMENT = base.Experiment(
     write_report,
     bind_data=ranking.bind_data,
     prepare=ranking.prepare,
+    paper_preset=presets.mtn_paper,
 )

@@ -40,6 +40,9 @@ class Settings:
     pairs: int = 2  # FDN: 2 pairs per task, 8 experts
     aux_weight: float = 0.1
     orth_weight: float = 0.01
+    aux_reduction: str = "mean"
+    orth_normalized: bool = True
+    preset: str = "project"  # experiments.presets (beyond the papers: no `paper` preset)
 
 
 SCALES = {

@@ -106,10 +106,12 @@ class Settings:
     patience: int = 2  # epochs without a better eval CVR AUC before the Trainer stops
     lam: float = 1e-5  # the MTN paper's lambda
     alpha_floor: float = 0.5  # trainer.config's default
+    subsets: str = "modes"  # MTN's alphas: trainer.config's default; "all" is the paper's 7
     xla: bool = False
     # True: the cell also writes the SavedModel (about 20 s a run here). Either way the test split
     # is scored by the trained network on Transform's test split.
     export_model: bool = False
+    preset: str = "project"  # experiments.presets
 
 
 # The paper-sized setting every MTN experiment's `--scale full` starts from: the Trainer's
@@ -331,7 +333,9 @@ def trainer_config(
             "tower_units": list(settings.tower_units),
             "num_experts": settings.num_experts,
         },
-        "mtn": None if mtn is None else {"lam": settings.lam, "alpha_floor": settings.alpha_floor, **mtn},
+        "mtn": None
+        if mtn is None
+        else {"lam": settings.lam, "alpha_floor": settings.alpha_floor, "subsets": settings.subsets, **mtn},
         # Ours, not the papers': the multi-task models train CTR and CTCVR over all impressions,
         # single-task CVR on clicked rows, equal weights (these runs' setting before the Trainer's
         # default moved on to "both").

@@ -57,6 +57,8 @@ def trainer_config(model: str, seed: int, settings, regularized: bool = True) ->
                 "orth": regularized,
                 "aux_weight": settings.aux_weight,
                 "orth_weight": settings.orth_weight,
+                "aux_reduction": settings.aux_reduction,
+                "orth_normalized": settings.orth_normalized,
             },
             "training": {
                 "epochs": settings.epochs,

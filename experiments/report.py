@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from experiments import stats
+from experiments import presets, stats
 from experiments.grid import Record
 
 REPRODUCED = "reproduced"
@@ -235,8 +235,10 @@ def settings_table(settings, seeds: list | None = None) -> str:
     payload = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings)
     if seeds is not None and "seeds" in payload:
         payload["seeds"] = list(seeds)
+    preamble = [presets.describe(settings), ""] if hasattr(settings, "preset") else []
     return "\n".join(
-        ["| setting | value |", "|---|---|"]
+        preamble
+        + ["| setting | value |", "|---|---|"]
         + [f"| {key} | `{json.dumps(value)}` |" for key, value in sorted(payload.items())]
     )
 

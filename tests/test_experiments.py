@@ -336,3 +336,33 @@ def test_command_arguments_and_bad_input(tmp_path, capsys):
     (taken / "experiment.json").write_text(json.dumps({"experiment": "negative-transfer", "scale": "quick"}))
     assert cli.main_experiment("fdn-synthetic", "quick", 1, str(taken)) == 2
     assert "holds the negative-transfer experiment" in capsys.readouterr().err
+
+
+def test_the_paper_preset_sets_what_the_papers_state_and_is_the_full_scale_default(tmp_path):
+    from experiments import fdn_ablation, mtn, presets, ranking
+
+    fdn = presets.fdn_paper(fdn_synthetic.SCALES["quick"])
+    config = regression.trainer_config("fdn", 0, fdn)
+    assert (config.model.pairs, config.fdn.aux_weight, config.fdn.orth_weight) == (2, 1.0, 1.0)
+    assert config.fdn.aux_reduction == "sum" and config.fdn.orth_normalized is False
+    project = regression.trainer_config("fdn", 0, fdn_synthetic.SCALES["quick"])
+    assert project.fdn.aux_reduction == "mean" and project.fdn.orth_normalized and project.model.pairs == 4
+    ablation = presets.fdn_paper(fdn_ablation.SCALES["quick"])
+    overrides = fdn_ablation.overrides("fdn", "full", ablation)
+    assert overrides["model"]["pairs"] == 2 and overrides["fdn"]["aux_reduction"] == "sum"
+
+    paper = presets.mtn_paper(mtn.SCALES["quick"])
+    trainer = ranking.trainer_config("mmoe", 0, paper, mtn.MTN)
+    assert trainer["mtn"]["subsets"] == "all" and trainer["mtn"]["alpha_floor"] == 0.0
+    assert trainer["model"]["embedding_dim"] == 128 and tuple(trainer["model"]["expert_units"]) == (512, 256)
+    assert tuple(trainer["model"]["tower_units"]) == (128, 64) and trainer["training"]["patience"] == 3
+    assert paper.data.eval_fraction == 0.2 and paper.seeds == 10 and paper.preset == "paper"
+    assert "lambda stays at its 1e-5" in report.settings_table(paper)  # what is not yet the paper's, said
+    assert "Preset `project`" in report.settings_table(mtn.SCALES["quick"])
+    assert "2 decomposition pairs per task" in report.settings_table(ablation)
+
+    assert presets.default_preset("full") == "paper" and presets.default_preset("quick") == "project"
+    with pytest.raises(base.DataError, match="negative-transfer goes beyond the papers"):
+        base.run(negative_transfer.EXPERIMENT, "quick", 1, str(tmp_path / "nt"), preset="paper")
+    with pytest.raises(ValueError, match="unknown preset 'exact'"):
+        base.run(negative_transfer.EXPERIMENT, "quick", 1, str(tmp_path / "nt"), preset="exact")
