@@ -42,10 +42,14 @@ EXPERIMENTS = {
         "experiments.fdn_ablation",
         "FDN paper Table 3 and Table 2's parameters: FDN without L_aux, L_orth or shared features",
     ),
+    "fdn-table2": (
+        "experiments.fdn_table2",
+        "FDN paper Table 2: Single-task, MMoE, CGC, PLE and FDN (AUCs and parameters)",
+    ),
 }
 SCALES = ("quick", "full")
 # Experiments that train on Ali-CCP-like ranking data: synthetic by default, or the --data folder.
-RANKING = frozenset({"mtn", "mtn-noise", "mtn-placement", "fdn-ablation"})
+RANKING = frozenset({"mtn", "mtn-noise", "mtn-placement", "fdn-ablation", "fdn-table2"})
 # Experiments that generate their own data and ignore --data.
 SYNTHETIC = frozenset(EXPERIMENTS) - RANKING
 
