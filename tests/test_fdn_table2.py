@@ -66,6 +66,8 @@ def test_it_is_a_ranking_experiment_at_the_paper_s_model_sizes():
     quick = t2.SCALES["quick"]
     assert (quick.num_experts, quick.specific_experts * 2 + quick.shared_experts, quick.levels) == (8, 8, 2)
     assert quick.pairs == 2 and quick.embedding_dim == 32 and tuple(quick.expert_units) == (128, 64)
+    training = t2.cell_config(grid.Cell("fdn", "none"), quick)["trainer"]["training"]
+    assert (training["monitor"], training["evals_per_epoch"], training["learning_rate"]) == ("logloss", 4, 1e-3)
     config = t2.cell_config(grid.Cell("ple", "none"), quick)["trainer"]
     assert config["model"]["shared_experts"] == 4 and config["model"]["specific_experts"] == 2
 
@@ -79,6 +81,8 @@ TINY = dataclasses.replace(
     epochs=1,
     batch_size=512,
     patience=1,
+    evals_per_epoch=1,
+    xla=False,
 )
 
 
