@@ -39,7 +39,7 @@ class Experiment:
     # is costly to make (the data pipelines), made into OUT so a resumed run reuses it.
     # None: run_cell(cell, settings).
     prepare: Callable | None = None
-    # `--preset paper`: settings -> the paper's settings (experiments.presets); None: the experiment
+    # `--preset paper`: (settings, scale) -> the paper's settings (experiments.presets); None: the experiment
     # goes beyond the papers and has only the project's.
     paper_preset: Callable | None = None
 
@@ -96,7 +96,7 @@ def run(
     if preset == presets.PAPER:
         if experiment.paper_preset is None:
             raise DataError(f"{experiment.name} goes beyond the papers: it has no `paper` preset")
-        settings = experiment.paper_preset(settings)
+        settings = experiment.paper_preset(settings, scale)
     if experiment.bind_data is not None:
         settings = experiment.bind_data(settings, data)
     seed_count = settings.seeds if seeds is None else seeds

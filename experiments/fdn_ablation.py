@@ -55,7 +55,7 @@ class Settings(ranking.Settings):
 
 
 SCALES = {
-    "quick": Settings(seeds=5),
+    "quick": ranking.quick_scale(Settings),
     "full": ranking.full_scale(Settings, seeds=10),  # `mtn`'s full scale, with more seeds
 }
 
@@ -266,9 +266,7 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, records)
             f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}); embedding {settings.embedding_dim}, "
             f"experts {list(settings.expert_units)}, FDN {settings.pairs} pairs per task, L_aux weight "
             f"{settings.aux_weight:g}, L_orth weight {settings.orth_weight:g} (the paper's form); "
-            f"up to {settings.epochs} "
-            f"epochs of batch {settings.batch_size}, Adam {settings.learning_rate:g}, the best epoch by eval CVR AUC "
-            "kept.",
+            f"{ranking.training_note(settings)}.",
             "## Table 3: test AUC of FDN and its ablations",
             report.render_table(auc_table(values, records)),
             report.significance_note("full FDN", len(seeds)),

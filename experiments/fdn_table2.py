@@ -41,22 +41,10 @@ class Settings(ranking.Settings):
     orth_normalized: bool = True
 
 
-# Quick: models trained to early stopping at the Trainer's defaults (batch 2,048, Adam 1e-3 with
-# its decay, the summed eval log loss 4 times an epoch, patience 4) on 200,000 rows, where the
-# ranking experiments' older quick training (2 epochs at 1e-2, batch 512) collapsed PLE at these
-# sizes to an AUC of 0.51, below the logistic reference.
+# Quick: `ranking.QUICK` (models trained to early stopping at the Trainer's defaults on 200,000
+# rows) at the paper's sizes.
 SCALES = {
-    "quick": Settings(
-        seeds=5,
-        data=dataclasses.replace(ranking.DataSettings(), rows=200_000),
-        epochs=10,
-        batch_size=2048,
-        learning_rate=1e-3,
-        patience=4,
-        monitor="logloss",
-        evals_per_epoch=4,
-        xla=True,
-    ),
+    "quick": ranking.quick_scale(Settings, embedding_dim=32),
     "full": ranking.full_scale(Settings, seeds=10, embedding_dim=32, expert_units=(128, 64)),
 }
 
@@ -195,9 +183,7 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, records)
             f"experts {list(settings.expert_units)}; MMoE {settings.num_experts} experts; CGC and PLE "
             f"{settings.specific_experts} task-specific + {settings.shared_experts} shared experts per level, PLE "
             f"{settings.levels} levels; FDN {settings.pairs} pairs per task; towers {list(settings.tower_units)} "
-            f"(FDN has none); up to {settings.epochs} epochs of batch {settings.batch_size}, Adam "
-            f"{settings.learning_rate:g}, the best of {settings.evals_per_epoch} evaluation(s) an epoch by eval "
-            f"{'CVR AUC' if settings.monitor == 'cvr_auc' else 'log loss (the three tasks summed)'} kept.",
+            f"(FDN has none); {ranking.training_note(settings)}.",
             "## Table 2: test AUC and parameters",
             report.render_table(table(values, records)),
             report.significance_note("FDN", len(seeds)),

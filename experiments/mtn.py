@@ -17,17 +17,21 @@ MTN = {"target": "towers", "depth": None}  # the method as proposed: every tower
 ARMS = tuple((model, regularizer) for model in ranking.MODELS for regularizer in ("none", "mtn"))
 
 SCALES = {
-    "quick": ranking.Settings(seeds=3),
+    "quick": ranking.QUICK,
     "full": ranking.FULL,
 }
 
 
+def has_mtn(cell: Cell) -> bool:
+    return cell.regularizer == "mtn"
+
+
 def cells(settings: ranking.Settings, seeds: list) -> list[Cell]:
-    return make_cells(ARMS + (ranking.REFERENCE,), seeds)
+    return ranking.with_lambdas(make_cells(ARMS + (ranking.REFERENCE,), seeds), settings, has_mtn)
 
 
 def _mtn(cell: Cell) -> dict | None:
-    return MTN if cell.regularizer == "mtn" else None
+    return ranking.cell_mtn(cell, MTN if has_mtn(cell) else None)
 
 
 def cell_config(cell: Cell, settings: ranking.Settings) -> dict:
@@ -102,7 +106,8 @@ def claims(values: dict, records=()) -> list[report.Claim]:
     ]
 
 
-def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, records) -> None:
+def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, all_records) -> None:
+    records, chosen = ranking.select_lambda(all_records)
     values = ranking.values(records, lambda cell: (cell.variant, cell.regularizer))
     markdown = "\n\n".join(
         [
@@ -113,9 +118,8 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             ranking.data_description(settings, records),
             f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}); embedding {settings.embedding_dim}, "
             f"experts and bottom {list(settings.expert_units)}, towers {list(settings.tower_units)}, MMoE "
-            f"{settings.num_experts} experts; up to {settings.epochs} epochs of batch {settings.batch_size}, Adam "
-            f"{settings.learning_rate:g}, the best epoch by eval CVR AUC kept; MTN lambda {settings.lam:g}, alpha "
-            f"floor {settings.alpha_floor:g}.",
+            f"{settings.num_experts} experts; {ranking.training_note(settings)}; MTN alpha floor "
+            f"{settings.alpha_floor:g}, subsets `{settings.subsets}`.",
             "## Table 1: test AUC",
             report.render_table(auc_table(values, records)),
             report.significance_note("the same model without MTN", len(seeds)),
@@ -123,14 +127,14 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             report.render_table(gain_table(values)),
             report.render_claims(claims(values, records), scale, len(seeds)),
             "## Notes",
-            "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.\n"
+            "- " + ranking.mtn_scale_note(records) + " " + ranking.lambda_note(settings, chosen) + "\n"
             "- ESMM trains on its own loss (CTR and CTCVR over all impressions); MMoE and Shared-bottom on CTR over "
             "all rows and CVR over clicked rows.",
             "## Settings",
             report.settings_table(settings, seeds),
         ]
     )
-    report.write(out, markdown, records)
+    report.write(out, markdown, all_records)
 
 
 EXPERIMENT = base.Experiment(

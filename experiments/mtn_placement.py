@@ -40,23 +40,28 @@ LABELS = {
 }
 
 SCALES = {
-    "quick": ranking.Settings(seeds=3),
+    "quick": ranking.QUICK,
     "full": ranking.FULL,
 }
 
 
+def _mtn(cell: Cell) -> dict | None:
+    return ranking.cell_mtn(cell, PLACEMENTS.get(cell.regularizer))
+
+
 def cells(settings: ranking.Settings, seeds: list) -> list[Cell]:
-    return make_cells([(MODEL, placement) for placement in PLACEMENTS] + [ranking.REFERENCE], seeds)
+    arms = make_cells([(MODEL, placement) for placement in PLACEMENTS] + [ranking.REFERENCE], seeds)
+    return ranking.with_lambdas(arms, settings, lambda cell: _mtn(cell) is not None)
 
 
 def cell_config(cell: Cell, settings: ranking.Settings) -> dict:
-    return ranking.cell_config(cell, settings, None if ranking.is_reference(cell) else PLACEMENTS[cell.regularizer])
+    return ranking.cell_config(cell, settings, _mtn(cell))
 
 
 def run_cell(cell: Cell, settings: ranking.Settings, prepared: ranking.Prepared) -> dict:
     if ranking.is_reference(cell):
         return ranking.train_cell(cell, settings, prepared, None)
-    return ranking.train_cell(cell, settings, prepared, PLACEMENTS[cell.regularizer], after=expert_metrics)
+    return ranking.train_cell(cell, settings, prepared, _mtn(cell), after=expert_metrics)
 
 
 def expert_outputs(run_dir: str, transformed: str):
@@ -213,7 +218,8 @@ def _heatmap(out: str, records) -> str:
     )
 
 
-def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, records) -> None:
+def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, all_records) -> None:
+    records, chosen = ranking.select_lambda(all_records)
     values = ranking.values(records, lambda cell: cell.regularizer)
     figure = _heatmap(out, records)
     markdown = "\n\n".join(
@@ -228,20 +234,19 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             ranking.data_description(settings, records),
             f"Scale `{scale}`: {len(seeds)} seeds ({', '.join(map(str, seeds))}); embedding {settings.embedding_dim}, "
             f"{settings.num_experts} experts {list(settings.expert_units)}, towers {list(settings.tower_units)} (and "
-            f"the logit layer: 2 tower depths); up to {settings.epochs} epochs of batch {settings.batch_size}, the "
-            f"best epoch by eval CVR AUC kept; MTN lambda {settings.lam:g}.",
+            f"the logit layer: {len(settings.tower_units) + 1} tower depths); {ranking.training_note(settings)}.",
             "## Test AUC and expert distances",
             report.render_table(auc_table(values, records)),
             report.significance_note("MMoE without MTN", len(seeds)),
             f"![distances between the experts' outputs]({figure})",
             report.render_claims(claims(values, records), scale, len(seeds)),
             "## Notes",
-            "- " + ranking.mtn_scale_note(records) + " The paper's lambda is used as it is, not tuned.",
+            "- " + ranking.mtn_scale_note(records) + " " + ranking.lambda_note(settings, chosen),
             "## Settings",
             report.settings_table(settings, seeds),
         ]
     )
-    report.write(out, markdown, records)
+    report.write(out, markdown, all_records)
 
 
 EXPERIMENT = base.Experiment(

@@ -34,11 +34,15 @@ def set_seeds(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def trainer_config(model: str, seed: int, settings, regularized: bool = True) -> TrainerConfig:
+def trainer_config(
+    model: str, seed: int, settings, regularized: bool = True, patience: int | None = None
+) -> TrainerConfig:
     """The Trainer config of zoo model `model` at an experiment's settings, whose fields are named
     as in `trainer.config` (embedding_dim, expert_units, ..., epochs, batch_size, learning_rate,
     aux_weight, orth_weight). FDN's aux and orth terms are on when `regularized`. XLA is off: it
-    compiles for about 8 s per model here, longer than these small runs train."""
+    compiles for about 8 s per model here, longer than these small runs train. `patience`: epochs
+    without a better validation MSE before `fit` stops (None: the Trainer's default)."""
+    early_stopping = {} if patience is None else {"patience": patience}
     return from_dict(
         {
             "model": {
@@ -65,6 +69,7 @@ def trainer_config(model: str, seed: int, settings, regularized: bool = True) ->
                 "batch_size": settings.batch_size,
                 "learning_rate": settings.learning_rate,
                 "seed": seed,
+                **early_stopping,
             },
             "hardware": {"xla": False, "distribute": "none"},
         }
@@ -133,28 +138,43 @@ def _loss_terms(trainee: _Trainee, config: TrainerConfig, tasks: tuple, x, y, sp
     return terms
 
 
-def train(config: TrainerConfig, tasks: tuple, train_data: Data, test_data: Data) -> dict:
+def train(
+    config: TrainerConfig, tasks: tuple, train_data: Data, test_data: Data, validation: Data | None = None
+) -> dict:
     """Trains `config.model` on the trained `tasks` (0: y1, 1: y2) and returns test metrics:
     "mse_1", "mse_2" and the test labels' variances "label_var_1", "label_var_2" (the trained
     tasks'), the last epoch's mean training terms ("train_*"), and "params" (the inference
-    network's weights).
+    network's weights). With `validation`: trained to early stopping on it (see `fit`), and
+    "best_epoch", "epochs_done" and "val_mse" (the best epoch's summed validation MSE) too.
 
     Seeded by `config.training.seed` alone: initialisation and the batch order of each epoch
     (a permutation seeded with (seed, epoch)).
     """
-    network, last_epoch = fit(config, tasks, train_data)
+    network, last_epoch = fit(config, tasks, train_data, validation)
     return {**evaluate(network, config, tasks, test_data), **last_epoch}
 
 
-def fit(config: TrainerConfig, tasks: tuple, train_data: Data) -> tuple[keras.Model, dict]:
+def fit(
+    config: TrainerConfig, tasks: tuple, train_data: Data, validation: Data | None = None
+) -> tuple[keras.Model, dict]:
     """`train` without the scoring, for experiments that inspect the trained network itself:
-    (the inference network, the last epoch's mean training terms)."""
+    (the inference network, the last epoch's mean training terms). With `validation`: at most
+    `training.epochs` epochs, stopped after `training.patience` epochs without a lower summed
+    validation MSE of the trained tasks, and the best epoch's weights restored."""
     # No keras.backend.clear_session(): it would also reset global settings (the dtype policy)
     # of whatever else runs in the process; Keras' per-name counters are all it keeps per model.
     set_seeds(config.training.seed)
     spec = numeric_spec(train_data.x.shape[1])
     trainee = _build(config, spec)
-    return trainee.network, _fit(trainee, config, tasks, train_data, spec)
+    return trainee.network, _fit(trainee, config, tasks, train_data, spec, validation)
+
+
+def split_validation(data: Data, fraction: float) -> tuple[Data, Data]:
+    """(train, validation): the last `fraction` of the rows held out (the rows are i.i.d.)."""
+    held = int(round(len(data.x) * fraction))
+    if not 0 < held < len(data.x):
+        raise ValueError(f"validation fraction {fraction} of {len(data.x)} rows leaves no rows on one side")
+    return Data(data.x[:-held], data.y[:-held]), Data(data.x[-held:], data.y[-held:])
 
 
 def evaluate(network: keras.Model, config: TrainerConfig, tasks: tuple, test_data: Data) -> dict:
@@ -177,8 +197,11 @@ def _trained_variables(trainee: _Trainee, config: TrainerConfig, tasks: tuple, d
     return [v for v, g in zip(trainee.variables, tape.gradient(loss, trainee.variables)) if g is not None]
 
 
-def _fit(trainee: _Trainee, config: TrainerConfig, tasks: tuple, data: Data, spec: InputSpec) -> dict:
-    """Adam over `config.training.epochs` epochs; the last epoch's mean of each loss term."""
+def _fit(
+    trainee: _Trainee, config: TrainerConfig, tasks: tuple, data: Data, spec: InputSpec, validation: Data | None
+) -> dict:
+    """Adam over `config.training.epochs` epochs (with `validation`: to early stopping); the last
+    epoch's mean of each loss term."""
     training = config.training
     variables = _trained_variables(trainee, config, tasks, data, spec)
     optimizer = keras.optimizers.Adam(training.learning_rate)
@@ -196,7 +219,7 @@ def _fit(trainee: _Trainee, config: TrainerConfig, tasks: tuple, data: Data, spe
 
     x = data.x.astype(np.float32)
     y = np.nan_to_num(data.y).astype(np.float32)  # an untrained task's NaN labels are never read
-    means = {}
+    means, best, waited = {}, None, 0
     for epoch in range(training.epochs):
         order = np.random.default_rng([training.seed, epoch]).permutation(len(x))
         sums, steps = {}, 0
@@ -206,7 +229,20 @@ def _fit(trainee: _Trainee, config: TrainerConfig, tasks: tuple, data: Data, spe
                 sums[name] = sums.get(name, 0.0) + float(value)
             steps += 1
         means = {f"train_{name}": total / steps for name, total in sums.items()}
-    return means
+        if validation is None:
+            continue
+        predictions = predict(trainee.network, spec, validation.x, config.hardware.xla)
+        score = float(sum(np.mean((validation.y[:, t] - predictions[:, t]) ** 2) for t in tasks))
+        if best is None or score < best["val_mse"]:
+            best, waited = {"val_mse": score, "best_epoch": epoch + 1, "weights": trainee.network.get_weights()}, 0
+        else:
+            waited += 1
+            if waited >= training.patience:
+                break
+    if best is None:
+        return means
+    trainee.network.set_weights(best.pop("weights"))
+    return {**means, **best, "epochs_done": epoch + 1}
 
 
 def predict(network: keras.Model, spec: InputSpec, x: np.ndarray, xla: bool) -> np.ndarray:

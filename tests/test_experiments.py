@@ -24,7 +24,10 @@ TINY = dataclasses.replace(
     seeds=2,
     rows=60,
     dimension=3,
+    x_stds=(0.1,),
     epochs=1,
+    patience=1,
+    validation_fraction=0.25,
     batch_size=32,
     expert_units=(4,),
     tower_units=(2,),
@@ -151,7 +154,7 @@ def test_a_comparison_whose_baseline_arm_does_not_beat_the_reference_is_not_judg
     assert trained.trained is True and report.Claim("paper", "MTN helps", (trained,)).verdict == report.REPRODUCED
 
 
-def _record(variant: str, seed: int, metrics: dict, setting=()) -> grid.Record:
+def _record(variant: str, seed: int, metrics: dict, setting=(("x_std", 0.1),)) -> grid.Record:
     regularizer = "aux_orth" if variant == "fdn" else "none"
     return grid.Record(grid.Cell(variant, regularizer, seed=seed, setting=setting), {}, metrics, 1.0)
 
@@ -177,13 +180,14 @@ def test_fdn_synthetic_report_says_did_not_reproduce_when_the_numbers_say_so(tmp
         ]
     fdn_synthetic.write_report(str(tmp_path), TINY, "quick", seeds, records)
     claims = _claims_section(tmp_path / "report.md")
+    assert "1. **" in claims[0] and "FDN paper, Table 1 (x std 0.1)" in (tmp_path / "report.md").read_text()
     assert claims[0].startswith(f"1. **{report.REPRODUCED}**: Trained on Dataset-I")  # every baseline above the oracle
     assert claims[1].startswith(f"2. **{report.NOT_REPRODUCED}**: FDN has the lowest task-1")
     assert claims[2].startswith(f"3. **{report.NOT_REPRODUCED}**: FDN has the lowest task-2")
     text = (tmp_path / "report.md").read_text()
     assert "   - FDN 1.5500 > MMoE 1.2200, +27.0%, p = 0.003 over 3 seeds" in text
     assert "| FDN (Dataset-I) | 1.5500 ± 0.0500** | +53.4% ± 3.4% | 1.5500 ± 0.0500** |" in text
-    assert (tmp_path / "figures" / "gap_to_oracle.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "figures" / "gap_to_oracle_xstd0.1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_negative_transfer_report_says_did_not_reproduce_when_the_numbers_say_so(tmp_path):
@@ -280,12 +284,13 @@ def test_tiny_grid_writes_the_report_resumes_after_a_kill_and_reruns_identically
 
     fresh = tmp_path / "fresh"
     base.run(experiment, "tiny", None, str(fresh), log=lambda line: None, settings=TINY)
-    for name in ("report.md", "metrics.csv", "figures/gap_to_oracle.png"):
+    for name in ("report.md", "metrics.csv", "figures/gap_to_oracle_xstd0.1.png"):
         assert (resumed / name).read_bytes() == (fresh / name).read_bytes(), name
     rows = (fresh / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("cell,variant,regularizer,noise,seed,") and len(rows) == 1 + len(keys)
+    assert rows[0].startswith("cell,variant,regularizer,noise,x_std,seed,") and len(rows) == 1 + len(keys)
     report_text = (fresh / "report.md").read_text()
-    for heading in ("## Table 1", "## Claims", "![gap to the oracle per model and task](figures/gap_to_oracle.png)"):
+    figure = "![gap to the oracle per model and task, x std 0.1](figures/gap_to_oracle_xstd0.1.png)"
+    for heading in ("## Table 1, x std 0.1", "## Claims", figure):
         assert heading in report_text
     for label in ("Oracle", "MMoE (Dataset-I)", "CGC (Dataset-I)", "PLE (Dataset-I)", "FDN (Dataset-I)"):
         assert f"| {label}" in report_text
@@ -307,7 +312,7 @@ def test_tiny_grid_writes_the_report_resumes_after_a_kill_and_reruns_identically
 
 
 def test_compiled_training_is_deterministic_for_a_seed():
-    train, test = fdn_synthetic.datasets(TINY, 0, "dataset_i")
+    train, test = fdn_synthetic.datasets(TINY, 0.1, "dataset_i")
 
     def metrics(seed):
         config = regression.trainer_config("fdn", seed, TINY)
@@ -316,6 +321,32 @@ def test_compiled_training_is_deterministic_for_a_seed():
     first = metrics(0)
     assert set(first) >= {"mse_1", "mse_2", "label_var_1", "train_aux", "train_orth", "params"}
     assert metrics(0) == first
+
+
+def test_one_data_draw_per_spread_and_seeds_vary_only_the_models():
+    settings = dataclasses.replace(TINY, x_stds=(0.1, 1.0))
+    cells = fdn_synthetic.cells(settings, [0, 1])
+    data = {(c.get("x_std"), c.seed): fdn_synthetic.cell_config(c, settings)["data"] for c in cells}
+    assert data[(0.1, 0)] == data[(0.1, 1)] and data[(1.0, 0)] == data[(1.0, 1)]
+    assert data[(0.1, 0)]["task_input_std"] == 0.1 and data[(1.0, 0)]["task_input_std"] == 1.0
+    narrow, _ = fdn_synthetic.datasets(settings, 0.1, "dataset_i")
+    wide, _ = fdn_synthetic.datasets(settings, 1.0, "dataset_i")
+    # the two tasks' labels share less at the authors' spread: more task-specific signal
+    assert np.corrcoef(wide.y.T)[0, 1] < np.corrcoef(narrow.y.T)[0, 1]
+
+
+def test_early_stopping_on_validation_keeps_the_best_epoch(eager_functions):
+    settings = dataclasses.replace(TINY, rows=400, learning_rate=0.05, expert_units=(16,))
+    train, test = fdn_synthetic.datasets(settings, 1.0, "dataset_i")
+    train, validation = regression.split_validation(train, 0.25)
+    assert (len(train.x), len(validation.x)) == (210, 70)
+    config = regression.trainer_config("mmoe", 0, dataclasses.replace(settings, epochs=60), patience=3)
+    network, fitted = regression.fit(config, (0, 1), train, validation)
+    assert fitted["epochs_done"] < 60 and fitted["epochs_done"] - fitted["best_epoch"] == 3
+    scored = regression.evaluate(network, config, (0, 1), validation)
+    assert scored["mse_1"] + scored["mse_2"] == pytest.approx(fitted["val_mse"], rel=1e-5)  # the best weights, restored
+    with pytest.raises(ValueError, match="leaves no rows"):
+        regression.split_validation(train, 0.0)
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -357,7 +388,10 @@ def test_the_paper_preset_sets_what_the_papers_state_and_is_the_full_scale_defau
     assert trainer["model"]["embedding_dim"] == 128 and tuple(trainer["model"]["expert_units"]) == (512, 256)
     assert tuple(trainer["model"]["tower_units"]) == (128, 64) and trainer["training"]["patience"] == 3
     assert paper.data.eval_fraction == 0.2 and paper.seeds == 10 and paper.preset == "paper"
-    assert "lambda stays at its 1e-5" in report.settings_table(paper)  # what is not yet the paper's, said
+    assert paper.lams == (1e-6, 1e-5, 1e-4) and (paper.monitor, paper.evals_per_epoch) == ("cvr_auc", 1)
+    quick = presets.mtn_paper(mtn.SCALES["quick"], "quick")
+    assert quick.seeds == 3 and quick.expert_units == mtn.SCALES["quick"].expert_units and quick.lams == paper.lams
+    assert "MTReclib trains the conversion head" in report.settings_table(paper)  # what is not yet the paper's, said
     assert "Preset `project`" in report.settings_table(mtn.SCALES["quick"])
     assert "2 decomposition pairs per task" in report.settings_table(ablation)
 

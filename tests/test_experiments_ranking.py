@@ -118,6 +118,53 @@ def test_a_model_below_the_logistic_reference_gets_no_verdict(tmp_path):
     assert "under-trained: Shared-bottom CTR does not beat logistic" in text
 
 
+def test_lambda_is_chosen_per_arm_and_seed_on_validation_never_on_test(tmp_path):
+    settings = dataclasses.replace(mtn.SCALES["quick"], lams=(1e-6, 1e-5, 1e-4))
+    cells = mtn.cells(settings, [0])
+    assert len(cells) == 3 * 3 + 3 + 1  # each model's MTN arm at 3 lambdas, its plain arm, the reference
+    lams = {c.get(ranking.LAMBDA) for c in cells if c.regularizer == "mtn"}
+    assert lams == {1e-6, 1e-5, 1e-4}
+    assert all(
+        mtn.cell_config(c, settings)["trainer"]["mtn"]["lam"] == c.get(ranking.LAMBDA)
+        for c in cells
+        if c.regularizer == "mtn"
+    )
+
+    records = []
+    for r in _mtn_records():
+        if r.cell.regularizer != "mtn":
+            records.append(r)
+            continue
+        # lambda 1e-4 has the best validation value on seed 1, 1e-5 elsewhere; 1e-6 the best test AUCs always
+        for lam, val, test_shift in (
+            (1e-6, 0.60, 0.05),
+            (1e-5, 0.62, 0.0),
+            (1e-4, 0.63 if r.cell.seed == 1 else 0.61, -0.01),
+        ):
+            cell = dataclasses.replace(r.cell, setting=((ranking.LAMBDA, lam),))
+            metrics = {
+                **r.metrics,
+                "val_monitor": val,
+                **{f"{t}_auc": r.metrics[f"{t}_auc"] + test_shift for t in ranking.TASKS},
+            }
+            records.append(grid.Record(cell, {}, metrics, 1.0))
+    kept, chosen = ranking.select_lambda(records)
+    assert len(kept) == len(_mtn_records())
+    assert {key.split("__seed")[1]: lam for key, lam in chosen.items() if key.startswith("mmoe")} == {
+        "0": 1e-5,
+        "1": 1e-4,
+        "2": 1e-5,
+    }
+    by_cell = {(r.cell.variant, r.cell.regularizer, r.cell.seed): r.metrics["ctr_auc"] for r in kept}
+    original = {(r.cell.variant, r.cell.regularizer, r.cell.seed): r.metrics["ctr_auc"] for r in _mtn_records()}
+    assert by_cell[("mmoe", "mtn", 1)] == pytest.approx(original[("mmoe", "mtn", 1)] - 0.01)
+    assert by_cell[("mmoe", "mtn", 0)] == pytest.approx(original[("mmoe", "mtn", 0)])
+    mtn.write_report(str(tmp_path), settings, "quick", SEEDS, records)
+    text = (tmp_path / "report.md").read_text()
+    assert "from 1e-06, 1e-05, 0.0001: chosen 1e-06 in 0 of 9 runs, 1e-05 in 6 of 9 runs, 0.0001 in 3 of 9 runs" in text
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + len(records)  # every run kept on disk
+
+
 def test_real_data_report_has_no_ceiling_row_and_says_why(tmp_path):
     settings = dataclasses.replace(
         mtn.SCALES["quick"],
