@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import time
+import typing
 from typing import Callable
 
 from experiments import grid, presets
@@ -48,14 +49,19 @@ class DataError(ValueError):
     """A --data folder an experiment cannot use; the message names the folder and the problem."""
 
 
+def settings_json(settings) -> dict:
+    """Settings as JSON (`settings_from_dict` reads them back)."""
+    return json.loads(json.dumps(dataclasses.asdict(settings)))
+
+
 def _settings_dict(settings) -> dict:
     """Settings as JSON, without the seed count (a rerun with more seeds extends the same run)."""
-    payload = json.loads(json.dumps(dataclasses.asdict(settings)))
+    payload = settings_json(settings)
     payload.pop("seeds", None)
     return payload
 
 
-def _claim_folder(out: str, experiment: Experiment, scale: str, settings) -> None:
+def claim_folder(out: str, experiment: Experiment, scale: str, settings) -> None:
     """Writes OUT/experiment.json, or checks that the one there is this experiment's."""
     path = os.path.join(out, "experiment.json")
     identity = {"experiment": experiment.name, "scale": scale, "settings": _settings_dict(settings)}
@@ -71,20 +77,10 @@ def _claim_folder(out: str, experiment: Experiment, scale: str, settings) -> Non
     grid.write_json(path, identity)
 
 
-def run(
-    experiment: Experiment,
-    scale: str,
-    seeds: int | None,
-    out: str,
-    log=print,
-    settings=None,
-    data: str | None = None,
-    preset: str | None = None,
-) -> dict:
-    """Runs `experiment` at `scale` (or with `settings` given directly, e.g. by tests) over seeds
-    0..seeds-1 (default: the scale's), writing into `out`; `data`: the --data folder (ignored by
-    experiments that make their own); `preset`: `paper` or `project` (default: `paper` at the
-    full scale where the experiment has one, else `project`). Returns {"cells", "seconds"}."""
+def resolve(experiment: Experiment, scale: str, settings=None, data: str | None = None, preset: str | None = None):
+    """The settings a run uses: the scale's (or `settings` given directly, e.g. by tests), with the
+    preset applied (`paper` or `project`; default: `paper` at the full scale where the experiment
+    has one, else `project`) and the --data folder bound (ignored by experiments that make their own)."""
     if settings is None:
         if scale not in experiment.scales:
             raise ValueError(f"unknown scale {scale!r}; known: {', '.join(experiment.scales)}")
@@ -99,13 +95,49 @@ def run(
         settings = experiment.paper_preset(settings, scale)
     if experiment.bind_data is not None:
         settings = experiment.bind_data(settings, data)
-    seed_count = settings.seeds if seeds is None else seeds
-    if seed_count < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seed_count}")
-    seed_list = list(range(seed_count))
-    _claim_folder(out, experiment, scale, settings)
+    return settings
+
+
+def settings_from_dict(settings_class, payload: dict):
+    """Settings back from their JSON (`dataclasses.asdict`): nested settings rebuilt, lists as tuples."""
+    hints = typing.get_type_hints(settings_class)
+    values = {}
+    for field in dataclasses.fields(settings_class):
+        if field.name not in payload:
+            continue
+        value = payload[field.name]
+        if dataclasses.is_dataclass(hints[field.name]):
+            value = settings_from_dict(hints[field.name], value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[field.name] = value
+    return settings_class(**values)
+
+
+def seed_list(settings, seeds: int | None) -> list[int]:
+    count = settings.seeds if seeds is None else seeds
+    if count < 1:
+        raise ValueError(f"--seeds must be at least 1, got {count}")
+    return list(range(count))
+
+
+def run(
+    experiment: Experiment,
+    scale: str,
+    seeds: int | None,
+    out: str,
+    log=print,
+    settings=None,
+    data: str | None = None,
+    preset: str | None = None,
+) -> dict:
+    """Runs `experiment` at `scale` over seeds 0..seeds-1 (default: the scale's), writing into
+    `out`; `settings`, `data`, `preset`: as `resolve` takes them. Returns {"cells", "seconds"}."""
+    settings = resolve(experiment, scale, settings, data, preset)
+    seeds = seed_list(settings, seeds)
+    claim_folder(out, experiment, scale, settings)
     began = time.perf_counter()
-    cells = experiment.cells(settings, seed_list)
+    cells = experiment.cells(settings, seeds)
     if experiment.prepare is None:
         run_cell = functools.partial(experiment.run_cell, settings=settings)
     else:
@@ -120,7 +152,7 @@ def run(
         log,
         title=experiment.name,
     )
-    experiment.write_report(out, settings, scale, seed_list, records)
+    experiment.write_report(out, settings, scale, seeds, records)
     seconds = time.perf_counter() - began
     cell_seconds = {r.cell.key: r.seconds for r in records}
     # This invocation's wall time (a resumed run's covers only what it ran) and every cell's own.

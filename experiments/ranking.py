@@ -353,6 +353,21 @@ def prepare(settings: Settings, out: str, log=print) -> Prepared:
     return Prepared(settings, out, log)
 
 
+def made(settings: Settings, out: str, noise: float) -> tuple[str, dict | None]:
+    """(the Transform folder at a noise level, the ceiling) that a `Prepared` in another process made
+    into OUT, read as they are: a Kubeflow cell sees them at another path than where they were made,
+    so the identities recorded in their done.json (absolute paths) are not compared."""
+    root = os.path.join(os.path.abspath(out), "data")
+    transformed = os.path.join(root, f"transformed-noise{float(noise):g}")
+    if not os.path.exists(os.path.join(transformed, "done.json")):
+        raise DataError(f"{out} holds no finished Transform at noise {noise:g} ({transformed})")
+    ceiling = None
+    if settings.data.source == SYNTHETIC:
+        with open(os.path.join(root, "raw", "synth.json")) as f:
+            ceiling = json.load(f)["bayes_auc"]["test"]
+    return transformed, ceiling
+
+
 # --- one cell ----------------------------------------------------------------------------------
 
 LAMBDA = "lam"  # the cell axis of MTN's lambda when it is chosen on validation

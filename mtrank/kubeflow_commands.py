@@ -8,6 +8,10 @@ from mtrank.args import UsageError, load_json_object
 
 
 def _compile(args, _) -> None:
+    if args.experiment:
+        return _compile_experiment(args)
+    if args.preset or args.seeds or args.gpu or args.scale != "quick" or args.data:
+        raise UsageError("compile: --scale, --preset, --seeds, --data and --gpu go with --experiment NAME")
     from pipeline import kubeflow
 
     try:
@@ -17,6 +21,34 @@ def _compile(args, _) -> None:
     print(
         f"wrote the Kubeflow pipeline {kubeflow.PIPELINE_NAME!r} (image {args.image}) to {args.output}; "
         f"upload it in the KFP UI, or: mtrank schedule --host URL --pipeline {args.output}"
+    )
+
+
+def _compile_experiment(args) -> None:
+    from experiments import base, cli, grid, kubeflow
+
+    if args.experiment not in cli.EXPERIMENTS:
+        raise UsageError(
+            f"compile: unknown experiment {args.experiment!r}; known: {', '.join(sorted(cli.EXPERIMENTS))}"
+        )
+    try:
+        cells = kubeflow.compile_pipeline(
+            args.output,
+            args.experiment,
+            scale=args.scale,
+            preset=args.preset,
+            seeds=args.seeds,
+            data=args.data,
+            image=args.image,
+            gpu=args.gpu,
+        )
+    except (ValueError, base.DataError, grid.GridError) as e:
+        raise UsageError(f"compile: {e}") from None
+    except OSError as e:
+        raise UsageError(f"compile: cannot write {args.output}: {e.strerror}") from None
+    print(
+        f"wrote the Kubeflow pipeline {kubeflow.PIPELINE_PREFIX + args.experiment!r} (image {args.image}): "
+        f"{cells} cells in a ParallelFor{', one GPU each' if args.gpu else ''}, then the report; to {args.output}"
     )
 
 
@@ -52,10 +84,33 @@ def _schedule(args, _) -> None:
 def add_compile(commands) -> None:
     from pipeline import IMAGE
 
-    p = commands.add_parser("compile", help="the Kubeflow pipeline (KFP v2 YAML) for a cluster")
+    p = commands.add_parser(
+        "compile", help="the Kubeflow pipeline (KFP v2 YAML) for a cluster, or an experiment's grid (--experiment)"
+    )
     p.add_argument("--output", default="pipeline.yaml", help="(default: %(default)s)")
     p.add_argument(
         "--image", default=IMAGE, help="every component's image, built from the Dockerfile (default: %(default)s)"
+    )
+    p.add_argument(
+        "--experiment",
+        metavar="NAME",
+        help="compile this experiment's grid instead (mtrank experiment's names): its cells in a ParallelFor, "
+        "one pod each, then the report",
+    )
+    p.add_argument(
+        "--scale", choices=("quick", "full"), default="quick", help="with --experiment (default: %(default)s)"
+    )
+    p.add_argument(
+        "--preset",
+        choices=("paper", "project"),
+        help="with --experiment (default: paper at --scale full, project at quick)",
+    )
+    p.add_argument("--seeds", type=int, metavar="N", help="with --experiment: seeds 0..N-1 (default: the scale's)")
+    p.add_argument(
+        "--data", metavar="DIR", help="with --experiment: a ranking experiment's data folder, as the pods see it"
+    )
+    p.add_argument(
+        "--gpu", action="store_true", help="with --experiment: one NVIDIA GPU per cell (an image with the gpu extra)"
     )
     p.set_defaults(func=_compile)
 

@@ -310,15 +310,28 @@ def compile_pipeline(path: str, image: str = IMAGE) -> str:
     return path
 
 
+def init_local(root: str) -> None:
+    """KFP's local subprocess runner, each component a process of this environment, artifacts under
+    `root`; the components find this checkout's packages even where it is not installed."""
+    import warnings
+
+    from kfp import local
+
+    workspace = os.path.join(root, ".workspace")
+    os.makedirs(workspace, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, workspace_root=workspace)
+    # The image stands for this environment here; resources apply on a cluster only.
+    warnings.filterwarnings("ignore", message=".*(no effect in the current local runner|non-Python base image).*")
+    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH")) if p)
+
+
 def run_local(options, stage) -> dict:
     """`mtrank run --runner kfp-local`: the pipeline through KFP's local subprocess runner, each
     component in its own process of this environment; artifacts under OUTPUT/kfp/."""
     import json
     import re
     import shutil
-    import warnings
-
-    from kfp import local
 
     from pipeline import dag
 
@@ -333,14 +346,7 @@ def run_local(options, stage) -> dict:
         f"Evaluator -> Pusher, "
         f"artifacts under {root}"
     )
-    workspace = os.path.join(root, ".workspace")
-    os.makedirs(workspace, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, workspace_root=workspace)
-    # The image stands for this environment here; resources apply on a cluster only.
-    warnings.filterwarnings("ignore", message=".*(no effect in the current local runner|non-Python base image).*")
-    # The components import the project: make sure they find this checkout even when it is not installed.
-    project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (project, os.environ.get("PYTHONPATH")) if p)
+    init_local(root)
     arguments = dict(
         data=data,
         data_format=data_format,
