@@ -128,8 +128,8 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             report.render_claims(claims(values, records), scale, len(seeds)),
             "## Notes",
             "- " + ranking.mtn_scale_note(records) + " " + ranking.lambda_note(settings, chosen) + "\n"
-            "- ESMM trains on its own loss (CTR and CTCVR over all impressions); MMoE and Shared-bottom on CTR over "
-            "all rows and CVR over clicked rows.",
+            "- Every model trains on the `esmm` loss: CTR and CTCVR (= CTR x CVR) over all impressions, so the "
+            "conversion head learns through CTCVR; CVR AUC is scored on the clicked test rows.",
             "## Settings",
             report.settings_table(settings, seeds),
         ]

@@ -437,7 +437,7 @@ def training_note(settings: Settings) -> str:
     return (
         f"up to {settings.epochs} epochs of batch {settings.batch_size}, Adam {settings.learning_rate:g}, evaluated "
         f"{times} an epoch on the eval split and stopped after {settings.patience} evaluations without a better "
-        f"eval {monitor}, the best evaluation's weights kept"
+        f"{monitor}, the best evaluation's weights kept"
     )
 
 

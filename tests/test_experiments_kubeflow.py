@@ -10,7 +10,7 @@ import json
 import pytest
 import yaml
 
-from experiments import base, fdn_synthetic, kubeflow, mtn, presets
+from experiments import base, fdn_synthetic, kubeflow, mtn, presets, ranking
 from mtrank import cli
 from tests.test_experiments import TINY
 
@@ -57,3 +57,30 @@ def test_the_report_step_names_a_cell_that_did_not_finish(tmp_path):
     settings_json = json.dumps(base.settings_json(settings))
     with pytest.raises(Exception, match="did not finish"):
         kubeflow.write_report("fdn-synthetic", "quick", settings_json, 1, [], str(tmp_path / "report"))
+
+
+def test_a_ranking_cell_runs_on_the_data_the_prepare_step_made_wherever_it_is_mounted(
+    tmp_path, transformed_synthetic, synthetic_raw
+):
+    """What a Cell pod does: reads the Transform and the ceiling from the prepare step's folder (at
+    another path than where they were made), trains its one cell into its own folder."""
+    import shutil
+
+    from tests.test_experiments_ranking import TINY as RANKING_TINY
+
+    mounted = tmp_path / "prepared" / "data"
+    shutil.copytree(transformed_synthetic[0], mounted / "transformed-noise0")
+    (mounted / "transformed-noise0" / "done.json").write_text("{}")
+    (mounted / "raw").mkdir()
+    (mounted / "raw" / "synth.json").write_text(json.dumps(synthetic_raw[1]))
+    settings = dataclasses.replace(RANKING_TINY, seeds=1)
+    settings_json = json.dumps(base.settings_json(settings))
+    key = mtn.cells(settings, [0])[1].key  # MMoE with MTN
+    prepared, cell = str(tmp_path / "prepared"), str(tmp_path / "cell")
+    metrics = kubeflow.run_cell("mtn", "quick", settings_json, 1, key, prepared, cell)
+    assert 0.0 < metrics["ctr_auc"] < 1.0 and metrics["train_mtn_loss"] > 0
+    assert metrics["bayes_ctr_auc"] == synthetic_raw[1]["bayes_auc"]["test"]["ctr"]
+    saved = json.loads((tmp_path / "cell" / "runs" / key / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    with pytest.raises(base.DataError, match="no finished Transform at noise 0.05"):
+        ranking.made(settings, prepared, 0.05)
