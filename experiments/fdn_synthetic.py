@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from experiments import base, figures, presets, regression, report, stats
+from experiments import base, figures, presets, regression, report
 from experiments.grid import Cell, make_cells
 from synth import fdn
 
@@ -254,8 +254,9 @@ def _figure(out: str, values: dict, x_std: float) -> str:
 
 
 def _summary(values: dict, stat: str) -> str:
-    """`stat` (a per-run metric) over every run at one spread, as mean ± std."""
-    return stats.format_mean_std(v for variant in values.values() for v in variant.get(stat, {}).values())
+    """`stat` (a per-run metric) over every run at one spread, as mean ± std to one decimal."""
+    found = [v for variant in values.values() for v in variant.get(stat, {}).values()]
+    return f"{np.mean(found):.1f} ± {np.std(found, ddof=1):.1f}" if len(found) > 1 else "–"
 
 
 def _section(out: str, values: dict, x_std: float, seeds: list) -> list[str]:
