@@ -22,7 +22,7 @@ with the `gpu` extra.
 import json
 import os
 import shutil
-import typing
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Output
@@ -130,7 +130,7 @@ def cell_component(
 
 
 def report_component(
-    name: str, scale: str, settings_json: str, seeds: int, cells: Input[typing.List[Artifact]], report: Output[Artifact]
+    name: str, scale: str, settings_json: str, seeds: int, cells: Input[List[Artifact]], report: Output[Artifact]
 ):
     from experiments import kubeflow
 
