@@ -1,4 +1,4 @@
-"""`mtrank experiment NAME [--scale quick|full] [--seeds N] [--out DIR] [--data DIR]`.
+"""`mtrank experiment NAME [--scale quick|full] [--preset paper|project] [--seeds N] [--out DIR] [--data DIR]`.
 
 `add_arguments` sets the subcommand's `func(args, beam_args)`, which raises ExperimentError for
 bad input; the command line above this package turns it into its usage error (one line on
