@@ -15,7 +15,7 @@ import json
 import os
 
 from common import layout
-from experiments import base, presets, ranking, report
+from experiments import base, fdn_ablation, presets, ranking, report
 from experiments.grid import Cell, make_cells
 
 NAME = "fdn-table2"
@@ -50,21 +50,9 @@ SCALES = {
 
 
 def overrides(settings: Settings) -> dict:
-    """The Trainer config sections beyond `ranking.trainer_config`'s (ignored by the models without them)."""
-    return {
-        "model": {
-            "specific_experts": settings.specific_experts,
-            "shared_experts": settings.shared_experts,
-            "levels": settings.levels,
-            "pairs": settings.pairs,
-        },
-        "fdn": {
-            "aux_weight": settings.aux_weight,
-            "orth_weight": settings.orth_weight,
-            "aux_reduction": settings.aux_reduction,
-            "orth_normalized": settings.orth_normalized,
-        },
-    }
+    """The Trainer config sections beyond `ranking.trainer_config`'s: `fdn-ablation`'s, with no arm
+    removed (ignored by the models without them)."""
+    return fdn_ablation.overrides("fdn", None, settings)
 
 
 def cells(settings: Settings, seeds: list) -> list[Cell]:
