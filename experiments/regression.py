@@ -220,6 +220,8 @@ def _fit(
     x = data.x.astype(np.float32)
     y = np.nan_to_num(data.y).astype(np.float32)  # an untrained task's NaN labels are never read
     means, best, waited = {}, None, 0
+    # traced once, not once an epoch
+    forward = forward_fn(trainee.network, spec, config.hardware.xla) if validation is not None else None
     for epoch in range(training.epochs):
         order = np.random.default_rng([training.seed, epoch]).permutation(len(x))
         sums, steps = {}, 0
@@ -231,7 +233,7 @@ def _fit(
         means = {f"train_{name}": total / steps for name, total in sums.items()}
         if validation is None:
             continue
-        predictions = predict(trainee.network, spec, validation.x, config.hardware.xla)
+        predictions = predict(trainee.network, spec, validation.x, config.hardware.xla, forward)
         score = float(sum(np.mean((validation.y[:, t] - predictions[:, t]) ** 2) for t in tasks))
         if best is None or score < best["val_mse"]:
             best, waited = {"val_mse": score, "best_epoch": epoch + 1, "weights": trainee.network.get_weights()}, 0
@@ -245,13 +247,18 @@ def _fit(
     return {**means, **best, "epochs_done": epoch + 1}
 
 
-def predict(network: keras.Model, spec: InputSpec, x: np.ndarray, xla: bool) -> np.ndarray:
-    """[N, d] -> [N, 2] predictions, in batches."""
-    forward = tf.function(
+def forward_fn(network: keras.Model, spec: InputSpec, xla: bool):
+    """The network's [B, d] -> [B, 2] predictions as one traced function, reusable across calls."""
+    return tf.function(
         lambda batch: network.forward(as_features(batch, spec))[0],
         jit_compile=xla,
-        input_signature=[tf.TensorSpec([None, x.shape[1]], tf.float32)],
+        input_signature=[tf.TensorSpec([None, len(spec.fields)], tf.float32)],
     )
+
+
+def predict(network: keras.Model, spec: InputSpec, x: np.ndarray, xla: bool, forward=None) -> np.ndarray:
+    """[N, d] -> [N, 2] predictions, in batches; `forward`: a `forward_fn` traced before."""
+    forward = forward or forward_fn(network, spec, xla)
     x = x.astype(np.float32)
     return np.concatenate(
         [
