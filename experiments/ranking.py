@@ -108,6 +108,10 @@ class Settings:
     # (the three log losses summed) 4 times an epoch, which the quality benchmark chose on eval.
     monitor: str = "cvr_auc"
     evals_per_epoch: int = 1
+    # The multi-task models' conversion loss, ESMM aside (its own is always "esmm"): ours, "esmm"
+    # (CTR and CTCVR over all impressions); "impressions": MTReclib's, the second head trained on the
+    # conversion label over all impressions (trainer.config's loss conventions).
+    conversion_loss: str = "esmm"
     lam: float = 1e-5  # the MTN paper's lambda
     # The MTN paper's choice of lambda on validation: each MTN arm runs once per value here (the
     # cells' `lam` axis) and the report keeps, per arm, noise level and seed, the run with the best
@@ -425,7 +429,7 @@ def lambda_note(settings: Settings, chosen: dict) -> str:
 
 def training_note(settings: Settings) -> str:
     """How the cells train, for a report's scale paragraph."""
-    monitor = "CVR AUC" if settings.monitor == "cvr_auc" else "the summed log loss"
+    monitor = {"cvr_auc": "CVR AUC", "ctcvr_auc": "CTCVR AUC"}.get(settings.monitor, "the summed log loss")
     times = "once" if settings.evals_per_epoch == 1 else f"{settings.evals_per_epoch} times"
     return (
         f"up to {settings.epochs} epochs of batch {settings.batch_size}, Adam {settings.learning_rate:g}, evaluated "
@@ -453,11 +457,14 @@ def trainer_config(
         "mtn": None
         if mtn is None
         else {"lam": settings.lam, "alpha_floor": settings.alpha_floor, "subsets": settings.subsets, **mtn},
-        # Ours, not the papers': the multi-task models train CTR and CTCVR over all impressions,
-        # single-task CVR on clicked rows, equal weights (these runs' setting before the Trainer's
-        # default moved on to "both").
+        # Single-task CVR on clicked rows; the multi-task models `conversion_loss`, ESMM its own;
+        # equal weights (these runs' setting before the Trainer's default moved on to "both").
         "loss": {
-            "convention": "clicked" if model in ("logistic", "single_task") else "esmm",
+            "convention": "clicked"
+            if model in ("logistic", "single_task")
+            else "esmm"
+            if model == "esmm"
+            else settings.conversion_loss,
             "weights": {"ctr": 1.0, "cvr": 1.0, "ctcvr": 1.0},
         },
         "training": {

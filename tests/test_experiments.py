@@ -388,10 +388,15 @@ def test_the_paper_preset_sets_what_the_papers_state_and_is_the_full_scale_defau
     assert trainer["model"]["embedding_dim"] == 128 and tuple(trainer["model"]["expert_units"]) == (512, 256)
     assert tuple(trainer["model"]["tower_units"]) == (128, 64) and trainer["training"]["patience"] == 3
     assert paper.data.eval_fraction == 0.2 and paper.seeds == 10 and paper.preset == "paper"
-    assert paper.lams == (1e-6, 1e-5, 1e-4) and (paper.monitor, paper.evals_per_epoch) == ("cvr_auc", 1)
+    assert paper.lams == (1e-6, 1e-5, 1e-4) and (paper.monitor, paper.evals_per_epoch) == ("ctcvr_auc", 1)
+    # conversion over all impressions for MMoE and Shared-bottom, ESMM its own loss, logistic apart
+    conventions = {m: ranking.trainer_config(m, 0, paper)["loss"]["convention"] for m in ranking.MODELS}
+    assert conventions == {"mmoe": "impressions", "esmm": "esmm", "shared_bottom": "impressions"}
+    assert ranking.trainer_config("logistic", 0, paper)["loss"]["convention"] == "clicked"
+    assert ranking.trainer_config("mmoe", 0, mtn.SCALES["quick"])["loss"]["convention"] == "esmm"
     quick = presets.mtn_paper(mtn.SCALES["quick"], "quick")
     assert quick.seeds == 2 and quick.expert_units == mtn.SCALES["quick"].expert_units and quick.lams == paper.lams
-    assert "MTReclib trains the conversion head" in report.settings_table(paper)  # what is not yet the paper's, said
+    assert "conversion trained on its label over all impressions" in report.settings_table(paper)
     assert "Preset `project`" in report.settings_table(mtn.SCALES["quick"])
     assert "2 decomposition pairs per task" in report.settings_table(ablation)
 

@@ -143,7 +143,7 @@ def _trainee(name="mmoe", **sections) -> TrainingModel:
     config = C.from_dict(
         {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in _model_config(name).items()}, **sections}
     )
-    network = models.build(SPEC.to_dict(), dataclasses.asdict(config.model))
+    network = models.build(SPEC.to_dict(), config.network_config())
     return TrainingModel(network, SPEC, config)
 
 
@@ -178,6 +178,37 @@ def test_esmm_convention_is_ctr_and_ctcvr_over_all_impressions():
     out = {k: keras.ops.convert_to_numpy(v) for k, v in trainee.network(batch).items()}
     assert set(terms) == {"ctr_loss", "ctcvr_loss"}
     assert terms["ctcvr_loss"] == pytest.approx(_bce(y["click"] * y["conversion"], out["ctcvr"]).mean(), rel=1e-4)
+
+
+def test_impressions_convention_trains_the_second_head_as_ctcvr_and_serves_cvr_as_their_ratio():
+    trainee = _trainee("mmoe", loss={"convention": "impressions"})
+    assert trainee.network.second_head == "ctcvr" and trainee.config.network_config()["second_head"] == "ctcvr"
+    batch, y = _batch(), _labels()
+    y_pred = trainee(batch)
+    terms = {k: float(v) for k, v in trainee.loss_terms(y, y_pred).items()}
+    assert set(terms) == {"ctr_loss", "ctcvr_loss"}  # embedding L2 is a training-time term
+    logits = keras.ops.convert_to_numpy(y_pred["logits"])
+    out = {k: keras.ops.convert_to_numpy(v) for k, v in trainee.network(batch).items()}
+    second = 1 / (1 + np.exp(-logits[:, 1]))
+    np.testing.assert_allclose(out["ctcvr"], second, rtol=1e-5)
+    np.testing.assert_allclose(out["cvr"], np.minimum(second / out["ctr"], 1.0), rtol=1e-5)
+    assert terms["ctcvr_loss"] == pytest.approx(_bce(y["click"] * y["conversion"], second).mean(), rel=1e-4)
+    # a conversion label on an unclicked row is no conversion: the label is click x conversion
+    y["conversion"] = np.where(y["click"] == 1, y["conversion"], 1.0)
+    assert float(trainee.loss_terms(y, y_pred)["ctcvr_loss"]) == pytest.approx(terms["ctcvr_loss"], rel=1e-6)
+    trainee.network.set_prior((0.2, 0.01))
+    bias = keras.ops.convert_to_numpy(trainee.network.logit_bias)
+    np.testing.assert_allclose(bias, np.log([0.25, 0.01 / 0.99]), rtol=1e-5)
+    # FDN's second task's auxiliary heads learn over all impressions too
+    fdn = _trainee("fdn", loss={"convention": "impressions"}, fdn={"orth": False})
+    aux = keras.ops.convert_to_numpy(fdn.aux_heads(fdn(batch)["specific"]))  # [B, k, M]
+    label = y["click"] * y["conversion"]
+    expected = _bce(y["click"][:, None], 1 / (1 + np.exp(-aux[:, 0]))).mean(axis=1).mean()
+    expected += _bce(label[:, None], 1 / (1 + np.exp(-aux[:, 1]))).mean(axis=1).mean()
+    got = float(fdn.loss_terms(y, fdn(batch))["aux_loss"])
+    assert got == pytest.approx(fdn.config.fdn.aux_weight * expected, rel=1e-4)
+    with pytest.raises(ValueError, match="second_head must be one of"):
+        models.build(SPEC.to_dict(), {**_model_config("mmoe"), "second_head": "cvr_given_click"})
 
 
 def test_both_convention_weighs_clicked_cvr_and_ctcvr_apart():

@@ -89,10 +89,10 @@ class Throughput(keras.callbacks.Callback):
 def monitor_value(metrics: dict, monitor: str) -> float:
     """The eval value `training.monitor` ranks by, higher is better: minus the summed log losses of
     the three served scores, each on the rows it is defined on (CTR and CTCVR on every row, CVR on
-    clicked rows; a split without clicked rows sums the other two), or the CVR AUC. nan when the
-    eval split cannot tell."""
-    if monitor == "cvr_auc":
-        return metrics["cvr_auc"]
+    clicked rows; a split without clicked rows sums the other two), or the CVR or CTCVR AUC. nan
+    when the eval split cannot tell."""
+    if monitor in ("cvr_auc", "ctcvr_auc"):
+        return metrics[monitor]
     cvr = metrics["cvr_logloss"]
     return -(metrics["ctr_logloss"] + metrics["ctcvr_logloss"] + (0.0 if math.isnan(cvr) else cvr))
 

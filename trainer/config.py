@@ -19,15 +19,16 @@ import typing
 
 MODEL_NAMES = ("logistic", "single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple", "esmm", "aitm", "fdn")
 # ESMM's: CTR and CTCVR losses over all impressions. Clicked: CTR over all rows, CVR on clicked rows only.
-# Both: ESMM's two terms plus CVR on clicked rows.
-LOSS_CONVENTIONS = ("esmm", "clicked", "both")
+# Both: ESMM's two terms plus CVR on clicked rows. Impressions (MTReclib's, the MTN paper's): the second
+# head predicts conversion over all impressions, so it is the served CTCVR and CVR is CTCVR / CTR.
+LOSS_CONVENTIONS = ("esmm", "clicked", "both", "impressions")
 # Under "both", CVR on the few clicked rows is a down-weighted helper of ESMM's two terms (the sweep).
 BOTH_WEIGHTS = {"ctr": 1.0, "cvr": 0.3, "ctcvr": 1.0}
 ORTH_VARIANTS = ("paper", "authors")
 MTN_TARGETS = ("towers", "experts")
 MTN_SUBSETS = ("modes", "all")
 AUX_REDUCTIONS = ("mean", "sum")
-MONITORS = ("logloss", "cvr_auc")
+MONITORS = ("logloss", "cvr_auc", "ctcvr_auc")
 EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "ftrl")
 # The `model` keys that default to null resolve per model: `MODEL_DEFAULTS[name]`, else
 # `GENERAL_DEFAULTS`. PLE stacks two extraction levels: at [128, 64] units per expert it overfits
@@ -66,7 +67,8 @@ class LossConfig:
     # None: "clicked" for the models whose tasks are trained apart (logistic, single_task), else
     # "both" (chosen on the eval split: the README's sweep).
     convention: typing.Optional[str] = None
-    # Each term's weight: "ctr", "cvr" (the clicked-rows CVR term) and "ctcvr"; keys left out take
+    # Each term's weight: "ctr", "cvr" (the clicked-rows CVR term) and "ctcvr" (ESMM's product, or
+    # under "impressions" the second head over all impressions); keys left out take
     # the convention's defaults, `BOTH_WEIGHTS` under "both" and 1 otherwise.
     weights: typing.Optional[dict] = None
 
@@ -102,7 +104,8 @@ class TrainingConfig:
     batch_size: int = 2048
     learning_rate: float = 1e-3
     # Early stopping and the weights kept: "logloss", the summed eval log loss of CTR and CTCVR (every
-    # row) and CVR (clicked rows), or "cvr_auc", the eval CVR AUC on clicked rows (the MTN paper's rule).
+    # row) and CVR (clicked rows), "cvr_auc", the eval CVR AUC on clicked rows, or "ctcvr_auc", the eval
+    # CTCVR AUC on every row (the MTN paper's rule: its conversion task is over all impressions).
     monitor: str = "logloss"
     evals_per_epoch: int = 4  # evaluations per pass over the training split (one when it streams)
     patience: int = 4  # evaluations without a better monitor value before stopping
@@ -147,6 +150,12 @@ class TrainerConfig:
         if self.loss.convention is not None:
             return self.loss.convention
         return "clicked" if self.model.name in ("logistic", "single_task") else "both"
+
+    def network_config(self) -> dict:
+        """The model section as the network is built from it (`trainer.models.build`): under the
+        "impressions" convention the second head is CTCVR, not CVR (`second_head`)."""
+        config = dataclasses.asdict(self.model)
+        return {**config, "second_head": "ctcvr"} if self.loss_convention == "impressions" else config
 
     @property
     def loss_weights(self) -> dict:

@@ -179,7 +179,7 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
         if hardware.mixed_precision:
             keras.config.set_dtype_policy("mixed_float16")
         with strategy.scope():
-            network = models.build(spec.to_dict(), dataclasses.asdict(config.model))
+            network = models.build(spec.to_dict(), config.network_config())
             trainee = TrainingModel(network, spec, config)
             optimizer = optimizers.for_model(network, training)
             trainee.compile_for_training(optimizer, hardware.xla, multi_worker=workers.multi_worker)
@@ -196,7 +196,8 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=2)
     first_round = state["evals_done"]
     if not first_round:
-        network.set_prior(_label_rates(train_split, batch_size))
+        ctr, cvr = _label_rates(train_split, batch_size)
+        network.set_prior((ctr, ctr * cvr if network.second_head == "ctcvr" else cvr))
     if chief and first_round:
         path = os.path.join(run_dir, "checkpoints", f"ckpt-{first_round}")
         checkpoint.restore(path).assert_existing_objects_matched()

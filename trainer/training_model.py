@@ -90,7 +90,7 @@ class TrainingModel(keras.Model):
         self._compiled_step = self._compiled_gradients = None
         self.multi_worker = False
         names = ["ctr_loss"] + ["cvr_loss"] * (self.convention in ("clicked", "both"))
-        names += ["ctcvr_loss"] * (self.convention in ("esmm", "both"))
+        names += ["ctcvr_loss"] * (self.convention in ("esmm", "both", "impressions"))
         names += ["mtn_loss"] * (self.mtn is not None) + ["aux_loss"] * (self.aux_heads is not None)
         names += ["orth_loss"] * self.orth
         self.embedding_l2 = config.training.embedding_l2
@@ -147,6 +147,8 @@ class TrainingModel(keras.Model):
             terms["ctcvr_loss"] = weights["ctcvr"] * -ops.mean(
                 label * ops.log(ctcvr) + (1 - label) * ops.log(1 - ctcvr)
             )
+        if self.convention == "impressions":
+            terms["ctcvr_loss"] = weights["ctcvr"] * ops.mean(_bce_with_logits(click * conversion, logits[:, 1]))
         if self.mtn is not None and include_mtn:
             terms["mtn_loss"] = self.mtn(mtn_stacks(self.network, self.config.mtn.target, self.config.mtn.depth))
         if self.aux_heads is not None:
@@ -154,9 +156,12 @@ class TrainingModel(keras.Model):
             # per row, the mean over the heads (ours) or their sum (the paper's)
             over_heads = ops.sum if self.config.fdn.aux_reduction == "sum" else ops.mean
             ctr_aux = ops.mean(over_heads(_bce_with_logits(click[:, None], aux[:, 0]), axis=1))
-            cvr_aux = _masked_mean(
-                over_heads(_bce_with_logits(conversion[:, None], aux[:, 1]), axis=1), click, clicks, replicas
-            )
+            if self.convention == "impressions":  # the second task's heads learn what its head does
+                cvr_aux = ops.mean(over_heads(_bce_with_logits((click * conversion)[:, None], aux[:, 1]), axis=1))
+            else:
+                cvr_aux = _masked_mean(
+                    over_heads(_bce_with_logits(conversion[:, None], aux[:, 1]), axis=1), click, clicks, replicas
+                )
             terms["aux_loss"] = self.config.fdn.aux_weight * (ctr_aux + cvr_aux)
         if "embedding_l2" in y_pred:
             terms["embedding_l2_loss"] = self.embedding_l2 * y_pred["embedding_l2"]

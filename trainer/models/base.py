@@ -1,7 +1,9 @@
 """What every model shares: inputs, the three outputs, and where MTN finds stacked weights.
 
 A model maps the dense inputs of `trainer.inputs` to two logits, CTR and CVR, and outputs
-probabilities `ctr`, `cvr` and `ctcvr = ctr * cvr` ([B] float32 each). `forward` also returns
+probabilities `ctr`, `cvr` and `ctcvr = ctr * cvr` ([B] float32 each). A model trained under the
+"impressions" loss convention (`config["second_head"] == "ctcvr"`) has CTCVR as its second logit
+instead, and serves `cvr = min(ctcvr / ctr, 1)`. `forward` also returns
 what loss terms need besides the logits (FDN's expert features); those terms and any of their
 parameters live in `trainer.regularizers`, outside the model, so the export holds none of them.
 """
@@ -17,11 +19,18 @@ from trainer.blocks import FieldEmbedding, LinearLogits
 TASKS = ("ctr", "cvr")
 
 
-def outputs_from_logits(logits) -> dict:
-    """[B, 2] logits (CTR, CVR) -> {ctr, cvr, ctcvr}: [B] float32 probabilities."""
+SECOND_HEADS = ("cvr", "ctcvr")
+
+
+def outputs_from_logits(logits, second_head: str = "cvr") -> dict:
+    """[B, 2] logits (CTR, then CVR or CTCVR per `second_head`) -> {ctr, cvr, ctcvr}: [B] float32
+    probabilities."""
     probabilities = ops.sigmoid(ops.cast(logits, "float32"))
-    ctr, cvr = probabilities[:, 0], probabilities[:, 1]
-    return {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
+    ctr, second = probabilities[:, 0], probabilities[:, 1]
+    if second_head == "ctcvr":
+        # Trained apart, the two heads may put CTCVR above CTR; the served CVR stays a probability.
+        return {"ctr": ctr, "cvr": ops.minimum(second / ops.maximum(ctr, 1e-7), 1.0), "ctcvr": second}
+    return {"ctr": ctr, "cvr": second, "ctcvr": ctr * second}
 
 
 class MultiTaskModel(keras.Model):
@@ -36,12 +45,16 @@ class MultiTaskModel(keras.Model):
     def __init__(self, spec: dict, config: dict, **kwargs):
         super().__init__(**kwargs)
         self.spec, self.config = spec, dict(config)
+        self.second_head = self.config.get("second_head", "cvr")
+        if self.second_head not in SECOND_HEADS:
+            raise ValueError(f"second_head must be one of {SECOND_HEADS}, got {self.second_head!r}")
         self.num_tasks = len(TASKS)
         self.wide = LinearLogits(spec, self.num_tasks, name="wide") if config.get("wide") else None
         self.logit_bias = self.add_weight(shape=(self.num_tasks,), initializer="zeros", name="logit_bias")
 
     def set_prior(self, rates) -> None:
-        """Starts the logit biases at the log-odds of each task's positive rate (CTR, CVR given click)."""
+        """Starts the logit biases at the log-odds of each head's positive rate (CTR, then CVR given
+        click or, with CTCVR as the second head, conversions per impression)."""
         rates = np.clip(np.asarray(rates, np.float64), 1e-6, 1 - 1e-6)
         self.logit_bias.assign(np.log(rates / (1 - rates)).astype("float32"))
 
@@ -70,7 +83,7 @@ class MultiTaskModel(keras.Model):
 
     def call(self, features, training=False):
         logits, _ = self.forward(features, training)
-        return outputs_from_logits(logits)
+        return outputs_from_logits(logits, self.second_head)
 
     def tower_kernels(self) -> list:
         """Per tower depth, the k tasks' weights stacked: [k, d_in, d_out]."""
