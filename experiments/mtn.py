@@ -128,8 +128,7 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             report.render_claims(claims(values, records), scale, len(seeds)),
             "## Notes",
             "- " + ranking.mtn_scale_note(records) + " " + ranking.lambda_note(settings, chosen) + "\n"
-            "- Every model trains on the `esmm` loss: CTR and CTCVR (= CTR x CVR) over all impressions, so the "
-            "conversion head learns through CTCVR; CVR AUC is scored on the clicked test rows.",
+            "- " + ranking.loss_note(settings),
             "## Settings",
             report.settings_table(settings, seeds),
         ]

@@ -180,6 +180,7 @@ def write_report(out: str, settings: Settings, scale: str, seeds: list, all_reco
         report.render_claims(claims(values, noise_levels, records), scale, len(seeds)),
         "## Notes",
         "- " + ranking.mtn_scale_note(records) + " " + ranking.lambda_note(settings, chosen),
+        "- " + ranking.loss_note(settings),
         "## Settings",
         report.settings_table(settings, seeds),
     ]

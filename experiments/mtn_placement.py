@@ -253,6 +253,7 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             report.render_claims(claims(values, records), scale, len(seeds)),
             "## Notes",
             "- " + ranking.mtn_scale_note(records) + " " + ranking.lambda_note(settings, chosen),
+            "- " + ranking.loss_note(settings),
             "## Settings",
             report.settings_table(settings, seeds),
         ]

@@ -427,6 +427,20 @@ def lambda_note(settings: Settings, chosen: dict) -> str:
     )
 
 
+def loss_note(settings: Settings) -> str:
+    """What the multi-task models' conversion head learns from, for a report's notes."""
+    if settings.conversion_loss == "impressions":
+        return (
+            "MMoE and Shared-bottom train MTReclib's loss: CTR, and conversion on its label over all impressions "
+            "(the `impressions` convention), so their second head is CTCVR and the CVR AUC on the clicked test rows "
+            "scores CTCVR / CTR; ESMM trains its own loss, CTR and CTCVR (= CTR x CVR) over all impressions."
+        )
+    return (
+        "Every multi-task model trains on the `esmm` loss: CTR and CTCVR (= CTR x CVR) over all impressions, so "
+        "the conversion head learns through CTCVR; CVR AUC is scored on the clicked test rows."
+    )
+
+
 def training_note(settings: Settings) -> str:
     """How the cells train, for a report's scale paragraph."""
     monitor = {"cvr_auc": "CVR AUC", "ctcvr_auc": "CTCVR AUC"}.get(settings.monitor, "the summed log loss")
