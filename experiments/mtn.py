@@ -82,14 +82,14 @@ def gain_table(values: dict) -> report.Table:
     return report.Table(columns, tuple(rows))
 
 
-def claims(values: dict, records=()) -> list[report.Claim]:
+def claims(values: dict, records=(), tasks=ranking.TASKS) -> list[report.Claim]:
     def auc(model, regularizer, task):
         return values.get((model, regularizer), {}).get(f"{task}_auc", {})
 
     return [
         report.Claim(
             "MTN paper, Table 1",
-            f"MTN improves {name}'s test AUC on every task (CTR, CVR, CTCVR).",
+            f"MTN improves {name}'s test AUC on every task ({ranking.tasks_phrase(tasks)}).",
             tuple(
                 report.Comparison(
                     f"{name} + MTN {task.upper()}",
@@ -99,7 +99,7 @@ def claims(values: dict, records=()) -> list[report.Claim]:
                     higher_is_better=True,
                     reference_values=ranking.reference_auc(records, task),
                 )
-                for task in ranking.TASKS
+                for task in tasks
             ),
         )
         for model, name in ranking.MODELS.items()
@@ -125,7 +125,7 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             report.significance_note("the same model without MTN", len(seeds)),
             "## MTN's gain: AUC with MTN minus without, per seed",
             report.render_table(gain_table(values)),
-            report.render_claims(claims(values, records), scale, len(seeds)),
+            report.render_claims(claims(values, records, ranking.claim_tasks(settings)), scale, len(seeds)),
             "## Notes",
             "- " + ranking.mtn_scale_note(records) + " " + ranking.lambda_note(settings, chosen) + "\n"
             "- " + ranking.loss_note(settings),

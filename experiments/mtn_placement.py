@@ -168,7 +168,7 @@ def auc_table(values: dict, records) -> report.Table:
     return report.Table(columns, tuple(rows), first_column="model")
 
 
-def claims(values: dict, records=()) -> list[report.Claim]:
+def claims(values: dict, records=(), tasks=ranking.TASKS) -> list[report.Claim]:
     def auc(placement, task):
         return values.get(placement, {}).get(f"{task}_auc", {})
 
@@ -182,20 +182,21 @@ def claims(values: dict, records=()) -> list[report.Claim]:
                 higher_is_better=True,
                 reference_values=ranking.reference_auc(records, t),
             )
-            for t in ranking.TASKS
+            for t in tasks
         )
 
     source = "MTN paper, Analysis 3"
     return [
         report.Claim(
             source,
-            "MTN on the towers (the method's placement) beats MTN on the experts, on every task.",
+            f"MTN on the towers (the method's placement) beats MTN on the experts, on every task "
+            f"({ranking.tasks_phrase(tasks)}).",
             beats("towers", "experts"),
         ),
         report.Claim(
             source,
             "MTN on every depth (the method's multi-layer norm) beats MTN on the first depth only, "
-            "on towers and on experts, on every task.",
+            f"on towers and on experts, on every task ({ranking.tasks_phrase(tasks)}).",
             beats("towers", "towers_depth0") + beats("experts", "experts_depth0"),
         ),
         report.Claim(
@@ -250,7 +251,7 @@ def write_report(out: str, settings: ranking.Settings, scale: str, seeds: list, 
             report.render_table(auc_table(values, records)),
             report.significance_note("MMoE without MTN", len(seeds)),
             f"![distances between the experts' outputs]({figure})",
-            report.render_claims(claims(values, records), scale, len(seeds)),
+            report.render_claims(claims(values, records, ranking.claim_tasks(settings)), scale, len(seeds)),
             "## Notes",
             "- " + ranking.mtn_scale_note(records) + " " + ranking.lambda_note(settings, chosen),
             "- " + ranking.loss_note(settings),

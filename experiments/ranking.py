@@ -427,6 +427,17 @@ def lambda_note(settings: Settings, chosen: dict) -> str:
     )
 
 
+def claim_tasks(settings: Settings) -> tuple:
+    """The tasks a claim is judged on: all three, or under MTReclib's loss the paper's two, CTR and
+    conversion over all impressions (CTCVR). There CVR on clicked rows is the ratio of two heads
+    trained apart, not a task of the paper (its AUC is still tabled)."""
+    return ("ctr", "ctcvr") if settings.conversion_loss == "impressions" else TASKS
+
+
+def tasks_phrase(tasks) -> str:
+    return ", ".join(task.upper() for task in tasks)
+
+
 def loss_note(settings: Settings) -> str:
     """What the multi-task models' conversion head learns from, for a report's notes."""
     if settings.conversion_loss == "impressions":

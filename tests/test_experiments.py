@@ -394,6 +394,10 @@ def test_the_paper_preset_sets_what_the_papers_state_and_is_the_full_scale_defau
     assert conventions == {"mmoe": "impressions", "esmm": "esmm", "shared_bottom": "impressions"}
     assert ranking.trainer_config("logistic", 0, paper)["loss"]["convention"] == "clicked"
     assert ranking.trainer_config("mmoe", 0, mtn.SCALES["quick"])["loss"]["convention"] == "esmm"
+    # judged on the paper's two tasks: CVR on clicked rows is then a ratio of two heads trained apart
+    assert ranking.claim_tasks(paper) == ("ctr", "ctcvr") and ranking.claim_tasks(mtn.SCALES["quick"]) == ranking.TASKS
+    judged = mtn.claims({}, (), ranking.claim_tasks(paper))[0]
+    assert [c.better for c in judged.comparisons] == ["MMoE + MTN CTR", "MMoE + MTN CTCVR"]
     assert "MTReclib's loss" in ranking.loss_note(paper) and "`esmm` loss" in ranking.loss_note(mtn.SCALES["quick"])
     quick = presets.mtn_paper(mtn.SCALES["quick"], "quick")
     assert quick.seeds == 2 and quick.expert_units == mtn.SCALES["quick"].expert_units and quick.lams == paper.lams
