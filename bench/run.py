@@ -1,8 +1,10 @@
 """`make bench`: prints the performance table for what the project has built so far.
 
 Each measurement runs in its own process, so its peak RSS is its own. Rows/s exclude each
-stage's fixed start-up, measured as the time of the same stage on a 1,000-row input. Transform
-is measured on the largest size, without and with noise injection (P=0.1, Q=0.2).
+stage's fixed start-up, measured as the time of the same stage on a 1,000-row input. ExampleGen
+is also measured at the largest size on two worker processes, and on data with about one user
+(one common-features line) per sample. Transform is measured on the largest size, without and
+with noise injection (P=0.1, Q=0.2).
 The Trainer is measured on 1.4M synthetic rows (1M training rows after the test and eval
 splits): one epoch per model at the reference configuration (embedding 16, experts [128, 64],
 MMoE 8 experts, towers [64], batch 2,048), MMoE with and without MTN, the SavedModel's
@@ -47,16 +49,22 @@ print(json.dumps({"seconds": time.perf_counter() - started, "written": sum(stats
 """
 
 
-def synthetic(rows: int, data_dir: pathlib.Path) -> tuple[pathlib.Path, float]:
-    """The synthetic raw Ali-CCP folder for `rows` (generated once, then reused) and its generation rate."""
+SESSION_ROWS_PER_USER = 25.0  # the generator's default: users with about 25 impressions each
+
+
+def synthetic(rows: int, data_dir: pathlib.Path, rows_per_user: float = SESSION_ROWS_PER_USER) -> tuple:
+    """The synthetic raw Ali-CCP folder for `rows` (generated once, then reused) and its generation
+    rate. `rows_per_user` 1: about one common-features line per sample, sessions of one or two."""
     from synth import aliccp
 
-    folder = data_dir / f"aliccp_{rows}"
+    suffix = "" if rows_per_user == SESSION_ROWS_PER_USER else f"_per_user{rows_per_user:g}"
+    folder = data_dir / f"aliccp_{rows}{suffix}"
     manifest_path = folder / "synth.json"
     if manifest_path.exists() and json.loads(manifest_path.read_text())["config"]["rows"] == rows:
         return folder, float("nan")
     started = time.perf_counter()
-    aliccp.generate(aliccp.AliccpSynthConfig(rows=rows, seed=0), str(folder), progress=False)
+    config = aliccp.AliccpSynthConfig(rows=rows, seed=0, rows_per_user=rows_per_user)
+    aliccp.generate(config, str(folder), progress=False)
     return folder, rows / (time.perf_counter() - started)
 
 
@@ -267,6 +275,11 @@ def bench_pipeline(args, data_dir: pathlib.Path) -> None:
     two_workers = ingest(synthetic(largest, data_dir)[0], data_dir / f"out_{largest}_2w", workers=2)
     assert two_workers["written"] == largest, two_workers
     print(f"  measured ingest of {largest:,} rows on 2 workers", file=sys.stderr, flush=True)
+    # Small sessions: one user per sample or so, so about as many common-features lines as samples.
+    per_sample_folder, _ = synthetic(largest, data_dir, rows_per_user=1.0)
+    per_sample = ingest(per_sample_folder, data_dir / f"out_{largest}_per_user1")
+    assert per_sample["written"] == largest, per_sample
+    print(f"  measured ingest of {largest:,} rows with one user per sample", file=sys.stderr, flush=True)
     transform_startup = transform(data_dir / "out_1000", data_dir / "transform_1000", 0.0)["seconds"]
     transforms = []
     for noise_proportion, workers in ((0.0, 1), (0.1, 1), (0.0, 2)):
@@ -278,20 +291,27 @@ def bench_pipeline(args, data_dir: pathlib.Path) -> None:
     print(f"Fixed start-up (1,000-row run): ExampleGen {startup:.1f} s, Transform {transform_startup:.1f} s\n")
     print("| benchmark | rows | wall s | rows/s excl. start-up | peak RSS MB | floor |")
     print("|---|---:|---:|---:|---:|---|")
+    # Floors: the performance issue's, at 2M rows on this 2-core machine.
     for rows, synth_rate, run, rate in rows_table:
         print(
             f"| ingest aliccp-raw | {rows:,} | {run['seconds']:.1f} | {rate:,.0f} | {run['rss_mb']:,.0f} "
-            f"| >= 15,000 rows/s; < 4,096 MB at 2M |"
+            f"| >= 30,000 rows/s; < 4,096 MB at 2M |"
         )
     rate = largest / max(two_workers["seconds"] - startup, 1e-9)
     print(
         f"| ingest aliccp-raw, 2 worker processes | {largest:,} | {two_workers['seconds']:.1f} | {rate:,.0f} "
-        f"| {two_workers['rss_mb']:,.0f} (runner only) | |"
+        f"| {two_workers['rss_mb']:,.0f} (runner only) | >= 30,000 rows/s |"
+    )
+    rate = largest / max(per_sample["seconds"] - startup, 1e-9)
+    common_lines = per_sample["lines"] - largest
+    print(
+        f"| ingest aliccp-raw, one user per sample ({common_lines:,} common lines) | {largest:,} "
+        f"| {per_sample['seconds']:.1f} | {rate:,.0f} | {per_sample['rss_mb']:,.0f} | >= 15,000 rows/s |"
     )
     for noise_proportion, workers, run, rate in transforms:
         label = f"transform, noise P={noise_proportion} Q=0.2" if noise_proportion else "transform, no noise"
         label += ", 2 worker processes" if workers == 2 else ""
-        floor = ">= 10,000 rows/s" if workers == 1 else ""
+        floor = ">= 20,000 rows/s" if workers == 1 else ""
         rss = f"{run['rss_mb']:,.0f}" + (" (runner only)" if workers == 2 else "")
         print(f"| {label} | {largest:,} | {run['seconds']:.1f} | {rate:,.0f} | {rss} | {floor} |")
     for rows, synth_rate, _, _ in rows_table:
