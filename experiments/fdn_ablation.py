@@ -137,7 +137,7 @@ def parameter_counts(spec: dict, settings: Settings) -> dict:
     counts = {}
     for key, model, arm in [(name, name, None) for name in BASELINES] + [(f"fdn_{arm}", MODEL, arm) for arm in ARMS]:
         config = from_dict(ranking.trainer_config(model, 0, settings, None, overrides(model, arm, settings)))
-        network = models.build(spec, dataclasses.asdict(config.model))
+        network = models.build(spec, config.network_config())
         trainee = TrainingModel(network, InputSpec.from_dict(spec), config)  # builds the network and aux heads
         counts.update(
             {

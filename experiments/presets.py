@@ -55,6 +55,23 @@ def mtn_paper(settings, scale: str = "full"):
     return dataclasses.replace(settings, preset=PAPER, data=data, **MTN_PAPER, **at_scale)
 
 
+def at_quick_scale(paper_preset, **changes):
+    """`paper_preset` with `changes` applied at the quick scale only: an experiment's own choices to
+    finish in 15 minutes (the reports' settings tables show them). A callable value maps the
+    field's current value to the new one."""
+
+    def preset(settings, scale: str = "full"):
+        settings = paper_preset(settings, scale)
+        if scale == "full":
+            return settings
+        return dataclasses.replace(
+            settings,
+            **{key: value(getattr(settings, key)) if callable(value) else value for key, value in changes.items()},
+        )
+
+    return preset
+
+
 def describe(settings) -> str:
     """One paragraph for a report: which preset ran, and what it set."""
     if settings.preset != PAPER:

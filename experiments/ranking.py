@@ -463,6 +463,11 @@ def training_note(settings: Settings) -> str:
     )
 
 
+# The models whose loss is their own whatever `conversion_loss` says: the single-task ones train
+# CVR on clicked rows, ESMM its CTR and CTCVR over all impressions.
+OWN_CONVENTIONS = {"logistic": "clicked", "single_task": "clicked", "esmm": "esmm"}
+
+
 def trainer_config(
     model: str, seed: int, settings: Settings, mtn: dict | None = None, overrides: dict | None = None
 ) -> dict:
@@ -482,14 +487,9 @@ def trainer_config(
         "mtn": None
         if mtn is None
         else {"lam": settings.lam, "alpha_floor": settings.alpha_floor, "subsets": settings.subsets, **mtn},
-        # Single-task CVR on clicked rows; the multi-task models `conversion_loss`, ESMM its own;
-        # equal weights (these runs' setting before the Trainer's default moved on to "both").
+        # Equal weights: these runs' setting before the Trainer's default moved on to "both".
         "loss": {
-            "convention": "clicked"
-            if model in ("logistic", "single_task")
-            else "esmm"
-            if model == "esmm"
-            else settings.conversion_loss,
+            "convention": OWN_CONVENTIONS.get(model, settings.conversion_loss),
             "weights": {"ctr": 1.0, "cvr": 1.0, "ctcvr": 1.0},
         },
         "training": {

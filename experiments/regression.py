@@ -107,7 +107,7 @@ class _Trainee:
 
 
 def _build(config: TrainerConfig, spec: InputSpec) -> _Trainee:
-    network = models.build(spec.to_dict(), dataclasses.asdict(config.model))
+    network = models.build(spec.to_dict(), config.network_config())
     network(as_features(np.zeros((2, len(spec.fields)), np.float32), spec))  # builds every weight
     is_fdn = config.model.name == "fdn"
     aux_heads = (

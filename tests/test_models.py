@@ -196,7 +196,7 @@ def test_impressions_convention_trains_the_second_head_as_ctcvr_and_serves_cvr_a
     # a conversion label on an unclicked row is no conversion: the label is click x conversion
     y["conversion"] = np.where(y["click"] == 1, y["conversion"], 1.0)
     assert float(trainee.loss_terms(y, y_pred)["ctcvr_loss"]) == pytest.approx(terms["ctcvr_loss"], rel=1e-6)
-    trainee.network.set_prior((0.2, 0.01))
+    trainee.network.set_prior((0.2, 0.05))  # CTR, CVR given click: CTCVR 0.01
     bias = keras.ops.convert_to_numpy(trainee.network.logit_bias)
     np.testing.assert_allclose(bias, np.log([0.25, 0.01 / 0.99]), rtol=1e-5)
     # FDN's second task's auxiliary heads learn over all impressions too

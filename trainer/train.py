@@ -196,8 +196,7 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"), max_to_keep=2)
     first_round = state["evals_done"]
     if not first_round:
-        ctr, cvr = _label_rates(train_split, batch_size)
-        network.set_prior((ctr, ctr * cvr if network.second_head == "ctcvr" else cvr))
+        network.set_prior(_label_rates(train_split, batch_size))
     if chief and first_round:
         path = os.path.join(run_dir, "checkpoints", f"ckpt-{first_round}")
         checkpoint.restore(path).assert_existing_objects_matched()

@@ -53,9 +53,12 @@ class MultiTaskModel(keras.Model):
         self.logit_bias = self.add_weight(shape=(self.num_tasks,), initializer="zeros", name="logit_bias")
 
     def set_prior(self, rates) -> None:
-        """Starts the logit biases at the log-odds of each head's positive rate (CTR, then CVR given
-        click or, with CTCVR as the second head, conversions per impression)."""
-        rates = np.clip(np.asarray(rates, np.float64), 1e-6, 1 - 1e-6)
+        """Starts the logit biases at the log-odds of each head's positive rate, from `rates` (CTR,
+        CVR given click): with CTCVR as the second head, its rate is their product."""
+        ctr, cvr = rates
+        rates = np.clip(
+            np.asarray([ctr, ctr * cvr if self.second_head == "ctcvr" else cvr], np.float64), 1e-6, 1 - 1e-6
+        )
         self.logit_bias.assign(np.log(rates / (1 - rates)).astype("float32"))
 
     def embedding(self, name="embedding") -> FieldEmbedding:
