@@ -46,12 +46,13 @@ class FieldEmbedding(keras.layers.Layer):
             if self.bags
             else None
         )
-        # [sum of bag lengths, F_bag]: 1 where a bag position belongs to the field; pools all bags in one matmul.
-        self.bag_pooling = np.zeros((sum(f.bag_length for f in self.bags), len(self.bags)), "float32")
-        start = 0
-        for j, f in enumerate(self.bags):
-            self.bag_pooling[start : start + f.bag_length, j] = 1.0
-            start += f.bag_length
+        # Consecutive bags of one length, as (bags, length) runs: each run pools with one reshape and sum.
+        self.bag_runs = []
+        for f in self.bags:
+            if self.bag_runs and self.bag_runs[-1][1] == f.bag_length:
+                self.bag_runs[-1][0] += 1
+            else:
+                self.bag_runs.append([1, f.bag_length])
 
     def build(self, input_shape=None):
         self.table = self.add_weight(
@@ -81,20 +82,34 @@ class FieldEmbedding(keras.layers.Layer):
             return ops.zeros((batch, 0), "int32"), ops.zeros((batch, 0), "float32")
         return ops.concatenate(rows, axis=1), ops.concatenate(present, axis=1)
 
+    def _rows(self, ids):
+        # tf.gather, not ops.take: ids are never negative, and take's wrap-around costs three ops per lookup.
+        return tf.gather(self.table, ids)
+
+    def _pool(self, values):
+        """[B, sum of bag lengths, d] -> [B, F_bag, d]: the sum over each bag's positions. A reshape
+        and a sum per run of equal-length bags, which XLA and the plain executor both run fast
+        (an einsum against a [positions, bags] indicator transposed [B, L, d] both ways)."""
+        pooled, start = [], 0
+        for bags, length in self.bag_runs:
+            block = values[:, start : start + bags * length]
+            pooled.append(ops.sum(ops.reshape(block, (-1, bags, length, values.shape[-1])), axis=2))
+            start += bags * length
+        return ops.concatenate(pooled, axis=1) if len(pooled) > 1 else pooled[0]
+
     def call(self, features):
         parts = []
         if self.categorical:
             ids = ops.stack([features[f.key] for f in self.categorical], axis=1) + self.categorical_offsets
-            parts.append(ops.reshape(ops.take(self.table, ids, axis=0), (-1, len(self.categorical) * self.dim)))
+            parts.append(ops.reshape(self._rows(ids), (-1, len(self.categorical) * self.dim)))
         if self.bags:
             ids = ops.concatenate([features[f.key] for f in self.bags], axis=1) + self.bag_offsets
             weights = ops.concatenate([features[f.weight_key] for f in self.bags], axis=1)
-            vectors = ops.take(self.table, ids, axis=0) * ops.expand_dims(ops.cast(weights, self.compute_dtype), -1)
-            pooled = ops.einsum("bld,lf->bfd", vectors, ops.cast(self.bag_pooling, self.compute_dtype))
+            vectors = self._rows(ids) * ops.expand_dims(ops.cast(weights, self.compute_dtype), -1)
+            pooled = self._pool(vectors)
             if self.pooling == "mean":
-                present = ops.cast(ops.not_equal(weights, 0), self.compute_dtype)
-                count = ops.matmul(present, ops.cast(self.bag_pooling, self.compute_dtype))
-                pooled = pooled / ops.expand_dims(ops.maximum(count, 1.0), -1)
+                count = self._pool(ops.cast(ops.not_equal(weights, 0), self.compute_dtype)[..., None])
+                pooled = pooled / ops.maximum(count, 1.0)
             parts.append(ops.reshape(pooled, (-1, len(self.bags) * self.dim)))
         if self.numeric:
             parts.append(ops.cast(ops.stack([features[f.key] for f in self.numeric], axis=1), self.compute_dtype))
