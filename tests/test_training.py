@@ -268,6 +268,18 @@ def test_predict_signature_takes_named_raw_tensors_and_agrees(trained_mmoe, trai
         np.testing.assert_allclose(by_tensors[key].numpy(), by_examples[key].numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_predict_skips_padding_anywhere_in_a_bag(trained_mmoe, trainable_synthetic):
+    out, _, _ = trained_mmoe
+    predict = tf.saved_model.load(str(out / "model" / "serving")).signatures["predict"]
+    tensors = export.predict_inputs(predict, _raw_examples(trainable_synthetic[0], "test")[:200])
+    padded = dict(tensors)
+    for key in ("f109_14", "f109_14_weight"):  # a padding column in front of every bag
+        pad = -1 if key == "f109_14" else 0.0
+        padded[key] = tf.concat([tf.fill([200, 1], tf.cast(pad, tensors[key].dtype)), tensors[key]], axis=1)
+    for key, value in predict(**tensors).items():
+        np.testing.assert_allclose(predict(**padded)[key].numpy(), value.numpy(), rtol=1e-6)
+
+
 def test_missing_and_unseen_fields_fall_back_instead_of_failing(trained_mmoe, trainable_synthetic):
     out, _, _ = trained_mmoe
     serve = tf.saved_model.load(str(out / "model" / "serving")).signatures["serving_default"]

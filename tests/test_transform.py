@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from common.sparse import leading
 from tests.conftest import NOISE, read_examples, read_records, read_transformed
 from transform import features as F
 from transform import noise, preprocessing
@@ -392,3 +393,21 @@ def test_a_replacement_follows_the_training_distribution_without_the_original():
     single = noise.Distribution(np.array([5], np.int64), np.array([4.0]))
     draws, drawn = single.draw_other(np.array([5, 6], np.int64), np.array([0.5, 0.5]))
     assert list(drawn) == [False, True] and list(draws) == [5, 5]
+
+
+def test_leading_values_match_the_ragged_padding_they_replace():
+    rng = np.random.default_rng(0)
+    rows = [list(rng.integers(0, 100, rng.integers(0, 5))) for _ in range(60)] + [[]]
+    examples = [
+        tf.train.Example(
+            features=tf.train.Features(feature={"a": tf.train.Feature(int64_list=tf.train.Int64List(value=r))})
+        ).SerializeToString()
+        for r in rows
+    ]
+    parsed = tf.io.parse_example(examples, {"a": tf.io.VarLenFeature(tf.int64)})["a"]
+    for length in (1, 3, 6):
+        expected = [(r + [-7] * length)[:length] for r in rows]
+        assert leading(parsed, length, -7).numpy().tolist() == expected
+    none = tf.io.parse_example(tf.constant([b""] * 3), {"a": tf.io.VarLenFeature(tf.int64)})["a"]  # every row empty
+    assert leading(none, 2, -1).numpy().tolist() == [[-1, -1]] * 3
+    assert leading(tf.sparse.slice(parsed, [0, 0], [0, 5]), 2).shape == (0, 2)  # no rows

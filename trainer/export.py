@@ -38,9 +38,13 @@ def serving_raw_spec(tft_output) -> dict:
 
 
 def _sparse(dense, keep):
-    """[B, L] dense and a [B, L] bool mask -> SparseTensor [B, L] of the kept entries, in order."""
+    """[B, L] dense and a [B, L] bool mask -> SparseTensor [B, L] of the kept entries, in order,
+    each row's in columns 0, 1, ... as parsed tf.Examples have them (padding inside a bag is skipped)."""
     indices = tf.where(keep)
-    return tf.SparseTensor(indices, tf.gather_nd(dense, indices), tf.shape(dense, out_type=tf.int64))
+    columns = tf.gather_nd(tf.cumsum(tf.cast(keep, tf.int64), axis=1, exclusive=True), indices)
+    return tf.SparseTensor(
+        tf.stack([indices[:, 0], columns], axis=1), tf.gather_nd(dense, indices), tf.shape(dense, out_type=tf.int64)
+    )
 
 
 class ServingModule(tf.Module):

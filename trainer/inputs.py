@@ -22,6 +22,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from common.sparse import leading
 from transform import features as F
 
 _LOG = logging.getLogger(__name__)
@@ -86,14 +87,10 @@ def densify(transformed: dict, spec: InputSpec) -> dict:
     for f in spec.fields:
         value = transformed[f.key]
         if f.kind == BAG:
-            ids = tf.RaggedTensor.from_sparse(value)[:, : f.bag_length]
-            out[f.key] = tf.cast(ids.to_tensor(0, shape=[None, f.bag_length]), tf.int32)
-            weights = (
-                tf.RaggedTensor.from_sparse(transformed[f.weight_key])[:, : f.bag_length]
-                if f.weighted
-                else tf.ones_like(ids, tf.float32)
-            )
-            out[f.weight_key] = tf.cast(weights.to_tensor(0.0, shape=[None, f.bag_length]), tf.float32)
+            out[f.key] = tf.cast(leading(value, f.bag_length), tf.int32)
+            present = tf.SparseTensor(value.indices, tf.ones_like(value.values, tf.float32), value.dense_shape)
+            weights = transformed[f.weight_key] if f.weighted else present
+            out[f.weight_key] = tf.cast(leading(weights, f.bag_length, 0.0), tf.float32)
         elif f.kind == CATEGORICAL:
             out[f.key] = tf.cast(tf.reshape(value, [-1]), tf.int32)
         else:

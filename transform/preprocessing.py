@@ -28,6 +28,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from common import sparse
 from transform import features as F
 from transform.options import NUMERIC_OP_NAMES, Options
 
@@ -56,8 +57,7 @@ def raw_feature_spec(schema: F.Schema) -> dict:
 
 def _first(values: tf.SparseTensor, default) -> tf.Tensor:
     """[B]: each row's first value, `default` where the row is empty."""
-    ragged = tf.RaggedTensor.from_sparse(values)
-    return ragged.to_tensor(default_value=default, shape=[None, 1])[:, 0]
+    return sparse.leading(values, 1, default)[:, 0]
 
 
 def _unit_weights(ids) -> tf.Tensor:
