@@ -14,6 +14,7 @@ import os
 import resource
 import time
 
+import numpy as np
 import tensorflow as tf
 
 from trainer import callbacks, export, train
@@ -53,9 +54,11 @@ def _raw_examples_dir(transformed: str) -> str:
         return json.load(f)["config"]["examples"]
 
 
-def network_rate(run_dir: str, transformed: str) -> float:
-    """Examples/s of the trained network alone (XLA) on transformed test rows held in memory: what
-    DeepCTR's model.predict measures, without parsing or tf.Transform."""
+def network_rate(run_dir: str, transformed: str) -> tuple[float, int]:
+    """(examples/s, dense kernel weights) of the trained network alone (XLA) on transformed test
+    rows held in memory: what DeepCTR's model.predict measures, without parsing or tf.Transform.
+    Each dense kernel weight is one multiply-add per example forward, so the dense part costs
+    2 FLOPs per weight per example forward and about 6 in a training step."""
     import tensorflow_transform as tft
 
     from trainer import inputs, models
@@ -81,7 +84,9 @@ def network_rate(run_dir: str, transformed: str) -> float:
     callbacks.predict(network, split, BATCH, xla=True, steps=2)  # compile
     started = time.perf_counter()
     scores, _ = callbacks.predict(network, split, BATCH, xla=True)
-    return len(scores["ctr"]) / (time.perf_counter() - started)
+    rate = len(scores["ctr"]) / (time.perf_counter() - started)
+    kernels = sum(int(np.prod(w.shape)) for w in network.weights if "kernel" in w.path.rsplit("/", 1)[-1])
+    return rate, kernels
 
 
 def main() -> None:
@@ -102,7 +107,10 @@ def main() -> None:
         config["mtn"] = {}
     result = train.train(args.transformed, args.out, config, overwrite=True)
     serving = os.path.join(args.out, "model", "serving")
+    rate, kernels = network_rate(os.path.join(args.out, "model"), args.transformed)
     report = {
+        "network_rate": rate,
+        "dense_kernel_weights": kernels,
         "model": args.model,
         "mtn": args.mtn,
         "train_rate": result["train_examples_per_second"],
@@ -114,7 +122,6 @@ def main() -> None:
         "test": result.get("test"),
         "params": result["params"],
         **inference(serving, _raw_examples_dir(args.transformed)),
-        "network_rate": network_rate(os.path.join(args.out, "model"), args.transformed),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print(json.dumps(report, default=float))

@@ -4,6 +4,7 @@ scoring they share with the Trainer's final evaluation."""
 from __future__ import annotations
 
 import logging
+import itertools
 import math
 import os
 import time
@@ -40,19 +41,27 @@ def _padded(features: dict, rows: int) -> dict:
     return {k: tf.pad(v, [[0, rows - tf.shape(v)[0]]] + [[0, 0]] * (len(v.shape) - 1)) for k, v in features.items()}
 
 
+def _file_order_batches(split: inputs.Split, batch_size: int):
+    """(features, labels) batches in file order; a split in memory is sliced as numpy views, without
+    the shuffling dataset's Python generator, which cost more than the network per batch."""
+    if not split.in_memory:
+        yield from split.dataset(batch_size)[0]
+        return
+    for start in range(0, split.rows, batch_size):
+        window = slice(start, start + batch_size)
+        yield {k: v[window] for k, v in split.features.items()}, {k: v[window] for k, v in split.labels.items()}
+
+
 def predict(network, split: inputs.Split, batch_size: int, xla: bool, steps: int | None = None) -> tuple[dict, dict]:
     """({ctr, cvr, ctcvr}: numpy [N], labels: numpy [N]) over a split, in file order."""
     score = _scorer(network, xla)
-    dataset, _ = split.dataset(batch_size)
-    if steps is not None:
-        dataset = dataset.take(steps)
     outputs, labels = {}, {}
-    for features, batch_labels in dataset:
+    for features, batch_labels in itertools.islice(_file_order_batches(split, batch_size), steps):
         rows = int(next(iter(batch_labels.values())).shape[0])
-        for key, value in score(_padded(features, batch_size)).items():
+        for key, value in score(features if rows == batch_size else _padded(features, batch_size)).items():
             outputs.setdefault(key, []).append(value.numpy()[:rows])
         for key, value in batch_labels.items():
-            labels.setdefault(key, []).append(value.numpy())
+            labels.setdefault(key, []).append(np.asarray(value))
     return {k: np.concatenate(v) for k, v in outputs.items()}, {k: np.concatenate(v) for k, v in labels.items()}
 
 
