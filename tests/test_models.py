@@ -61,6 +61,26 @@ def test_field_embedding_pools_bags_by_weight_and_appends_numerics():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(summed(batch))[:, 8:12], bag, rtol=1e-5)
 
 
+def test_field_embedding_pools_each_of_several_bags_over_its_own_positions():
+    lengths = {"a": 2, "b": 2, "c": 3, "d": 1}  # runs of equal lengths pool together
+    spec = InputSpec(tuple(InputField(k, BAG, 5, bag_length=n, weighted=True) for k, n in lengths.items()))
+    rng = np.random.default_rng(2)
+    batch = {}
+    for key, length in lengths.items():
+        batch[key] = rng.integers(0, 5, (6, length)).astype("int32")
+        batch[f"{key}_weight"] = (rng.random((6, length)) * (rng.random((6, length)) > 0.3)).astype("float32")
+    for pooling in ("sum", "mean"):
+        layer = blocks.FieldEmbedding(spec.to_dict(), dim=3, pooling=pooling)
+        out = keras.ops.convert_to_numpy(layer(batch))
+        table = keras.ops.convert_to_numpy(layer.table)
+        for j, key in enumerate(lengths):
+            weights = batch[f"{key}_weight"]
+            expected = (table[5 * j + batch[key]] * weights[..., None]).sum(1)
+            if pooling == "mean":
+                expected /= np.maximum((weights != 0).sum(1, keepdims=True), 1)
+            np.testing.assert_allclose(out[:, 3 * j : 3 * j + 3], expected, rtol=1e-5, atol=1e-7)
+
+
 def test_parallel_mlp_equals_separate_dense_networks():
     x = np.random.default_rng(1).normal(size=(5, 7)).astype("float32")
     towers = blocks.TaskTowers(3, (4,))

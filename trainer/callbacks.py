@@ -3,8 +3,8 @@ scoring they share with the Trainer's final evaluation."""
 
 from __future__ import annotations
 
-import logging
 import itertools
+import logging
 import math
 import os
 import time
