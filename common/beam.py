@@ -84,23 +84,49 @@ class FramedRecordSink(beam.io.filebasedsink.FileBasedSink):
     """Writes gzipped TFRecord files from elements that are already TFRecord-framed
     (`records.tfrecord_frame`), so a whole batch of records travels as one element.
 
-    With `gzipped_elements`, each element is already a gzip member (`gzip_member`) and is written
-    as it is: a gzip file may be a series of members, and TensorFlow's reader reads them all."""
+    The file is gzipped here at level 1 (`GZIP_LEVEL`), not by Beam (level 6, about 9% of
+    ExampleGen's time). With `gzipped_elements`, each element is already a gzip member
+    (`gzip_member`) and is written as it is: a gzip file may be a series of members, and
+    TensorFlow's reader reads them all."""
 
     def __init__(self, file_path_prefix: str, gzipped_elements: bool = False):
-        compression = CompressionTypes.UNCOMPRESSED if gzipped_elements else CompressionTypes.GZIP
+        self._gzip_here = not gzipped_elements
         super().__init__(
-            file_path_prefix, beam.coders.BytesCoder(), file_name_suffix=".tfrecord.gz", compression_type=compression
+            file_path_prefix,
+            beam.coders.BytesCoder(),
+            file_name_suffix=".tfrecord.gz",
+            compression_type=CompressionTypes.UNCOMPRESSED,
         )
+
+    def open(self, temp_path):
+        handle = super().open(temp_path)
+        return _GzipWriter(handle) if self._gzip_here else handle
 
     def write_encoded_record(self, file_handle, value: bytes):
         file_handle.write(value)
 
 
+class _GzipWriter:
+    """A gzip stream at `GZIP_LEVEL` over a Beam file handle; closing it closes both."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._gzip = gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=GZIP_LEVEL, mtime=0)
+
+    def write(self, data: bytes) -> None:
+        self._gzip.write(data)
+
+    def close(self) -> None:
+        self._gzip.close()
+        self._handle.close()
+
+
+GZIP_LEVEL = 1  # about 4x smaller than uncompressed here, and 3-4x faster to write than level 6
+
+
 def gzip_member(data: bytes) -> bytes:
-    """`data` as one gzip member at level 1: about 4x smaller here, and 3-4x faster to write
-    than Beam's own gzip (level 6); mtime 0 keeps equal inputs byte-equal."""
-    return gzip.compress(data, compresslevel=1, mtime=0)
+    """`data` as one gzip member at `GZIP_LEVEL`; mtime 0 keeps equal inputs byte-equal."""
+    return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
 class CountingDoFn(beam.DoFn):
