@@ -86,11 +86,16 @@ def synthetic(rows: int, data_dir: pathlib.Path, rows_per_user: float = SESSION_
     return folder, rows / (time.perf_counter() - started)
 
 
-def _child(code: str, *args) -> dict:
-    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+def _python(*args) -> dict:
+    """Runs `python ARGS` in its own process (so its peak RSS is its own); its last stdout line, as JSON."""
+    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"benchmark child failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _child(code: str, *args) -> dict:
+    return _python("-c", code, *args)
 
 
 def worker_args(workers: int) -> list[str]:
@@ -121,12 +126,7 @@ def _prepared(data_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
 
 
 def _train_child(transformed: pathlib.Path, out: pathlib.Path, model: str, *flags) -> dict:
-    result = subprocess.run(
-        [sys.executable, "bench/train.py", str(transformed), str(out), model, *flags], capture_output=True, text=True
-    )
-    if result.returncode:
-        sys.exit(f"benchmark child failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return _python("bench/train.py", transformed, out, model, *flags)
 
 
 # DeepCTR's PLE as bench/deepctr_peer.py builds it (2 levels, 2 specific experts per task): our
@@ -137,14 +137,7 @@ PLE_AS_PEER = "ple (DeepCTR's configuration)"
 
 def _peer_child(transformed: pathlib.Path, model: str) -> dict:
     """DeepCTR 0.9.4's `model` on the same transformed rows, 2 epochs (speed from the second)."""
-    result = subprocess.run(
-        [sys.executable, "bench/deepctr_peer.py", str(transformed), model, "0", "--epochs", "2"],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode:
-        sys.exit(f"benchmark child failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return _python("bench/deepctr_peer.py", transformed, model, 0, "--epochs", 2)
 
 
 def _paper_params(transformed: pathlib.Path) -> dict:
@@ -270,14 +263,7 @@ def bench_serving(data_dir: pathlib.Path) -> None:
     run_dir = data_dir / "train_runs" / "mmoe"
     if not (run_dir / "model" / "serving" / "saved_model.pb").exists():
         _train_child(transformed, run_dir, "mmoe")
-    result = subprocess.run(
-        [sys.executable, "bench/serve.py", str(run_dir / "model" / "serving"), str(transformed)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode:
-        sys.exit(f"benchmark child failed:\n{result.stderr[-3000:]}")
-    r = json.loads(result.stdout.strip().splitlines()[-1])
+    r = _python("bench/serve.py", run_dir / "model" / "serving", transformed)
     print(f"\n## Serving: `mtrank serve` on loopback, the reference MMoE, {r['clients']} concurrent clients\n")
     print("| load | requests/s | p50 ms | p99 ms | floor |\n|---|---:|---:|---:|---|")
     for key, label, floor in (

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from experiments import base, cli, fdn_synthetic, grid, negative_transfer, regression, report, stats
+from experiments import base, cli, fdn_synthetic, grid, mtn_placement, negative_transfer, regression, report, stats
 
 TINY = dataclasses.replace(
     fdn_synthetic.SCALES["quick"],
@@ -399,14 +399,11 @@ def test_the_paper_preset_sets_what_the_papers_state_and_is_the_full_scale_defau
     judged = mtn.claims({}, (), ranking.claim_tasks(paper))[0]
     assert [c.better for c in judged.comparisons] == ["MMoE + MTN CTR", "MMoE + MTN CTCVR"]
     assert "MTReclib's loss" in ranking.loss_note(paper)
+    assert "`esmm` loss" in ranking.loss_note(mtn.SCALES["quick"])
     # an experiment's own quick-scale changes apply over the paper preset, at the quick scale only
-    from experiments import mtn_placement
-
     placement = base.resolve(mtn_placement.EXPERIMENT, "quick", preset="paper")
     assert (placement.data.rows, placement.data.eval_fraction, placement.seeds) == (100_000, 0.2, 2)
-    assert base.resolve(
-        mtn_placement.EXPERIMENT, "full", preset="paper"
-    ).data.rows == 1_000_000 and "`esmm` loss" in ranking.loss_note(mtn.SCALES["quick"])
+    assert base.resolve(mtn_placement.EXPERIMENT, "full", preset="paper").data.rows == 1_000_000
     quick = presets.mtn_paper(mtn.SCALES["quick"], "quick")
     assert quick.seeds == 2 and quick.expert_units == mtn.SCALES["quick"].expert_units and quick.lams == paper.lams
     assert "conversion trained on its label over all impressions" in report.settings_table(paper)
