@@ -36,6 +36,13 @@ def positive(text: str) -> int:
     return value
 
 
+def nonnegative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a non-negative integer")
+    return value
+
+
 def run_stage(command: str, run, *args, **kwargs):
     """Runs a stage of `pipeline.dag`, turning bad input into a one-line usage error."""
     from pipeline.dag import StageError

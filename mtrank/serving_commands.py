@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from mtrank.args import UsageError, positive
+from mtrank.args import UsageError, nonnegative, positive
 
 _LOG = logging.getLogger("mtrank")
 
@@ -15,6 +15,8 @@ def _serve(args, beam_args) -> None:
     from pipeline.dag import import_tensorflow_quietly
 
     import_tensorflow_quietly()
+    import tensorflow as tf
+
     from serving import config as serving_config
     from serving import server
 
@@ -22,6 +24,11 @@ def _serve(args, beam_args) -> None:
         config = serving_config.server_config(args)
     except serving_config.ConfigError as e:
         raise UsageError(f"serve: {e}") from None
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+        tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
+    except RuntimeError:  # TensorFlow already ran in this process (serve called in-process)
+        _LOG.warning("TensorFlow is initialised already: its thread pools stay as they are")
 
     for model in config.models:
         if not os.path.isdir(model.base_path):
@@ -125,6 +132,21 @@ def add_serve(commands) -> None:
         "also caps the rows of a request, as in TF Serving)",
     )
     p.add_argument("--no-batching", action="store_true", help="run each request on its own")
+    p.add_argument(
+        "--tensorflow-intra-op-parallelism",
+        type=nonnegative,
+        default=1,
+        help="threads one op may use, as TF Serving's flag of that name; 0: one per core. Default "
+        "%(default)s: batches already run --num-batch-threads at a time, and a one-thread op keeps "
+        "the small batches of online traffic cheap (1,000-row requests take longer)",
+    )
+    p.add_argument(
+        "--tensorflow-inter-op-parallelism",
+        type=nonnegative,
+        default=1,
+        help="threads one model call runs its ops on, as TF Serving's flag of that name; 0: one per "
+        "core (default: %(default)s)",
+    )
     p.set_defaults(func=_serve)
 
 

@@ -81,10 +81,13 @@ def test_field_embedding_pools_each_of_several_bags_over_its_own_positions():
             np.testing.assert_allclose(out[:, 3 * j : 3 * j + 3], expected, rtol=1e-5, atol=1e-7)
 
 
-def test_parallel_mlp_equals_separate_dense_networks():
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_parallel_mlp_equals_separate_dense_networks(training):
+    # The two modes compute the product differently (batched matmuls for inference graphs,
+    # einsum for XLA's training step): both must be the per-network MLPs.
     x = np.random.default_rng(1).normal(size=(5, 7)).astype("float32")
     towers = blocks.TaskTowers(3, (4,))
-    logits = keras.ops.convert_to_numpy(towers(x))
+    logits = keras.ops.convert_to_numpy(towers(x, training=training))
     assert logits.shape == (5, 3)
     k0, k1 = (keras.ops.convert_to_numpy(k) for k in towers.kernels)
     b0, b1 = (keras.ops.convert_to_numpy(b) for b in towers.bias_vars)
@@ -92,7 +95,10 @@ def test_parallel_mlp_equals_separate_dense_networks():
         hidden = np.maximum(x @ k0[t] + b0[t], 0)
         np.testing.assert_allclose(logits[:, t], (hidden @ k1[t] + b1[t])[:, 0], rtol=1e-5, atol=1e-6)
     per_task = np.stack([x, 2 * x, -x], axis=1)  # [B, k, d]: one input per tower
-    assert not np.allclose(keras.ops.convert_to_numpy(towers(per_task)), logits)
+    own_inputs = keras.ops.convert_to_numpy(towers(per_task, training=training))
+    for t in range(3):
+        hidden = np.maximum(per_task[:, t] @ k0[t] + b0[t], 0)
+        np.testing.assert_allclose(own_inputs[:, t], (hidden @ k1[t] + b1[t])[:, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_gate_mixes_experts_with_softmax_weights():

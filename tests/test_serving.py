@@ -487,6 +487,8 @@ def test_serve_usage_errors(tmp_path, capsys):
     assert cli.main(["serve", "--model-config-file", str(bad)]) == 2
     assert "base_pat" in capsys.readouterr().err
     assert cli.main(["serve", "--model-base-path", str(tmp_path), "--max-batch-size", "0"]) == 2
+    assert cli.main(["serve", "--model-base-path", str(tmp_path), "--tensorflow-intra-op-parallelism", "-1"]) == 2
+    assert "not a non-negative integer" in capsys.readouterr().err
 
 
 def test_incomplete_versions_are_ignored_until_complete(tmp_path, serving_versions):

@@ -250,15 +250,33 @@ class ParallelMLP(keras.layers.Layer):
         return list(self.kernel_vars)
 
     def call(self, x, training=False):
+        if not training:
+            return self._inference(x)
         shared_input = len(x.shape) == 2
         for i, (kernel, bias) in enumerate(zip(self.kernel_vars, self.bias_vars)):
             equation = "bd,nde->bne" if shared_input and i == 0 else "bnd,nde->bne"
             x = ops.einsum(equation, x, kernel) + bias
-            if i < len(self.units) - 1 or not self.linear_output:
+            if self._activated(i):
                 x = ops.relu(x)
                 if self.drop:
                     x = self.drop[i](x, training=training)
         return x
+
+    def _inference(self, x):
+        """The same product as batched matmuls, networks leading: [n, B, d]. Training steps run
+        under XLA, where einsum is one dot and a broadcast batched matmul would copy the input once
+        per network (a 10% slower step); inference graphs (the served model) run on oneDNN, whose
+        einsum transposes each [n, d, e] kernel on every call: ~0.1 ms a layer even for one row,
+        half of a one-row request's model time."""
+        x = x[None] if len(x.shape) == 2 else tf.transpose(x, [1, 0, 2])
+        for i, (kernel, bias) in enumerate(zip(self.kernel_vars, self.bias_vars)):
+            x = tf.matmul(x, kernel) + bias[:, None, :]
+            if self._activated(i):
+                x = ops.relu(x)
+        return tf.transpose(x, [1, 0, 2])
+
+    def _activated(self, i: int) -> bool:
+        return i < len(self.units) - 1 or not self.linear_output
 
     def get_config(self):
         return {
