@@ -15,6 +15,8 @@ from apache_beam.runners.worker import data_plane
 
 from common import IN_PROCESS
 
+GZIP_LEVEL = 1  # about 4x smaller than uncompressed here, and 3-4x faster to write than level 6
+
 
 class InputError(ValueError):
     """Bad input paths, layouts or options, found before the pipeline starts."""
@@ -119,9 +121,6 @@ class _GzipWriter:
     def close(self) -> None:
         self._gzip.close()
         self._handle.close()
-
-
-GZIP_LEVEL = 1  # about 4x smaller than uncompressed here, and 3-4x faster to write than level 6
 
 
 def gzip_member(data: bytes) -> bytes:

@@ -153,9 +153,9 @@ class _ParseSkeleton(_ParseRawLines):
 
     A shuffle costs per element, and Ali-CCP keeps a session's samples on consecutive lines, so
     each run of consecutive valid lines with one key leaves as one element: (kind, file, first
-    line number, the lines joined by newlines and compressed). Also emits arrays of (sample id digest, file,
-    line) ("positions"), per shard of the digest space, from which the few repeated ids are
-    found without shuffling every row by sample id.
+    line number, the lines joined by newlines and compressed). Also emits arrays of (sample id
+    digest, file, line) ("positions"), per shard of the digest space, from which the few repeated
+    ids are found without shuffling every row by sample id.
     """
 
     def start_bundle(self):
