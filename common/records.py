@@ -96,15 +96,6 @@ def encode_features(
     return features.SerializeToString()
 
 
-def merge_features(*parts: bytes) -> bytes:
-    """Features maps with overlapping keys, merged by appending the values in order."""
-    merged = Features()
-    for part in parts:
-        for key, feature in Features.FromString(part).feature.items():
-            merged.feature[key].MergeFrom(feature)
-    return merged.SerializeToString()
-
-
 def _varint(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:

@@ -126,6 +126,7 @@ def sample_id_digest(role: str, sample_id: str) -> bytes:
 _POSITION = np.dtype([("low", "<u8"), ("high", "<u8"), ("file", "<u4"), ("line", "<u8")])
 _MAX_RUN_LINES = 10_000
 _PROGRESS_EVERY = 250_000
+_JOIN_BATCH = 4096
 _POSITIONS_PER_OUTPUT = 1 << 20
 # Repeated ids are found per shard of the digest space, so no worker gathers every sample's
 # position (28 bytes each: 1.2 GB at 42M rows).
@@ -193,9 +194,7 @@ class _ParseSkeleton(_ParseRawLines):
         path, line_no, raw = element
         self._counts["lines/samples"] += 1
         try:
-            sample_id, click, conversion, common_index, _, _ = self._parser.skeleton(
-                formats.decode_line(raw), encode=False
-            )
+            sample_id, click, conversion, common_index = self._parser.skeleton(formats.decode_line(raw))
         except r.Malformed as e:
             yield self.reject("samples", path, line_no, e.reason, e.detail, raw)
             return
@@ -259,7 +258,7 @@ class _ParseCommon(_ParseRawLines):
         path, line_no, raw = element
         self._counts["lines/common"] += 1
         try:
-            common_index, _, _ = self._parser.common(formats.decode_line(raw), encode=False)
+            common_index = self._parser.common(formats.decode_line(raw))
         except r.Malformed as e:
             yield self.reject("common", path, line_no, e.reason, e.detail, raw)
             return
@@ -270,15 +269,20 @@ class _Join(_Counting):
     """One common_feature_index: its common line (the first, if repeated) joined to its samples.
 
     A sample whose id was seen before (by file and line, anywhere) is rejected as a duplicate.
+    Joined lines wait in a batch of about `_JOIN_BATCH` samples, encoded together
+    (`formats.aliccp_examples`).
     """
 
     def __init__(self, files: list, eval_fraction: float):
-        self._files, self._eval_fraction, self._parser = files, eval_fraction, None
+        self._files, self._eval_fraction = files, eval_fraction
 
     def setup(self):
-        self._parser = formats.AliccpRawParser()
         self._decompress = zstandard.ZstdDecompressor().decompress
         self._joined = 0
+
+    def start_bundle(self):
+        super().start_bundle()
+        self._commons, self._samples, self._common_of_sample, self._splits = [], [], [], []
 
     def process(self, element, first_of_repeated):
         (role, common_index), values = element
@@ -316,10 +320,10 @@ class _Join(_Counting):
         self._counts["common/joined" if samples else "common/unreferenced"] += 1
         if not samples:
             return
-        _, common_mask, common_part = self._parser.common(commons[0][3].decode("utf-8"), validated=True)
-        framed = collections.defaultdict(list)
+        common_row = len(self._commons)
+        self._commons.append(commons[0][3])
         for file, line_no, raw in samples:
-            sample_id, _, _, _, mask, part = self._parser.skeleton(raw.decode("utf-8"), validated=True)
+            sample_id = raw.split(b",", 1)[0].decode("utf-8")
             if first_of_repeated:
                 first = first_of_repeated.get(sample_id_digest(role, sample_id), (file, line_no))
                 if first != (file, line_no):
@@ -332,11 +336,29 @@ class _Join(_Counting):
                         raw,
                     )
                     continue
-            example = formats.aliccp_example((common_mask, common_part), (mask, part))
-            framed[split_of(role, sample_id, self._eval_fraction)].append(records.tfrecord_frame(example))
+            self._samples.append(raw)
+            self._common_of_sample.append(common_row)
+            self._splits.append(split_of(role, sample_id, self._eval_fraction))
+        if len(self._samples) >= _JOIN_BATCH:
+            yield from self._encode()
+
+    def finish_bundle(self):
+        for output in self._encode():
+            yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+        super().finish_bundle()
+
+    def _encode(self):
+        """The waiting samples' examples, written to their splits."""
+        if not self._samples:
+            return
+        examples = formats.aliccp_examples(self._commons, self._samples, self._common_of_sample)
+        framed = collections.defaultdict(list)
+        for split, example in zip(self._splits, examples):
+            framed[split].append(records.tfrecord_frame(example))
         for split, split_records in framed.items():
             yield self.write(split, b"".join(split_records), len(split_records))
-        before, self._joined = self._joined, self._joined + len(samples)
+        before, self._joined = self._joined, self._joined + len(examples)
+        self._commons, self._samples, self._common_of_sample, self._splits = [], [], [], []
         if before // _PROGRESS_EVERY != self._joined // _PROGRESS_EVERY:
             _LOG.info("joined %s samples with their common features", f"{self._joined:,}")
 

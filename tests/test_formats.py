@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from common import records
@@ -42,10 +43,10 @@ COMMON = "abcd,2,101\x027\x031\x01109_14\x0211\x031.386294"
         (b"7,1,0,abcd, 1 ,205\x0212\x031.0", r.FEATURE_NUM_MISMATCH),
     ],
 )
-@pytest.mark.parametrize("encode", [True, False])
-def test_each_malformation_has_its_reason(raw, reason, encode):
+@pytest.mark.parametrize("exact", [True, False])
+def test_each_malformation_has_its_reason(raw, reason, exact):
     with pytest.raises(r.Malformed) as caught:
-        formats.AliccpRawParser().skeleton(formats.decode_line(raw), encode=encode)
+        formats.AliccpRawParser().skeleton(formats.decode_line(raw), exact=exact)
     assert caught.value.reason == reason
 
 
@@ -58,8 +59,8 @@ def test_the_generator_makes_each_defect_it_names():
         assert caught.value.reason == defect
 
 
-def test_validation_and_encoding_accept_the_same_lines():
-    """The validate-only fast path (a regex) never accepts a line the exact parser rejects."""
+def test_the_regex_and_the_exact_check_accept_the_same_lines():
+    """The fast path (a regex) never accepts a line that the entry-by-entry check rejects."""
     parser = formats.AliccpRawParser()
     rng = random.Random(3)
     alphabet = [
@@ -85,22 +86,82 @@ def test_validation_and_encoding_accept_the_same_lines():
         feature_list = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
         line = f"1,0,0,c,{feature_list.count(chr(1)) + 1},{feature_list}"
         outcomes = []
-        for encode in (False, True):
+        for exact in (False, True):
             try:
-                parser.skeleton(line, encode=encode)
+                parser.skeleton(line, exact=exact)
                 outcomes.append("ok")
             except r.Malformed as e:
                 outcomes.append(e.reason)
         assert outcomes[0] == outcomes[1], line
 
 
-def test_skeleton_and_common_parts_make_one_example():
+def test_skeleton_and_common_lines_make_one_example():
     parser = formats.AliccpRawParser()
-    sample_id, click, conversion, common_index, mask, part = parser.skeleton(VALID)
-    assert (sample_id, click, conversion, common_index) == ("7", 1, 0, "abcd")
-    _, common_mask, common_part = parser.common(COMMON)
-    example = records.parse_example(formats.aliccp_example((common_mask, common_part), (mask, part)))
-    assert example["f210"] == [501, 502] and example["f109_14"] == [11] and example["sample_id"] == [b"7"]
+    assert parser.skeleton(VALID) == ("7", 1, 0, "abcd")
+    assert parser.common(COMMON) == "abcd"
+    (example,) = formats.aliccp_examples([COMMON.encode()], [VALID.encode()], [0])
+    assert records.parse_example(example) == {
+        "f205": [100],
+        "f205_weight": [1.0],
+        "f210": [501, 502],
+        "f210_weight": [0.5, 1.5],
+        "f101": [7],
+        "f101_weight": [1.0],
+        "f109_14": [11],
+        "f109_14_weight": [pytest.approx(1.386294)],
+        "click": [1],
+        "conversion": [0],
+        "sample_id": [b"7"],
+        "common_feature_index": [b"abcd"],
+    }
+
+
+def _expected_example(common: str, sample: str) -> dict:
+    """The joined example, written out line by line: every entry in order, common line first."""
+    sample_id, click, conversion, _, _, sample_list = sample.split(",")
+    common_index, _, common_list = common.split(",")
+    expected = {
+        "click": [int(click)],
+        "conversion": [int(conversion)],
+        "sample_id": [sample_id.encode()],
+        "common_feature_index": [common_index.encode()],
+    }
+    for entry in [e for e in (common_list.split("\x01") if common_list else [])] + (
+        sample_list.split("\x01") if sample_list else []
+    ):
+        field, rest = entry.split("\x02")
+        id_text, weight_text = rest.split("\x03")
+        expected.setdefault(f"f{field}", []).append(int(id_text))
+        expected.setdefault(f"f{field}_weight", []).append(float(np.float32(float(weight_text))))
+    return expected
+
+
+def test_joined_examples_hold_every_entry_of_both_lines_in_order():
+    """Many samples at once, as the join encodes them: commons shared by several samples, a field
+    on both lines (common values first), empty lists, and samples whose fields differ (a field
+    on neither line stays absent), each against its example written out by hand."""
+    rng = random.Random(5)
+    sources = {"common": ["101", "109_14", "124", "205"], "sample": ["205", "206", "210", "508"]}
+
+    def feature_list(kind):
+        entries = [
+            f"{rng.choice(sources[kind])}\x02{rng.randint(-5, 2**40)}\x03{rng.choice(['1', '0.1', '2.302585', '1e-3'])}"
+            for _ in range(rng.choice([0, 1, 3, 6]))
+        ]
+        return f"{len(entries)},{chr(1).join(entries)}"
+
+    commons = [f"c{i},{feature_list('common')}" for i in range(40)]
+    common_of_sample = [rng.randrange(len(commons)) for _ in range(300)]
+    samples = [f"{i},{i % 2},0,c{c},{feature_list('sample')}" for i, c in enumerate(common_of_sample)]
+    parser = formats.AliccpRawParser()
+    for line in commons:
+        parser.common(line, exact=True)
+    for line in samples:
+        parser.skeleton(line, exact=True)
+    examples = formats.aliccp_examples([c.encode() for c in commons], [s.encode() for s in samples], common_of_sample)
+    assert len(examples) == len(samples)
+    for example, sample, c in zip(examples, samples, common_of_sample):
+        assert records.parse_example(example) == _expected_example(commons[c], sample), sample
 
 
 def test_tfrecord_framing_is_what_tensorflow_reads(tmp_path):

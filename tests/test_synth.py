@@ -55,13 +55,13 @@ def test_aliccp_lines_are_valid_raw_ali_ccp(clean_aliccp):
     parser = formats.AliccpRawParser()
     behaviour = {}
     for line in (folder / "common_features_train.csv").read_text().splitlines():
-        index, _, _ = parser.common(line)
+        index = parser.common(line)
         entries = [e.split("\x02") for e in line.split(",")[2].split("\x01")]
         assert {f for f, _ in entries} <= {f.source for f in F.ALICCP_USER_FIELDS}
         behaviour[index] = {int(i.split("\x03")[0]) % 1_000_000 for f, i in entries if f == "109_14"}
     checked = 0
     for line in (folder / "sample_skeleton_train.csv").read_text().splitlines()[:5_000]:
-        _, _, _, index, _, _ = parser.skeleton(line)
+        _, _, _, index = parser.skeleton(line)
         entries = {}
         for entry in line.split(",")[5].split("\x01"):
             field, rest = entry.split("\x02")
