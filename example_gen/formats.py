@@ -258,22 +258,19 @@ def aliccp_examples(common_lines: list[bytes], sample_lines: list[bytes], common
         F.SAMPLE_ID: pc.list_element(sample_columns, 0),
         F.COMMON_FEATURE_INDEX: pc.list_element(common_columns, 0).take(pa.array(common_of_sample)),
     }
-    always_arrays = [pa.ListArray.from_arrays(one_each, values) for values in always.values()]
+    table = pa.RecordBatch.from_arrays(
+        arrays + [pa.ListArray.from_arrays(one_each, values) for values in always.values()], keys + list(always)
+    )
     # The encoder writes a null list as an empty Feature: samples with the same keys go together,
     # each group with only its keys.
     has = np.stack(present, axis=1) if present else np.zeros((n, 0), bool)
-    patterns, group_of = np.unique(np.packbits(has, axis=1), axis=0, return_inverse=True)
+    _, group_of = np.unique(np.packbits(has, axis=1), axis=0, return_inverse=True)
     group_of = group_of.ravel()
     examples = [b""] * n
     order = np.argsort(group_of, kind="stable")
     for rows in np.split(order, np.flatnonzero(np.diff(group_of[order])) + 1):
-        take = pa.array(rows)
-        with_keys = np.flatnonzero(has[rows[0]])
-        batch = pa.RecordBatch.from_arrays(
-            [arrays[k].take(take) for k in with_keys] + [a.take(take) for a in always_arrays],
-            [keys[k] for k in with_keys] + list(always),
-        )
-        for row, example in zip(rows, _EXAMPLE_ENCODER.encode(batch)):
+        columns = table.select([*np.flatnonzero(has[rows[0]]).tolist(), *range(len(keys), len(keys) + len(always))])
+        for row, example in zip(rows, _EXAMPLE_ENCODER.encode(columns.take(pa.array(rows)))):
             examples[row] = example
     return examples
 
