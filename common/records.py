@@ -1,9 +1,8 @@
-"""How ExampleGen writes: tf.Example bytes, and rejected/ lines.
+"""How ExampleGen writes: tf.Example bytes, TFRecord framing, and rejected/ lines.
 
-Examples are built in two parts, serialized `tf.train.Features` maps, because a serialized
-map is the concatenation of its entries: the common (user) part of an Ali-CCP example is
-encoded once per common-features line and then joined to each of its samples by
-concatenation, without re-encoding the (long) behaviour fields per sample.
+A tf.Example is its one field, a serialized `tf.train.Features` map, behind a tag and a length,
+so the single-file layouts build the map and wrap it without a second message. Ali-CCP raw
+lines are encoded in batches by `example_gen.formats.aliccp_examples`.
 """
 
 from __future__ import annotations
@@ -109,10 +108,9 @@ def _varint(n: int) -> bytes:
 _EXAMPLE_FEATURES_TAG = b"\x0a"
 
 
-def example_from_features(*parts: bytes) -> bytes:
-    """A serialized tf.train.Example whose features are the given maps (keys must not overlap)."""
-    body = b"".join(parts)
-    return _EXAMPLE_FEATURES_TAG + _varint(len(body)) + body
+def example_from_features(features: bytes) -> bytes:
+    """A serialized tf.train.Example of a serialized tf.train.Features map."""
+    return _EXAMPLE_FEATURES_TAG + _varint(len(features)) + features
 
 
 def parse_example(serialized: bytes) -> dict[str, list]:

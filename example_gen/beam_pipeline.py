@@ -349,16 +349,14 @@ class _Join(_Counting):
 
     def _encode(self):
         """The waiting samples' examples, written to their splits."""
-        if not self._samples:
-            return
         examples = formats.aliccp_examples(self._commons, self._samples, self._common_of_sample)
         framed = collections.defaultdict(list)
         for split, example in zip(self._splits, examples):
             framed[split].append(records.tfrecord_frame(example))
+        self._commons, self._samples, self._common_of_sample, self._splits = [], [], [], []
         for split, split_records in framed.items():
             yield self.write(split, b"".join(split_records), len(split_records))
         before, self._joined = self._joined, self._joined + len(examples)
-        self._commons, self._samples, self._common_of_sample, self._splits = [], [], [], []
         if before // _PROGRESS_EVERY != self._joined // _PROGRESS_EVERY:
             _LOG.info("joined %s samples with their common features", f"{self._joined:,}")
 

@@ -1,4 +1,6 @@
-"""Parsers for one raw line of each input layout; each returns tf.Example parts or raises Malformed.
+"""Parsers for one raw line of each input layout, which raise Malformed for a bad line; the
+single-file layouts' return the line's tf.Example, Ali-CCP raw lines are encoded in batches after
+the join (`aliccp_examples`).
 
 Layouts:
 - Ali-CCP raw: `sample_skeleton_*.csv` rows (sample_id, click, conversion,
@@ -72,13 +74,13 @@ def parse_float(text: str, field: str, reason: str) -> float:
 
 
 class _FieldKeys:
-    """Per-source tf.Example keys of a schema, looked up once per line."""
+    """The tf.Example key of each source field of a schema."""
 
     def __init__(self, schema: F.Schema):
         self.schema = schema
-        self.keys = {f.source: (f.key, F.weight_key(f)) for f in schema.fields}
+        self.keys = {f.source: f.key for f in schema.fields}
 
-    def keys_of(self, source: str) -> tuple[str, str]:
+    def key_of(self, source: str) -> str:
         try:
             return self.keys[source]
         except KeyError:
@@ -110,38 +112,35 @@ class AliccpRawParser:
 
     def _check_feature_list(self, feature_num: str, feature_list: str, exact: bool) -> None:
         """Malformed unless the feature_list column holds `feature_num` valid entries. A regex
-        accepts most valid lists at once; the others (all, with `exact`) are converted entry by
-        entry, so that the first bad entry names the reason."""
+        accepts most valid lists at once; the others, and all with `exact`, are checked by
+        converting their entries (see `_check_entries`)."""
         if not _COUNT_RE.fullmatch(feature_num):
             raise r.Malformed(r.FEATURE_NUM_MISMATCH, f"feature_num {feature_num!r} is not an integer")
         expected = int(feature_num)
         n_entries = feature_list.count("\x01") + 1 if feature_list else 0
         if n_entries != expected:
             raise r.Malformed(r.FEATURE_NUM_MISMATCH, f"feature_num is {expected} but the list has {n_entries} entries")
-        if not feature_list or (not exact and _SURELY_VALID.fullmatch(feature_list)):
-            return
-        for source in dict.fromkeys(self._converted_sources(feature_list)):
-            self._fields.keys_of(source)
+        if feature_list and (exact or not _SURELY_VALID.fullmatch(feature_list)):
+            self._check_entries(feature_list)
 
-    def _converted_sources(self, feature_list: str) -> list[str]:
-        """The entries' fields, after converting their ids and weights: at C speed when well formed,
-        else entry by entry."""
+    def _check_entries(self, feature_list: str) -> None:
+        """Converts the ids and weights at C speed when the list is well formed, else entry by
+        entry, so that the first bad entry names the reason."""
         if _WELL_FORMED.fullmatch(feature_list):
             flat = feature_list.replace("\x02", "\x01").replace("\x03", "\x01").split("\x01")
             ids, weights = list(map(int, flat[1::3])), list(map(float, flat[2::3]))
             if max(ids) < 2**63 and min(ids) >= -(2**63) and all(map(math.isfinite, weights)):
-                return flat[0::3]
-        sources = []
+                for source in dict.fromkeys(flat[0::3]):
+                    self._fields.key_of(source)
+                return
         for entry in feature_list.split("\x01"):
             source, sep, rest = entry.partition("\x02")
             id_text, sep2, weight_text = rest.partition("\x03")
             if not sep or not sep2 or "\x02" in rest or "\x03" in weight_text:
                 raise r.Malformed(r.MALFORMED_ENTRY, f"entry {entry!r} is not field\\x02id\\x03weight")
-            self._fields.keys_of(source)
+            self._fields.key_of(source)
             parse_id(id_text, source)
             parse_float(weight_text, source, r.UNPARSABLE_WEIGHT)
-            sources.append(source)
-        return sources
 
     def skeleton(self, text: str, exact: bool = False) -> tuple[str, int, int, str]:
         """(sample_id, click, conversion, common_feature_index) of a valid sample_skeleton line."""
@@ -179,7 +178,7 @@ def _entry_columns(lines: list[bytes], list_column: int, source_index: dict) -> 
     tokens = pc.list_flatten(pc.split_pattern(separated, b"\x01"))
     tokens = tokens.filter(pa.array(np.repeat(~empty, np.where(empty, 1, 3 * counts))))  # an empty list splits to [""]
     sources = pc.dictionary_encode(tokens[0::3])
-    codes = np.array([source_index[s.decode()] for s in sources.dictionary.to_pylist()] or [0], np.int64)
+    codes = np.array([source_index[s.decode()] for s in sources.dictionary.to_pylist()], np.int64)
     fields = codes[sources.indices.to_numpy(zero_copy_only=False)]
     ids = pc.cast(tokens[1::3].cast(pa.string()), pa.int64()).to_numpy(zero_copy_only=False)
     # through float64, as float() rounds the text before the float_list rounds it to float32
@@ -196,8 +195,9 @@ def _runs(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(lengths.sum()) + np.repeat(starts - _offsets(lengths)[:-1], lengths)
 
 
-def _list_array(offsets: np.ndarray, values) -> pa.ListArray:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+def _list_array(offsets: np.ndarray, values: pa.Array) -> pa.LargeListArray:
+    """A list per sample; 64-bit offsets, as one heavy user's values can pass 2**31 in a batch."""
+    return pa.LargeListArray.from_arrays(pa.array(offsets), values)
 
 
 def _fields_of_joined(common_lines: list[bytes], sample_lines: list[bytes], common_of_sample: np.ndarray):
@@ -228,7 +228,7 @@ def _fields_of_joined(common_lines: list[bytes], sample_lines: list[bytes], comm
             values = np.empty(offsets[-1], c_values.dtype)
             values[to_common], values[to_sample] = c_values[c][taken], s_values[s]
             keys.append(key)
-            arrays.append(_list_array(offsets, values))
+            arrays.append(_list_array(offsets, pa.array(values)))
             present.append(offsets[1:] > offsets[:-1])
     return keys, arrays, present, columns
 
@@ -246,11 +246,13 @@ def aliccp_examples(common_lines: list[bytes], sample_lines: list[bytes], common
     line, built in Python, took about 3x as long, and was half of ExampleGen's time.
     """
     n = len(sample_lines)
+    if not n:
+        return []
     common_of_sample = np.asarray(common_of_sample, np.int64)
     keys, arrays, present, (common_columns, sample_columns) = _fields_of_joined(
         common_lines, sample_lines, common_of_sample
     )
-    one_each = pa.array(np.arange(n + 1, dtype=np.int32))
+    one_each = np.arange(n + 1)
     labels = [pc.cast(pc.list_element(sample_columns, i).cast(pa.string()), pa.int64()) for i in (1, 2)]
     always = {
         F.CLICK: labels[0],
@@ -259,7 +261,7 @@ def aliccp_examples(common_lines: list[bytes], sample_lines: list[bytes], common
         F.COMMON_FEATURE_INDEX: pc.list_element(common_columns, 0).take(pa.array(common_of_sample)),
     }
     table = pa.RecordBatch.from_arrays(
-        arrays + [pa.ListArray.from_arrays(one_each, values) for values in always.values()], keys + list(always)
+        arrays + [_list_array(one_each, values) for values in always.values()], keys + list(always)
     )
     # The encoder writes a null list as an empty Feature: samples with the same keys go together,
     # each group with only its keys.
@@ -356,7 +358,7 @@ class KeyValueParser:
             source, sep, id_text = entry.partition(":")
             if not sep or not id_text:
                 raise r.Malformed(r.MALFORMED_ENTRY, f"entry {entry!r} is not field:id")
-            key, _ = self._fields.keys_of(source)
+            key = self._fields.key_of(source)
             ids.setdefault(key, []).extend(parse_id(t, source) for t in id_text.split("#"))
         ids[F.CLICK], ids[F.CONVERSION] = [click_label], [conversion_label]
         example = records.example_from_features(records.encode_features(ids, strings={F.SAMPLE_ID: own_id.encode()}))

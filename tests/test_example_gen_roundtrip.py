@@ -32,9 +32,8 @@ SKELETON_TEST = [f"1,0,0,cfiT,1,{_entries(('216', 5, '1'))}"]
 COMMON_TEST = ["cfiT,0,"]
 
 
-@pytest.fixture(scope="module")
-def examples(tmp_path_factory):
-    raw = tmp_path_factory.mktemp("handmade")
+def _ingest(raw, output) -> dict:
+    """{(split, sample_id): example} of ExampleGen run on the hand-written lines."""
     for name, lines in (
         ("sample_skeleton_train.csv", SKELETON_TRAIN),
         ("common_features_train.csv", COMMON_TRAIN),
@@ -44,15 +43,26 @@ def examples(tmp_path_factory):
         (raw / name).write_text("\n".join(lines) + "\n")
     from example_gen import beam_pipeline
 
-    output = tmp_path_factory.mktemp("handmade_out")
     stats = beam_pipeline.run(
         beam_pipeline.IngestConfig("aliccp-raw", str(raw), str(output), eval_fraction=0.0, overwrite=True)
     )
     assert stats["rejected"] == 0 and stats["written"] == 4
-    found = {
-        (split, e[F.SAMPLE_ID][0].decode()): e for split in ("train", "test") for e in read_examples(output, split)
-    }
-    return found
+    return {(split, e[F.SAMPLE_ID][0].decode()): e for split in ("train", "test") for e in read_examples(output, split)}
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    return _ingest(tmp_path_factory.mktemp("handmade"), tmp_path_factory.mktemp("handmade_out"))
+
+
+def test_a_join_batch_full_before_the_bundle_ends_writes_the_same_examples(examples, tmp_path, monkeypatch):
+    """The join encodes a batch as soon as it holds _JOIN_BATCH samples, and the rest when its
+    bundle ends: with batches of one sample, every example is written from a full batch."""
+    from example_gen import beam_pipeline
+
+    monkeypatch.setattr(beam_pipeline, "_JOIN_BATCH", 1)
+    (tmp_path / "raw").mkdir()
+    assert _ingest(tmp_path / "raw", tmp_path / "out") == examples
 
 
 def _features(example):
