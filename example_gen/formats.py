@@ -233,9 +233,6 @@ def _fields_of_joined(common_lines: list[bytes], sample_lines: list[bytes], comm
     return keys, arrays, present, columns
 
 
-_EXAMPLE_ENCODER = example_coder.RecordBatchToExamplesEncoder()
-
-
 def aliccp_examples(common_lines: list[bytes], sample_lines: list[bytes], common_of_sample) -> list[bytes]:
     """Serialized tf.Examples of validated sample_skeleton lines, each joined to its common_features
     line `common_lines[common_of_sample[i]]`: every entry of both lines in order under its field's
@@ -272,7 +269,7 @@ def aliccp_examples(common_lines: list[bytes], sample_lines: list[bytes], common
     order = np.argsort(group_of, kind="stable")
     for rows in np.split(order, np.flatnonzero(np.diff(group_of[order])) + 1):
         columns = table.select([*np.flatnonzero(has[rows[0]]).tolist(), *range(len(keys), len(keys) + len(always))])
-        for row, example in zip(rows, _EXAMPLE_ENCODER.encode(columns.take(pa.array(rows)))):
+        for row, example in zip(rows, example_coder.RecordBatchToExamples(columns.take(pa.array(rows)))):
             examples[row] = example
     return examples
 
