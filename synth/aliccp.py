@@ -11,6 +11,17 @@ where `shared` depends on the item, its category and the user's past actions on 
 on position, user and age x category, and `cvr_only` on shop, consumption level x brand and
 the user's past actions on the shop. a and b are solved for the target CTR and CVR. The
 Bayes-optimal AUCs (true probabilities as scores) are written to synth.json.
+
+Regimes (`REGIMES`), so that defaults are chosen on more than one shape of data:
+- `sessions`: the model above, about 25 rows per user (the project's first generator);
+- `sparse`: the same model at Ali-CCP's own conversion rate (ESMM paper: 3.4M clicks, 18K
+  conversions, 0.53% of clicks);
+- `cold-users`: the same model with about 1.5 rows per user, most users seen once or twice;
+- `latent`: latent-factor interactions. 20 fields with one id each, 10 on the user side (in
+  common_features) and 9 on the item side plus the position (in the skeleton); every id has a
+  latent vector of dimension 8, a user's vector is the sum of its fields' vectors, an item's
+  likewise, and the logits are scaled dot products (CVR through a partly rotated user vector),
+  so the signal lies in interactions a linear model cannot express.
 """
 
 from __future__ import annotations
@@ -63,6 +74,15 @@ COMMON_DEFECTS = (
 )
 
 
+# Each regime's settings over `AliccpSynthConfig`'s defaults; `world` picks the ground truth.
+REGIMES = {
+    "sessions": {},
+    "sparse": {"cvr": 0.0053},
+    "cold-users": {"rows_per_user": 1.5},
+    "latent": {"world": "latent"},
+}
+
+
 @dataclasses.dataclass
 class AliccpSynthConfig:
     rows: int = 100_000  # valid skeleton rows over both files
@@ -72,6 +92,15 @@ class AliccpSynthConfig:
     rows_per_user: float = 25.0
     ctr: float = 0.04
     cvr: float = 0.05  # conversions per click
+    world: str = "sessions"  # the ground truth: "sessions" (_World) or "latent" (_LatentWorld)
+    regime: str = "sessions"  # the name the settings came from (`for_regime`), recorded in synth.json
+
+
+def for_regime(regime: str, **settings) -> AliccpSynthConfig:
+    """The config of a named regime (`REGIMES`), with `settings` (rows, seed, ...) on top."""
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; known: {', '.join(REGIMES)}")
+    return AliccpSynthConfig(**{**REGIMES[regime], **settings, "regime": regime})
 
 
 def _field_id(field: str, index):
@@ -106,7 +135,7 @@ _FIELD_ORDER = (
 )
 
 
-def _zipf_probs(n: int, exponent: float = 1.0) -> np.ndarray:
+def zipf_probs(n: int, exponent: float = 1.0) -> np.ndarray:
     p = 1.0 / np.arange(1, n + 1) ** exponent
     return p / p.sum()
 
@@ -127,27 +156,27 @@ class _World:
         u, i = self.n_users, self.n_items
         # Items: every category has at least one; the rest follow category popularity.
         self.item_category = np.concatenate(
-            [np.arange(N_CATEGORIES), rng.choice(N_CATEGORIES, i - N_CATEGORIES, p=_zipf_probs(N_CATEGORIES))]
+            [np.arange(N_CATEGORIES), rng.choice(N_CATEGORIES, i - N_CATEGORIES, p=zipf_probs(N_CATEGORIES))]
         )
         order = np.argsort(self.item_category, kind="stable")
         self.item_category = self.item_category[order]
         self.category_start = np.searchsorted(self.item_category, np.arange(N_CATEGORIES))
         self.category_end = np.searchsorted(self.item_category, np.arange(N_CATEGORIES), side="right")
-        self.item_shop = rng.choice(self.n_shops, i, p=_zipf_probs(self.n_shops, 0.9))
-        self.item_brand = rng.choice(self.n_brands, i, p=_zipf_probs(self.n_brands, 0.9))
+        self.item_shop = rng.choice(self.n_shops, i, p=zipf_probs(self.n_shops, 0.9))
+        self.item_brand = rng.choice(self.n_brands, i, p=zipf_probs(self.n_brands, 0.9))
         self.item_intentions = np.stack(
             [self.item_category % N_INTENTIONS, rng.integers(0, N_INTENTIONS, i), rng.integers(0, N_INTENTIONS, i)], 1
         )
         self.item_n_intentions = rng.integers(1, 4, i)
         # Users: profile fields and 14-day behaviour (ids with log-count weights).
-        self.profile = {f: rng.choice(n, u, p=_zipf_probs(n, 0.7)) for f, n in PROFILE_CARDINALITY.items()}
+        self.profile = {f: rng.choice(n, u, p=zipf_probs(n, 0.7)) for f, n in PROFILE_CARDINALITY.items()}
         self.behaviour = {
             "109_14": self._behaviour(N_CATEGORIES, 1.0),
             "110_14": self._behaviour(self.n_shops, 0.9),
             "127_14": self._behaviour(self.n_brands, 0.9),
             "150_14": self._behaviour(N_INTENTIONS, 1.0),
         }
-        self.user_activity = _zipf_probs(u, 0.6)[rng.permutation(u)]
+        self.user_activity = zipf_probs(u, 0.6)[rng.permutation(u)]
         # Ground-truth effects.
         self.e_item = rng.normal(0, 0.4, i)
         self.e_category = rng.normal(0, 0.5, N_CATEGORIES)
@@ -161,7 +190,7 @@ class _World:
         """(ids, weights) as (users, MAX_BEHAVIOUR) arrays; id -1 pads."""
         rng, u = self.rng, self.n_users
         lengths = np.minimum(1 + rng.poisson(5, u), MAX_BEHAVIOUR)
-        ids = rng.choice(n_values, (u, MAX_BEHAVIOUR), p=_zipf_probs(n_values, exponent))
+        ids = rng.choice(n_values, (u, MAX_BEHAVIOUR), p=zipf_probs(n_values, exponent))
         ids = np.where(np.arange(MAX_BEHAVIOUR) < lengths[:, None], ids, -1)
         # Repeated draws of one id are one id: keep the first.
         ids.sort(axis=1)
@@ -180,7 +209,7 @@ class _World:
         categories = np.where(
             rng.random(n) < 0.5,
             cat_ids[users, np.minimum(pick, MAX_BEHAVIOUR - 1)],
-            rng.choice(N_CATEGORIES, n, p=_zipf_probs(N_CATEGORIES)),
+            rng.choice(N_CATEGORIES, n, p=zipf_probs(N_CATEGORIES)),
         )
         categories = np.where(categories < 0, rng.integers(0, N_CATEGORIES, n), categories)
         start, end = self.category_start[categories], self.category_end[categories]
@@ -230,11 +259,107 @@ class _World:
         return shared + ctr_only, 0.7 * shared + cvr_only
 
 
-def _sigmoid(x):
+# The latent regime's fields: one id each. Cardinalities of the attribute fields (the id fields
+# 101 and 205 have one id per user and item); each is capped at half the users (items).
+LATENT_USER_FIELDS = {"121": 1000, "122": 400, "124": 100, "125": 50, "126": 20, "127": 8, "128": 3, "129": 200}
+LATENT_USER_FIELDS.update({"109_14": 2000})
+LATENT_ITEM_FIELDS = {"206": 400, "207": 2000, "210": 300, "216": 1500, "508": 100, "509": 40, "702": 10, "853": 5}
+LATENT_DIM = 8
+# Logit scales, chosen once (before any Trainer default) for a Bayes CTR AUC near 0.97 at a 4% CTR.
+LATENT_CTR_SCALE, LATENT_CVR_SCALE, LATENT_CVR_ROTATION = 3.0, 2.5, 0.6
+
+
+class _LatentWorld:
+    """Users and items as sums of their fields' latent vectors; labels from their dot products."""
+
+    def __init__(self, config: AliccpSynthConfig, rng: np.random.Generator):
+        self.rng = rng
+        self.n_users = max(50, int(config.rows / config.rows_per_user))
+        self.n_items = max(100, config.rows // 20)
+        self.user_ids = self._attributes(LATENT_USER_FIELDS, self.n_users, "101")
+        self.item_ids = self._attributes(LATENT_ITEM_FIELDS, self.n_items, "205")
+        self.user_vectors = self._vectors(self.user_ids)
+        self.item_vectors = self._vectors(self.item_ids)
+        # CVR reads the user through a partly rotated vector: related to CTR's, not the same.
+        rotation, _ = np.linalg.qr(rng.standard_normal((LATENT_DIM, LATENT_DIM)))
+        self.cvr_map = LATENT_CVR_ROTATION * np.eye(LATENT_DIM) + np.sqrt(1 - LATENT_CVR_ROTATION**2) * rotation
+        self.user_bias = rng.normal(0, 0.3, self.n_users)
+        self.item_bias = rng.normal(0, 0.3, self.n_items)
+        self.e_position = np.array([0.3, 0.0, -0.4])
+        self.user_activity = zipf_probs(self.n_users, 0.6)[rng.permutation(self.n_users)]
+        self.item_popularity = zipf_probs(self.n_items, 0.8)[rng.permutation(self.n_items)]
+
+    def _attributes(self, cardinalities: dict, n: int, id_field: str) -> dict:
+        """{field: [n] ids}: the entity's own id, and Zipf-like draws of each attribute."""
+        ids = {id_field: np.arange(n)}
+        for field, cardinality in cardinalities.items():
+            cardinality = max(2, min(cardinality, n // 2))
+            ids[field] = self.rng.permutation(cardinality)[
+                self.rng.choice(cardinality, n, p=zipf_probs(cardinality, 1.0))
+            ]
+        return ids
+
+    def _vectors(self, ids: dict) -> np.ndarray:
+        """[n, LATENT_DIM]: the sum of the entity's fields' vectors, each field an equal share of
+        a unit variance per dimension."""
+        scale = 1.0 / np.sqrt(len(ids))
+        total = 0.0
+        for values in ids.values():
+            table = self.rng.normal(0, scale, (int(values.max()) + 1, LATENT_DIM))
+            total = total + table[values]
+        return total
+
+    def impressions(self, n: int):
+        rng = self.rng
+        users = rng.choice(self.n_users, n, p=self.user_activity)
+        items = rng.choice(self.n_items, n, p=self.item_popularity)
+        positions = rng.choice(N_POSITIONS, n, p=[0.5, 0.3, 0.2])
+        order = np.argsort(users, kind="stable")
+        return users[order], items[order], positions[order]
+
+    def crosses(self, users, items):
+        return {}
+
+    def logits(self, users, items, positions, crosses):
+        u, v = self.user_vectors[users], self.item_vectors[items]
+        norm = np.sqrt(LATENT_DIM)
+        ctr = LATENT_CTR_SCALE * (u * v).sum(1) / norm + self.user_bias[users] + self.item_bias[items]
+        cvr = LATENT_CVR_SCALE * ((u @ self.cvr_map.T) * v).sum(1) / norm
+        return ctr + self.e_position[positions], cvr
+
+
+class _LatentLines:
+    """The latent regime's lines: user fields in common_features, item fields and position in the skeleton."""
+
+    def __init__(self, world: _LatentWorld):
+        self.world = world
+        self.item_text = [
+            "\x01".join(f"{f}\x02{_field_id(f, ids[i])}\x031.0" for f, ids in world.item_ids.items())
+            for i in range(world.n_items)
+        ]
+        self.item_entries = len(world.item_ids)
+        self.position_text = [f"301\x02{_field_id('301', p)}\x031.0" for p in range(N_POSITIONS)]
+
+    def common(self, split: str, user: int) -> str:
+        ids = self.world.user_ids
+        entries = [f"{f}\x02{_field_id(f, values[user])}\x031.0" for f, values in ids.items()]
+        return f"{_common_index(split, user)},{len(entries)},{chr(1).join(entries)}"
+
+    def skeleton(self, split, sample_id, click, conversion, user, item, position, cross_row) -> str:
+        entries = f"{self.item_text[item]}\x01{self.position_text[position]}"
+        return f"{sample_id},{click},{conversion},{_common_index(split, user)},{self.item_entries + 1},{entries}"
+
+
+def _common_index(split: str, user: int) -> str:
+    """A user's common_feature_index in a split's files."""
+    return format((int(user) * 0x9E3779B97F4A7C15 + (7 if split == "test" else 3)) % (1 << 64), "016x")
+
+
+def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _solve_offset(target: float, rate) -> float:
+def solve_offset(target: float, rate) -> float:
     """The offset o with rate(o) = target, by bisection (rate increases with o)."""
     low, high = -30.0, 30.0
     for _ in range(60):
@@ -264,9 +389,6 @@ class _Lines:
         self.item_entries = 4 + w.item_n_intentions
         self.position_text = [f"301\x02{_field_id('301', p)}\x031.0" for p in range(N_POSITIONS)]
 
-    def common_index(self, split: str, user: int) -> str:
-        return format((int(user) * 0x9E3779B97F4A7C15 + (7 if split == "test" else 3)) % (1 << 64), "016x")
-
     def common(self, split: str, user: int) -> str:
         w = self.world
         entries = [
@@ -277,7 +399,7 @@ class _Lines:
             entries += [
                 f"{field}\x02{_field_id(field, i)}\x03{_weight(x)}" for i, x in zip(ids[user], weights[user]) if i >= 0
             ]
-        return f"{self.common_index(split, user)},{len(entries)},{chr(1).join(entries)}"
+        return f"{_common_index(split, user)},{len(entries)},{chr(1).join(entries)}"
 
     def skeleton(self, split, sample_id, click, conversion, user, item, position, cross_row) -> str:
         w = self.world
@@ -293,7 +415,7 @@ class _Lines:
                     f"853\x02{_field_id('853', w.item_intentions[item, k])}\x03{_weight(cross_row['853'][k])}"
                 )
                 n += 1
-        return f"{sample_id},{click},{conversion},{self.common_index(split, user)},{n},{chr(1).join(entries)}"
+        return f"{sample_id},{click},{conversion},{_common_index(split, user)},{n},{chr(1).join(entries)}"
 
 
 def corrupt(line: str, defect: str, fresh_id: str | None = None) -> bytes:
@@ -366,15 +488,19 @@ def _write_with_defects(path: str, valid_lines, plan, make_defect, counts: dict)
     return written + len(chunk)
 
 
-def generate(config: AliccpSynthConfig, out_dir: str, progress: bool = True) -> dict:
-    """Writes the four raw files and synth.json into out_dir; returns what synth.json holds."""
+def generate(config: AliccpSynthConfig, out_dir: str, progress: bool = True, truth: dict | None = None) -> dict:
+    """Writes the four raw files and synth.json into out_dir; returns what synth.json holds.
+    `truth`, when given, receives {split: (p_ctr, p_cvr)}: each valid row's true probabilities,
+    in file order."""
     if config.rows < 10:
         raise ValueError(f"--rows {config.rows} is too small: at least 10")
     if not 0 <= config.malformed_rate < 1:
         raise ValueError(f"--malformed-rate {config.malformed_rate} must be in [0, 1)")
+    if config.world not in ("sessions", "latent"):
+        raise ValueError(f"unknown world {config.world!r}: sessions or latent")
     rng = np.random.default_rng(config.seed)
-    world = _World(config, rng)
-    lines = _Lines(world)
+    world = (_LatentWorld if config.world == "latent" else _World)(config, rng)
+    lines = (_LatentLines if config.world == "latent" else _Lines)(world)
     n_test = int(round(config.rows * config.test_fraction))
     counts = {"train": config.rows - n_test, "test": n_test}
     manifest = {
@@ -393,15 +519,17 @@ def generate(config: AliccpSynthConfig, out_dir: str, progress: bool = True) -> 
     crosses = {split: world.crosses(d[0], d[1]) for split, d in draws.items()}
     logits = {split: world.logits(*draws[split], crosses[split]) for split in counts}
     ctr_logit, cvr_logit = logits["train"]
-    a = _solve_offset(config.ctr, lambda o: _sigmoid(ctr_logit + o).mean())
-    p_click = _sigmoid(ctr_logit + a)
-    b = _solve_offset(config.cvr, lambda o: (p_click * _sigmoid(cvr_logit + o)).sum() / p_click.sum())
+    a = solve_offset(config.ctr, lambda o: sigmoid(ctr_logit + o).mean())
+    p_click = sigmoid(ctr_logit + a)
+    b = solve_offset(config.cvr, lambda o: (p_click * sigmoid(cvr_logit + o)).sum() / p_click.sum())
     malformed = manifest["malformed"]
     bar = tqdm(total=config.rows, desc="synth aliccp", unit="row", disable=not progress)
     for split, n in counts.items():
         users, items, positions = draws[split]
-        p_ctr = _sigmoid(logits[split][0] + a)
-        p_cvr = _sigmoid(logits[split][1] + b)
+        p_ctr = sigmoid(logits[split][0] + a)
+        p_cvr = sigmoid(logits[split][1] + b)
+        if truth is not None:
+            truth[split] = (p_ctr, p_cvr)
         click = (rng.random(n) < p_ctr).astype(np.int64)
         conversion = click * (rng.random(n) < p_cvr)
         manifest["label_rates"][split] = {
