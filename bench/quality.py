@@ -59,19 +59,28 @@ def _cached(path: pathlib.Path, measure) -> dict:
     return result
 
 
-def prepare(rows: int, data_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
-    """(folder with ExampleGen's and Transform's outputs, synth.json) for `rows` synthetic rows,
-    made as `mtrank run` makes its data (seed 0, 0.1% malformed lines)."""
-    from synth import aliccp
+REGIMES = ("sessions", "sparse", "cold-users", "latent", "aliexpress")
 
-    folder = data_dir / f"quality_{rows}"
+
+def prepare(rows: int, data_dir: pathlib.Path, regime: str = "sessions") -> tuple[pathlib.Path, dict]:
+    """(folder with ExampleGen's and Transform's outputs, synth.json) for `rows` synthetic rows of a
+    regime (`mtrank synth aliccp --regime`, or `aliexpress`), made as `mtrank run` makes its data
+    (seed 0; Ali-CCP with 0.1% malformed lines)."""
+    from synth import aliccp, aliexpress
+
+    folder = data_dir / (f"quality_{rows}" if regime == "sessions" else f"quality_{regime}_{rows}")
     raw = folder / "raw"
     if not (raw / "synth.json").exists():
-        aliccp.generate(aliccp.AliccpSynthConfig(rows=rows, seed=0, malformed_rate=0.001), str(raw), progress=False)
+        if regime == "aliexpress":
+            aliexpress.generate(aliexpress.AliexpressSynthConfig(rows=rows, seed=0), str(raw))
+        else:
+            config = aliccp.for_regime(regime, rows=rows, seed=0, malformed_rate=0.001)
+            aliccp.generate(config, str(raw), progress=False)
     mtrank = str(pathlib.Path(sys.executable).with_name("mtrank"))
+    data_format = "aliexpress" if regime == "aliexpress" else "aliccp-raw"
     if not (folder / "stats.json").exists():
         subprocess.run(
-            [mtrank, "ingest", "--format", "aliccp-raw", "--input", str(raw), "--output", str(folder), "--overwrite"],
+            [mtrank, "ingest", "--format", data_format, "--input", str(raw), "--output", str(folder), "--overwrite"],
             check=True,
             capture_output=True,
         )

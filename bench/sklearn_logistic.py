@@ -2,7 +2,8 @@
 ExampleGen's raw tf.Examples, independent of the project's Transform and Trainer.
 
 One one-hot column per (field, id) seen at least `min_count` times in the training split (the
-id's weight as the value where the layout has weights, else 1); the rest are dropped. CTR is
+id's weight as the value where the layout has weights, else 1); the rest are dropped. One column
+per numeric field, standardised with the training split's mean and standard deviation. CTR is
 fitted on all rows, CVR on clicked rows, CTCVR = CTR x CVR. Each task's C is chosen on the eval
 split's log loss from `C_GRID`; test is scored once, with the chosen C.
 Usage: python bench/sklearn_logistic.py EXAMPLES_DIR (ExampleGen's output folder)
@@ -78,18 +79,30 @@ def vocabulary(train_columns: dict, min_count: int) -> dict:
     return kept
 
 
-def one_hot(columns: dict, kept: dict, rows: int) -> sp.csr_matrix:
+def numeric_scale(train_columns: dict, rows: int) -> dict:
+    """{numeric key: (mean, std)} over the training split (an absent value counts as 0, as Transform makes it)."""
+    scale = {}
+    for key, (entry_rows, ids, values) in train_columns.items():
+        if ids is None:
+            dense = np.zeros(rows)
+            dense[entry_rows] = values
+            scale[key] = (dense.mean(), dense.std() or 1.0)
+    return scale
+
+
+def one_hot(columns: dict, kept: dict, rows: int, scale: dict) -> sp.csr_matrix:
     """The split's one-hot matrix: a column per kept (field, id), the entry's value in it (weights
-    of repeated ids summed), one column per numeric field; other ids are dropped."""
+    of repeated ids summed), one standardised column per numeric field; other ids are dropped."""
     row_parts, column_parts, value_parts, start = [], [], [], 0
     for key in sorted(kept):
         entry_rows, ids, values = columns[key]
         if ids is None:
-            (
-                row_parts.append(entry_rows),
-                column_parts.append(np.full(len(entry_rows), start)),
-                value_parts.append(values),
-            )
+            mean, std = scale[key]
+            dense = np.zeros(rows)
+            dense[entry_rows] = values
+            row_parts.append(np.arange(rows))
+            column_parts.append(np.full(rows, start))
+            value_parts.append((dense - mean) / std)
             start += 1
             continue
         vocab = kept[key]
@@ -115,7 +128,8 @@ def fit_predict(examples_dir: str, min_count: int = 2) -> dict:
 
     splits = {name: read_split(examples_dir, name) for name in ("train", "eval", "test")}
     kept = vocabulary(splits["train"][0], min_count)
-    matrices = {name: one_hot(columns, kept, len(labels["click"])) for name, (columns, labels) in splits.items()}
+    scale = numeric_scale(splits["train"][0], len(splits["train"][1]["click"]))
+    matrices = {name: one_hot(columns, kept, len(labels["click"]), scale) for name, (columns, labels) in splits.items()}
     click = {name: labels["click"] for name, (_, labels) in splits.items()}
     conversion = {name: labels["conversion"] for name, (_, labels) in splits.items()}
 

@@ -267,6 +267,9 @@ def print_training_summary(result: dict, run_dir: str) -> None:
     print(
         f"Trainer: {result['model']}, {result['epochs_done']:g} epochs{stop}, best at epoch {result['best_epoch']:g} "
         f"(step {result['best_step']}, by eval {result['monitor']}) in {result['seconds']['train']:.1f} s -> {run_dir}"
+        if "solver" not in result
+        else f"Trainer: {result['model']} solved to convergence (C {result['solver']['C']['ctr']:g} for CTR, "
+        f"{result['solver']['C']['cvr']:g} for CVR, chosen on eval) in {result['seconds']['train']:.1f} s -> {run_dir}"
     )
     if result.get("warm_start"):
         w = result["warm_start"]
@@ -287,10 +290,16 @@ def print_training_summary(result: dict, run_dir: str) -> None:
     print(f"  SavedModel {result['serving_model_dir']}; metrics {os.path.join(run_dir, 'metrics.json')}", flush=True)
 
 
+# The run's `training` keys that the solved reference uses too: how inputs are read and scored.
+REFERENCE_TRAINING_KEYS = ("max_bag_length", "memory_budget_gb", "eval_batch_size")
+
+
 def reference_config(config: dict) -> dict:
-    """The linear reference's trainer config: the `logistic` model at its defaults, trained with
-    the run's `training` and `hardware` sections (its seed, its epochs)."""
-    return {"model": {"name": "logistic"}, **{k: v for k, v in config.items() if k in ("training", "hardware")}}
+    """The linear reference's trainer config: the `logistic` model, solved to convergence with its
+    own settings (`trainer.linear`); of the run's sections it takes `hardware` and the `training`
+    keys that say how inputs are read, never the deep model's optimisation or regularisation."""
+    training = {k: v for k, v in (config.get("training") or {}).items() if k in REFERENCE_TRAINING_KEYS}
+    return {"model": {"name": "logistic"}, "training": training, "hardware": config.get("hardware") or {}}
 
 
 def evaluator(

@@ -4,8 +4,10 @@ Metrics: CTR AUC and log loss on all rows, CVR on clicked rows only, CTCVR on al
 and per value of each slicing feature (e.g. Ali-CCP's 301, the scenario). The model is blessed
 only if every AUC passes its absolute threshold and, when a baseline (the last pushed model) is
 given, no AUC falls below the baseline's on the same rows by more than the tolerance. A reference
-model (the run's `logistic`, the linear baseline every deep model must beat) is scored on the same
-rows and shown beside the model with each AUC's lift over it; it does not gate. Writes
+model (the run's `logistic`, solved to convergence: the linear baseline every deep model must beat)
+is scored on the same rows and shown beside the model with each AUC's lift over it. An AUC at or
+below the reference's is said in one line (`shortfall`); with `require_lift` it also withholds the
+blessing. Writes
 OUTPUT/evaluation/{metrics.json, BLESSED | NOT_BLESSED}; NOT_BLESSED holds the reasons.
 """
 
@@ -33,14 +35,20 @@ class EvalConfig:
     slice_features: tuple[str, ...] = ("f301",)
     thresholds: dict = dataclasses.field(default_factory=lambda: {name: 0.55 for name in AUCS})
     tolerance: float = 0.005  # the largest AUC drop against the baseline that still blesses
+    # Withhold the blessing when a gated AUC (one with a threshold) is not above the linear reference's.
+    require_lift: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict) -> "EvalConfig":
         unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(
-                f"evaluator: unknown key(s) {sorted(unknown)}; known: slice_features, thresholds, tolerance"
+                f"evaluator: unknown key(s) {sorted(unknown)}; known: "
+                f"{', '.join(f.name for f in dataclasses.fields(cls))}"
             )
+        require_lift = raw.get("require_lift", cls.require_lift)
+        if not isinstance(require_lift, bool):
+            raise ValueError(f"evaluator.require_lift must be true or false, got {require_lift!r}")
         thresholds = raw.get("thresholds", {})
         if (
             not isinstance(thresholds, dict)
@@ -52,6 +60,7 @@ class EvalConfig:
             slice_features=tuple(raw.get("slice_features", cls.slice_features)),
             thresholds={**cls().thresholds, **thresholds},
             tolerance=float(raw.get("tolerance", cls.tolerance)),
+            require_lift=require_lift,
         )
 
 
@@ -80,9 +89,19 @@ def _metrics(scores: dict, labels: dict, mask=None) -> dict:
     )
 
 
-def _judge(metrics: dict, baseline: dict | None, config: EvalConfig) -> list[str]:
-    """The reasons not to bless (none: blessed)."""
-    reasons = []
+def shortfall(metrics: dict, reference: dict, config: EvalConfig) -> str | None:
+    """One line naming each gated AUC at or below the linear reference's on the same rows, or None."""
+    short = [
+        f"{name.removesuffix('_auc').upper()} AUC {metrics[name]:.4f} against {reference[name]:.4f}"
+        for name in AUCS
+        if config.thresholds[name] is not None and not metrics[name] > reference[name]
+    ]
+    return f"the model does not beat the linear reference on {', '.join(short)}" if short else None
+
+
+def _judge(metrics: dict, baseline: dict | None, config: EvalConfig, short: str | None = None) -> list[str]:
+    """The reasons not to bless (none: blessed); `short`: the shortfall against the reference."""
+    reasons = [short] if short and config.require_lift else []
     for name in AUCS:
         value = metrics[name]
         if config.thresholds[name] is None:  # not gated (e.g. too few conversions for an AUC)
@@ -130,8 +149,9 @@ def evaluate(
     if reference_model is not None:
         reference = _metrics(*score_examples(reference_model, files))
         lift = {name: result["overall"][name] - reference[name] for name in AUCS}
-        result["reference"] = {"model": reference_model, "overall": reference, "lift": lift}
-    reasons = _judge(result["overall"], baseline, config)
+        short = shortfall(result["overall"], reference, config)
+        result["reference"] = {"model": reference_model, "overall": reference, "lift": lift, "shortfall": short}
+    reasons = _judge(result["overall"], baseline, config, result.get("reference", {}).get("shortfall"))
     result["blessed"], result["reasons"] = not reasons, reasons
     folder = os.path.join(output, EVALUATION)
     os.makedirs(folder, exist_ok=True)
@@ -174,4 +194,6 @@ def table(result: dict) -> str:
             f"lift over the linear reference: CTR AUC {lift['ctr_auc']:+.4f}  CVR AUC {lift['cvr_auc']:+.4f}  "
             f"CTCVR AUC {lift['ctcvr_auc']:+.4f}"
         )
+        if result["reference"]["shortfall"]:
+            lines.append(result["reference"]["shortfall"])
     return "\n".join(lines)

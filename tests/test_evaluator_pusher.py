@@ -60,7 +60,7 @@ def test_metrics_and_slices_are_the_saved_models(tmp_path, ranked):
     assert saved["overall"]["rows"] == result["overall"]["rows"] and "| overall |" in evaluator.table(result)
 
 
-def test_the_reference_is_shown_with_the_lift_over_it_and_does_not_gate(tmp_path, ranked):
+def test_the_reference_is_shown_with_the_lift_over_it_and_gates_only_when_asked(tmp_path, ranked):
     examples, worse, better = ranked
     config = evaluator.EvalConfig(thresholds=OPEN, tolerance=0.0)
     result = evaluator.evaluate(worse, examples, str(tmp_path), config, reference_model=better)
@@ -76,6 +76,21 @@ def test_the_reference_is_shown_with_the_lift_over_it_and_does_not_gate(tmp_path
     assert f"| {alone['overall']['ctr_auc']:.4f} |" in table.split("linear reference (logistic)")[0].splitlines()[-1]
     assert f"lift over the linear reference: CTR AUC {lift['ctr_auc']:+.4f}" in table
     assert json.loads((tmp_path / "evaluation" / "metrics.json").read_text())["reference"]["model"] == better
+    # One line says the model does not beat the reference, naming the gated AUC; CVR and CTCVR are not gated here.
+    short = result["reference"]["shortfall"]
+    assert short == (
+        f"the model does not beat the linear reference on CTR AUC {result['overall']['ctr_auc']:.4f} "
+        f"against {alone['overall']['ctr_auc']:.4f}"
+    )
+    assert table.splitlines()[-1] == short
+    required = evaluator.EvalConfig.from_dict({"thresholds": OPEN, "require_lift": True})
+    withheld = evaluator.evaluate(worse, examples, str(tmp_path / "required"), required, reference_model=better)
+    assert not withheld["blessed"] and withheld["reasons"] == [short]
+    assert (tmp_path / "required" / "evaluation" / "NOT_BLESSED").read_text().strip() == short
+    beats = evaluator.evaluate(better, examples, str(tmp_path / "beats"), required, reference_model=worse)
+    assert beats["blessed"] and beats["reference"]["shortfall"] is None
+    with pytest.raises(ValueError, match="evaluator.require_lift must be true or false"):
+        evaluator.EvalConfig.from_dict({"require_lift": "yes"})
 
 
 def test_thresholds_and_the_baseline_decide_the_blessing(tmp_path, ranked):

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer import distribute, export, inputs, models, optimizers, warm_start
+from trainer import distribute, export, inputs, linear, models, optimizers, warm_start
 from trainer.config import TrainerConfig, from_dict
 from common import layout
 from trainer.callbacks import Evaluation, Throughput, evaluate
@@ -186,6 +186,21 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
             optimizer.build(trainee.trainable_variables)
     finally:
         keras.config.set_dtype_policy(policy)
+    if config.model.name == "logistic":
+        return _solve_linear(
+            run_dir,
+            fn_args,
+            config,
+            network,
+            trainee,
+            tft_output,
+            spec,
+            train_split,
+            eval_split,
+            workers,
+            load_seconds,
+            after_export,
+        )
     if workers.multi_worker and hardware.xla:
         _LOG.info(
             "XLA compiles the forward and backward pass only: it cannot compile the workers' gradient "
@@ -307,6 +322,47 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
             after_export,
         ),
     )
+
+
+def _solve_linear(
+    run_dir,
+    fn_args,
+    config,
+    network,
+    trainee,
+    tft_output,
+    spec,
+    train_split,
+    eval_split,
+    workers,
+    load_seconds,
+    after_export,
+) -> dict:
+    """The `logistic` reference, solved to convergence on the whole training split (`trainer.linear`)
+    instead of trained by minibatches; the `training` section's optimisation keys do not apply."""
+    if workers.multi_worker:
+        raise TrainingError('the logistic reference is solved in one process: set hardware.distribute to "none"')
+    state = start_state(run_dir, config, spec, fn_args)
+    started = time.time()
+    solved = linear.solve(network, train_split, eval_split, config.training.memory_budget_gb)
+    network.save_weights(os.path.join(run_dir, "best.weights.h5"))
+    state = {**state, "evals_done": 0, "history": [], "best_eval": None, "best_epoch": None, "stopped_early": False}
+    write_json(os.path.join(run_dir, "state.json"), state)
+    distribution = {"strategy": workers.name, "workers": 1, "optimizer_steps": 0}
+    run = {
+        "train_rows": train_split.rows,
+        "load_seconds": load_seconds,
+        "train_seconds": time.time() - started,
+        "throughput": None,
+        "distribute": distribution,
+    }
+
+    def with_solver(result, network):
+        result["solver"] = solved
+        write_json(os.path.join(run_dir, layout.METRICS), result)
+        return after_export(result, network) if after_export else result
+
+    return _finish(run_dir, fn_args, config, network, trainee, tft_output, spec, eval_split, state, run, with_solver)
 
 
 def _label_rates(split: inputs.Split, batch_size: int, stream_batches: int = 50) -> tuple[float, float]:
