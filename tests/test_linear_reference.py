@@ -102,7 +102,7 @@ def test_the_solve_matches_scikit_learn_and_the_network_scores_it():
 
     network = models.build(SPEC.to_dict(), _model_config("logistic"))
     network(evaluation.features)
-    linear.assign(network, fitted)
+    linear.assign(network.linear, fitted)
     scores = {k: keras.ops.convert_to_numpy(v) for k, v in network(evaluation.features).items()}
     expected_ctr = 1 / (1 + np.exp(-(x_eval @ fitted["ctr"].coef + fitted["ctr"].intercept)))
     expected_cvr = 1 / (1 + np.exp(-(x_eval @ fitted["cvr"].coef + fitted["cvr"].intercept)))
@@ -120,6 +120,6 @@ def test_the_fit_recovers_a_known_model_better_than_its_prior():
     # Numerics back on their raw scale: the true model's 0.3 and -2.0 per unit.
     network = models.build(SPEC.to_dict(), _model_config("logistic"))
     network(evaluation.features)
-    linear.assign(network, fitted)
+    linear.assign(network.linear, fitted)
     numeric = network.linear.numeric_weights.numpy()[:, 0]
     assert numeric[0] == pytest.approx(0.3, abs=0.08) and numeric[1] == pytest.approx(-2.0, abs=0.4)

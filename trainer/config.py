@@ -30,6 +30,7 @@ MTN_SUBSETS = ("modes", "all")
 AUX_REDUCTIONS = ("mean", "sum")
 MONITORS = ("logloss", "cvr_auc", "ctcvr_auc")
 EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "ftrl")
+WIDE_STARTS = ("solved", "zero")
 # The `model` keys that default to null resolve per model: `MODEL_DEFAULTS[name]`, else
 # `GENERAL_DEFAULTS`. PLE stacks two extraction levels: at [128, 64] units per expert it overfits
 # before its first pass ends, and with 4 shared experts per level its CVR falls behind. One layer of
@@ -119,6 +120,13 @@ class TrainingConfig:
     warmup_steps: int = 0
     decay_steps: typing.Optional[int] = 500
     decay_floor: float = 0.1
+    # Reduce on plateau: each evaluation round that does not improve the monitor multiplies every
+    # learning rate by this factor, down to `decay_floor` of it (null: never).
+    plateau_factor: typing.Optional[float] = None
+    # With `model.wide`: "solved", the wide part is the linear model solved to convergence on the
+    # training split (trainer.linear) and stays fixed, so the rest learns what it misses; "zero",
+    # it starts at zero and trains with the rest (Wide & Deep as published).
+    wide_start: str = "solved"
     seed: int = 0
     max_bag_length: int = 32  # ids kept per multi-valued field (the first ones, in file order)
     memory_budget_gb: float = 8.0  # splits that fit are parsed once and kept in memory; larger ones stream
@@ -199,9 +207,10 @@ _CHOICES = {
     ("mtn", "subsets"): MTN_SUBSETS,
     ("training", "monitor"): MONITORS,
     ("training", "embedding_optimizer"): EMBEDDING_OPTIMIZERS,
+    ("training", "wide_start"): WIDE_STARTS,
     ("hardware", "distribute"): ("auto", "none"),
 }
-_NULLABLE = {"decay_steps", *GENERAL_DEFAULTS}  # keys whose default is set but may be null
+_NULLABLE = {"decay_steps", "plateau_factor", *GENERAL_DEFAULTS}  # keys whose default is set but may be null
 _POSITIVE = {
     "embedding_dim",
     "num_experts",
@@ -278,6 +287,8 @@ def _check(section: str, key: str, value, default):
         and value < 0
     ):
         raise ValueError(f"{where} must be >= 0, got {value!r}")
+    if key == "plateau_factor" and not 0 < value <= 1:
+        raise ValueError(f"{where} must be in (0, 1] or null, got {value!r}")
     if key in ("alpha_floor", "dropout", "decay_floor") and not 0 <= value <= 1:
         raise ValueError(f"{where} must be in [0, 1], got {value!r}")
     return value

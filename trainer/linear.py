@@ -9,7 +9,7 @@ CVR on the clicked rows), solved to convergence with full-batch L-BFGS, as sciki
 The penalty follows scikit-learn's parametrisation, loss sum + ||w||^2 / (2C), the intercept
 unpenalised. C runs along `C_GRID` from the strongest penalty, each solve starting from the last,
 and the C of the lowest eval log loss is kept, per task; the path stops once the eval loss has
-risen twice in a row. The coefficients are written into the `Logistic` network's weights
+risen once. The coefficients are written into the `Logistic` network's weights
 (numerics back on their raw scale), so the export, serving and the Evaluator see the usual model.
 
 Minibatch Adam with early stopping, as the deep models train, stops this model short of its
@@ -34,7 +34,7 @@ from transform import features as F
 
 _LOG = logging.getLogger(__name__)
 MIN_COUNT = 2  # an id read fewer times in training gets no weight (bench/sklearn_logistic.py: min_count)
-C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+C_GRID = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 MAX_ITERATIONS = 1000
 _READ_BATCH = 65_536
 
@@ -194,8 +194,16 @@ def solve_task(x: sp.csr_matrix, y: np.ndarray, x_eval: sp.csr_matrix, y_eval: n
     return TaskFit(w[:-1], float(w[-1]), c, path)
 
 
-def fit(train: inputs.Split, eval_split: inputs.Split, spec: inputs.InputSpec, memory_budget_gb: float) -> dict:
-    """{"design", "ctr", "cvr": TaskFit, "rows", "truncated"}: both tasks solved on the training split."""
+def fit(
+    train: inputs.Split,
+    eval_split: inputs.Split,
+    spec: inputs.InputSpec,
+    memory_budget_gb: float,
+    second_head: str = "cvr",
+) -> dict:
+    """{"design", "ctr", "cvr": TaskFit, "rows", "truncated"}: both tasks solved on the training split.
+    The second task is CVR on the clicked rows, or with `second_head` "ctcvr" conversion over every
+    row (the "impressions" loss convention's second head); it is stored under "cvr" either way."""
     # Each entry costs about 40 bytes across the entry arrays and the sparse matrices built from them.
     max_entries = int(memory_budget_gb * 1e9 / 40)
     matrices = {"train": _Matrix(train, spec, max_entries), "eval": _Matrix(eval_split, spec, max_entries)}
@@ -208,6 +216,8 @@ def fit(train: inputs.Split, eval_split: inputs.Split, spec: inputs.InputSpec, m
     train_m, eval_m = matrices["train"], matrices["eval"]
     x, x_eval = train_m.matrix(design), eval_m.matrix(design)
     clicked, clicked_eval = train_m.click == 1, eval_m.click == 1
+    if second_head == "ctcvr":
+        clicked, clicked_eval = np.ones_like(clicked), np.ones_like(clicked_eval)
     return {
         "design": design,
         "ctr": solve_task(x, train_m.click, x_eval, eval_m.click),
@@ -219,11 +229,10 @@ def fit(train: inputs.Split, eval_split: inputs.Split, spec: inputs.InputSpec, m
     }
 
 
-def assign(network, fitted: dict) -> None:
-    """Writes both tasks' coefficients into a `Logistic` network (`trainer.models.logistic`): the id
-    weights by table row, the numerics' weights and intercepts on their raw scale, a zero logit bias."""
+def assign(linear, fitted: dict) -> None:
+    """Writes both tasks' coefficients into a `LinearLogits` layer (`trainer.blocks`): the id weights
+    by table row, the numerics' weights and the intercepts on their raw scale."""
     design = fitted["design"]
-    linear = network.linear
     ids = int(design.kept.max(initial=-1)) + 1
     table = np.zeros((design.table_rows, 2), np.float64)
     numeric = np.zeros((len(design.mean), 2), np.float64)
@@ -239,14 +248,17 @@ def assign(network, fitted: dict) -> None:
     if linear.numeric_weights is not None:
         linear.numeric_weights.assign(numeric.astype("float32"))
     linear.bias.assign(bias.astype("float32"))
-    network.logit_bias.assign(np.zeros(2, "float32"))
 
 
-def solve(network, train: inputs.Split, eval_split: inputs.Split, memory_budget_gb: float) -> dict:
-    """Fits and assigns the reference; returns what metrics.json records of the solve."""
+def solve(network, layer, train: inputs.Split, eval_split: inputs.Split, memory_budget_gb: float) -> dict:
+    """Fits the network's tasks and writes them into `layer`, its `LinearLogits` (the `logistic`
+    model's own, or another model's wide part), with the network's logit bias at zero (the layer
+    holds the intercepts); returns what metrics.json records of the solve."""
     started = time.time()
-    fitted = fit(train, eval_split, inputs.InputSpec.from_dict(network.spec), memory_budget_gb)
-    assign(network, fitted)
+    spec = inputs.InputSpec.from_dict(network.spec)
+    fitted = fit(train, eval_split, spec, memory_budget_gb, network.second_head)
+    assign(layer, fitted)
+    network.logit_bias.assign(np.zeros(2, "float32"))
     summary = {
         "method": "L-BFGS, full batch, to convergence; C chosen on eval log loss",
         "columns": fitted["design"].columns,
@@ -257,7 +269,7 @@ def solve(network, train: inputs.Split, eval_split: inputs.Split, memory_budget_
         "seconds": time.time() - started,
     }
     _LOG.info(
-        "linear reference solved in %.1f s: %d columns, C %g (CTR) and %g (CVR) chosen on eval",
+        "linear model solved in %.1f s: %d columns, C %g (CTR) and %g (second task) chosen on eval",
         summary["seconds"],
         summary["columns"],
         summary["C"]["ctr"],

@@ -148,10 +148,14 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
     )  # the chief alone evaluates
     load_seconds = time.time() - started
 
+    solves_wide = config.model.wide and training.wide_start == "solved" and config.model.name != "logistic"
     # The chief's folder holds the run: every worker starts from its state (and, below, its weights).
     start = chief_says(
         workers,
-        lambda: {"state": start_state(run_dir, config, spec, fn_args), "sync_weights": bool(fn_args.base_model)},
+        lambda: {
+            "state": start_state(run_dir, config, spec, fn_args),
+            "sync_weights": bool(fn_args.base_model) or solves_wide,
+        },
     )
     state = start["state"]
 
@@ -180,6 +184,8 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
             keras.config.set_dtype_policy("mixed_float16")
         with strategy.scope():
             network = models.build(spec.to_dict(), config.network_config())
+            if solves_wide:
+                network.wide.trainable = False  # the solved linear part stays as solved
             trainee = TrainingModel(network, spec, config)
             optimizer = optimizers.for_model(network, training)
             trainee.compile_for_training(optimizer, hardware.xla, multi_worker=workers.multi_worker)
@@ -218,8 +224,11 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
         _LOG.info("resuming %s after evaluation round %d", run_dir, first_round)
     elif chief and fn_args.base_model:
         state["warm_start"] = warm_start.warm_start(network, tft_output, fn_args.base_model)
+    if chief and solves_wide and not first_round:
+        state["wide"] = linear.solve(network, network.wide, train_split, eval_split, training.memory_budget_gb)
     if first_round or start["sync_weights"]:  # the others take the chief's restored or warm-started weights
         workers.broadcast_variables(_state_variables(trainee, optimizer))
+    optimizers.set_scale(optimizer, state.get("learning_rate_scale", 1.0))  # a resumed run's plateau cuts
 
     train_seconds = 0.0
     throughput = Throughput(batch_size)
@@ -344,7 +353,7 @@ def _solve_linear(
         raise TrainingError('the logistic reference is solved in one process: set hardware.distribute to "none"')
     state = start_state(run_dir, config, spec, fn_args)
     started = time.time()
-    solved = linear.solve(network, train_split, eval_split, config.training.memory_budget_gb)
+    solved = linear.solve(network, network.linear, train_split, eval_split, config.training.memory_budget_gb)
     network.save_weights(os.path.join(run_dir, "best.weights.h5"))
     state = {**state, "evals_done": 0, "history": [], "best_eval": None, "best_epoch": None, "stopped_early": False}
     write_json(os.path.join(run_dir, "state.json"), state)
@@ -419,8 +428,9 @@ def _finish(run_dir, fn_args, config, network, trainee, tft_output, spec, eval_s
         "serving_model_dir": fn_args.serving_model_dir,
         "distribute": run["distribute"],
     }
-    if state.get("warm_start"):
-        result["warm_start"] = state["warm_start"]
+    for key in ("warm_start", "wide"):
+        if state.get(key):
+            result[key] = state[key]
     if trainee.mtn is not None:
         result["mtn_alphas"] = np.asarray(trainee.mtn.alphas).tolist()
     write_json(os.path.join(run_dir, layout.METRICS), result)

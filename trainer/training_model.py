@@ -126,6 +126,7 @@ class TrainingModel(keras.Model):
             extras["embedding_l2"] = sum(
                 regularizers.touched_rows_l2(layer.table, *layer.row_ids(features))
                 for layer in self.network.embedding_layers()
+                if layer.trainable
             )
         return {"logits": logits, **{k: v for k, v in extras.items() if v is not None}}
 
