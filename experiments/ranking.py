@@ -497,6 +497,10 @@ def trainer_config(
             "batch_size": settings.batch_size,
             "learning_rate": settings.learning_rate,
             "patience": settings.patience,
+            # These runs' settings before the Trainer's defaults followed the training rows and
+            # dropped the decay (issue 36 asks which the paper presets should take).
+            "embedding_l2": 1e-3,
+            "decay_steps": 500,
             "seed": seed,
             "monitor": settings.monitor,
             "evals_per_epoch": settings.evals_per_epoch,

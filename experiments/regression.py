@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import models, regularizers
-from trainer.config import TrainerConfig, from_dict
+from trainer.config import PATIENCE_ROUNDS, TrainerConfig, from_dict
 from trainer.inputs import NUMERIC, InputField, InputSpec
 
 _PREDICT_BATCH = 4096
@@ -41,8 +41,9 @@ def trainer_config(
     as in `trainer.config` (embedding_dim, expert_units, ..., epochs, batch_size, learning_rate,
     aux_weight, orth_weight). FDN's aux and orth terms are on when `regularized`. XLA is off: it
     compiles for about 8 s per model here, longer than these small runs train. `patience`: epochs
-    without a better validation MSE before `fit` stops (None: the Trainer's default)."""
-    early_stopping = {} if patience is None else {"patience": patience}
+    without a better validation MSE before `fit` stops (None: the Trainer's fixed count,
+    `PATIENCE_ROUNDS`). Numeric inputs only: no embedding table for `embedding_l2` to act on."""
+    early_stopping = {"patience": PATIENCE_ROUNDS if patience is None else patience}
     return from_dict(
         {
             "model": {
@@ -68,6 +69,7 @@ def trainer_config(
                 "epochs": settings.epochs,
                 "batch_size": settings.batch_size,
                 "learning_rate": settings.learning_rate,
+                "embedding_l2": 0.0,
                 "seed": seed,
                 **early_stopping,
             },

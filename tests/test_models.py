@@ -170,7 +170,7 @@ def _trainee(name="mmoe", **sections) -> TrainingModel:
         {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in _model_config(name).items()}, **sections}
     )
     network = models.build(SPEC.to_dict(), config.network_config())
-    return TrainingModel(network, SPEC, config)
+    return TrainingModel(network, SPEC, C.resolve(config, train_rows=100_000)[0])
 
 
 def _labels(rows=16, seed=4):

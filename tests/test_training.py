@@ -108,6 +108,9 @@ def test_a_run_writes_its_config_metrics_checkpoints_and_tensorboard_logs(traine
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["evals_done"] == 4 and metrics["epochs_done"] == 2.0 and len(metrics["history"]) == 4
     steps = metrics["rows"]["train"] // FAST["batch_size"] // 2
+    # FAST sets the batch and the L2; patience is left to its rule, rounds spanning 200 steps.
+    assert saved["resolved"] == metrics["resolved"] == {"training.patience": -(-200 // steps)}
+    assert saved["trainer"]["training"]["patience"] == -(-200 // steps)
     assert [(e["eval"], e["epoch"], e["step"]) for e in metrics["history"]] == [
         (i, i / 2, i * steps) for i in range(1, 5)
     ]
@@ -160,44 +163,6 @@ def test_early_stopping_within_an_epoch_on_the_eval_log_loss(tmp_path, trainable
     assert len(history) == best + 1 + 3  # stopped after 3 rounds without a lower log loss
     assert result["best_eval"] == best + 1 and result["best_epoch"] == pytest.approx((best + 1) / 3)
     assert result["eval"]["ctcvr_logloss"] == pytest.approx(history[best]["val_ctcvr_logloss"], abs=1e-9)
-
-
-def test_a_solved_wide_part_is_the_linear_solve_and_stays_fixed(tmp_path, trainable_synthetic):
-    """`model.wide` with `training.wide_start: "solved"`: the wide part holds the linear model solved on
-    the training split (the one `trainer.linear.fit` gives) after training."""
-    import keras
-    import tensorflow_transform as tft
-
-    from trainer import linear
-    from transform.preprocessing import categorical_cardinalities
-
-    folder = trainable_synthetic[0]
-    config = _config("mmoe", training={"epochs": 1}, model={"name": "mmoe", **SMALL, "wide": True})
-    result = train.train(str(folder), str(tmp_path), config)
-    assert result["wide"]["C"]["ctr"] in linear.C_GRID and result["wide"]["rows_fitted"] == result["rows"]["train"]
-    tft_output = tft.TFTransformOutput(str(folder / "transform_graph"))
-    splits = {}
-    for name in ("train", "eval"):
-        splits[name] = inputs.load(
-            [str(folder / "transformed" / name / "*.tfrecord.gz")],
-            tft_output.transformed_feature_spec(),
-            splits.get("train", None) and splits["train"].spec,
-            categorical_cardinalities(tft_output),
-            32,
-            8.0,
-            name,
-        )
-    fitted = linear.fit(splits["train"], splits["eval"], splits["train"].spec, 8.0)
-    batch = next(iter(splits["eval"].dataset(8)[0]))[0]
-    network, expected = (
-        models.build(splits["train"].spec.to_dict(), train.from_dict(config).network_config()) for _ in "ab"
-    )
-    network(batch), expected(batch)
-    network.load_weights(str(tmp_path / "model" / "best.weights.h5"))
-    linear.assign(expected.wide, fitted)
-    for got, want in zip(network.wide.weights, expected.wide.weights):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want), atol=1e-6)
-    _check_beats_constant(result["test"])
 
 
 def _mtrank(*args) -> list[str]:

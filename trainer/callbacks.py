@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.metrics import task_metrics
-from trainer import distribute, inputs, optimizers
+from trainer import distribute, inputs
 from trainer.run_state import chief_says, write_json
 from transform import features as F
 
@@ -130,7 +130,6 @@ class Evaluation(keras.callbacks.Callback):
         self.run_dir, self.state, self.evaluate_fn = run_dir, state, evaluate_fn
         self.network, self.manager, self.workers = network, manager, workers
         self.patience, self.monitor = config.training.patience, config.training.monitor
-        self.plateau_factor, self.floor = config.training.plateau_factor, config.training.decay_floor
         self.steps_per_eval, self.evals_per_epoch = steps_per_eval, evals_per_epoch
 
     def _decide(self, round_index, logs) -> dict:
@@ -147,10 +146,6 @@ class Evaluation(keras.callbacks.Callback):
             state.update(best=value, best_eval=done, best_epoch=epoch, wait=0)
         else:
             state["wait"] += 1
-            if self.plateau_factor is not None:
-                state["learning_rate_scale"] = max(
-                    self.floor, state.get("learning_rate_scale", 1.0) * self.plateau_factor
-                )
         entry = {"eval": done, "epoch": epoch}
         if self.steps_per_eval:
             entry["step"] = done * self.steps_per_eval
@@ -169,7 +164,6 @@ class Evaluation(keras.callbacks.Callback):
             state.clear()
             state.update(decided["state"])
         logs.update({k: v for k, v in state["history"][-1].items() if k.startswith("val_")})
-        optimizers.set_scale(self.model.optimizer, state.get("learning_rate_scale", 1.0))
         self.manager.save(checkpoint_number=epoch + 1)
         if state["stopped_early"]:
             self.model.stop_training = True

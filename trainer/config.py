@@ -30,7 +30,6 @@ MTN_SUBSETS = ("modes", "all")
 AUX_REDUCTIONS = ("mean", "sum")
 MONITORS = ("logloss", "cvr_auc", "ctcvr_auc")
 EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "ftrl")
-WIDE_STARTS = ("solved", "zero")
 # The `model` keys that default to null resolve per model: `MODEL_DEFAULTS[name]`, else
 # `GENERAL_DEFAULTS`. PLE stacks two extraction levels: at [128, 64] units per expert it overfits
 # before its first pass ends, and with 4 shared experts per level its CVR falls behind. One layer of
@@ -102,31 +101,28 @@ class MtnConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = 10
-    batch_size: int = 2048
+    # null: by the training rows (`resolve`): 2,048, or fewer where a pass would have under 64 steps
+    batch_size: typing.Optional[int] = None
     learning_rate: float = 1e-3
     # Early stopping and the weights kept: "logloss", the summed eval log loss of CTR and CTCVR (every
     # row) and CVR (clicked rows), "cvr_auc", the eval CVR AUC on clicked rows, or "ctcvr_auc", the eval
     # CTCVR AUC on every row (the MTN paper's rule: its conversion task is over all impressions).
     monitor: str = "logloss"
     evals_per_epoch: int = 4  # evaluations per pass over the training split (one when it streams)
-    patience: int = 4  # evaluations without a better monitor value before stopping
-    embedding_l2: float = 1e-3  # L2 on the embedding rows each batch touches (trainer.regularizers)
+    # Evaluations without a better monitor value before stopping. null: by the round length (`resolve`):
+    # the rounds of one pass, and enough of them to span 200 training steps.
+    patience: typing.Optional[int] = None
+    # L2 on the embedding rows each batch touches (trainer.regularizers). null: by the training rows
+    # (`resolve`): 90 / rows, about 1e-3 at 90,000 rows and 1e-4 at 900,000.
+    embedding_l2: typing.Optional[float] = None
     embedding_optimizer: str = "adam"  # the embedding tables' optimizer (trainer.optimizers); dense layers: Adam
     embedding_learning_rate: typing.Optional[float] = None  # None: learning_rate
     # Every learning rate rises linearly from 0 over `warmup_steps`, then (unless `decay_steps` is
-    # null) falls along a cosine to `decay_floor` of its value over the next `decay_steps` steps,
-    # and stays there (trainer.optimizers.WarmupCosine). 500 steps of 2,048 rows is about the first
-    # pass over 1M rows, where the models peak; at 200K they stop before the rate has fallen 15%.
+    # null: a constant rate, the default) falls along a cosine to `decay_floor` of its value over the
+    # next `decay_steps` steps, and stays there (trainer.optimizers.WarmupCosine).
     warmup_steps: int = 0
-    decay_steps: typing.Optional[int] = 500
+    decay_steps: typing.Optional[int] = None
     decay_floor: float = 0.1
-    # Reduce on plateau: each evaluation round that does not improve the monitor multiplies every
-    # learning rate by this factor, down to `decay_floor` of it (null: never).
-    plateau_factor: typing.Optional[float] = None
-    # With `model.wide`: "solved", the wide part is the linear model solved to convergence on the
-    # training split (trainer.linear) and stays fixed, so the rest learns what it misses; "zero",
-    # it starts at zero and trains with the rest (Wide & Deep as published).
-    wide_start: str = "solved"
     seed: int = 0
     max_bag_length: int = 32  # ids kept per multi-valued field (the first ones, in file order)
     memory_budget_gb: float = 8.0  # splits that fit are parsed once and kept in memory; larger ones stream
@@ -207,10 +203,15 @@ _CHOICES = {
     ("mtn", "subsets"): MTN_SUBSETS,
     ("training", "monitor"): MONITORS,
     ("training", "embedding_optimizer"): EMBEDDING_OPTIMIZERS,
-    ("training", "wide_start"): WIDE_STARTS,
     ("hardware", "distribute"): ("auto", "none"),
 }
-_NULLABLE = {"decay_steps", "plateau_factor", *GENERAL_DEFAULTS}  # keys whose default is set but may be null
+_NULLABLE = {
+    "decay_steps",
+    "batch_size",
+    "patience",
+    "embedding_l2",
+    *GENERAL_DEFAULTS,
+}  # keys whose default is set but may be null
 _POSITIVE = {
     "embedding_dim",
     "num_experts",
@@ -287,8 +288,6 @@ def _check(section: str, key: str, value, default):
         and value < 0
     ):
         raise ValueError(f"{where} must be >= 0, got {value!r}")
-    if key == "plateau_factor" and not 0 < value <= 1:
-        raise ValueError(f"{where} must be in (0, 1] or null, got {value!r}")
     if key in ("alpha_floor", "dropout", "decay_floor") and not 0 <= value <= 1:
         raise ValueError(f"{where} must be in [0, 1], got {value!r}")
     return value
@@ -319,3 +318,42 @@ def from_dict(config: dict | None) -> TrainerConfig:
         name: None if values is None and name == "mtn" else _section(name, values) for name, values in config.items()
     }
     return TrainerConfig(**sections)
+
+
+# The rules of the `training` keys that default to null (`resolve`), chosen on the eval split across
+# the data regimes of `bench/quality.py` (docs/quality.md).
+MAX_BATCH, MIN_BATCH, MIN_STEPS_PER_PASS = 2048, 256, 64
+PATIENCE_ROUNDS, MIN_PATIENCE_STEPS = 4, 200
+EMBEDDING_L2_ROWS, MAX_EMBEDDING_L2 = 90.0, 1e-2
+
+
+def resolve(config: TrainerConfig, train_rows: int | None) -> tuple:
+    """(the config with its null rule-driven `training` keys set, {"training.KEY": value} of those
+    set) for a training split of `train_rows` rows (None: it streams, its length unknown, so it is
+    taken as large). Keys the config sets are kept as they are.
+
+    - batch_size: 2,048; on a split so small that a pass would take fewer than 64 steps, the largest
+      power of two that gives 64 (at least 256).
+    - patience: the evaluation rounds of one pass, and enough to span 200 training steps, so a
+      small split is not stopped before its models have moved.
+    - embedding_l2: 90 / training rows, at most 1e-2 (1e-3 at 90,000 rows, 1e-4 at 900,000; 1e-4 when
+      it streams), as a penalty on the mean loss shrinks with the rows under a fixed prior."""
+    training, resolved = config.training, {}
+    large = train_rows is None
+    batch = training.batch_size
+    if batch is None:
+        batch = MAX_BATCH
+        while not large and batch > MIN_BATCH and train_rows // batch < MIN_STEPS_PER_PASS:
+            batch //= 2
+        resolved["batch_size"] = batch
+    if training.patience is None:
+        patience = PATIENCE_ROUNDS
+        if not large:
+            per_pass = training.steps_per_epoch or max(1, train_rows // min(batch, max(train_rows, 1)))
+            rounds = min(training.evals_per_epoch, per_pass)
+            patience = max(patience, rounds, -(-MIN_PATIENCE_STEPS // max(1, per_pass // rounds)))
+        resolved["patience"] = patience
+    if training.embedding_l2 is None:
+        resolved["embedding_l2"] = min(MAX_EMBEDDING_L2, EMBEDDING_L2_ROWS / (900_000 if large else max(train_rows, 1)))
+    resolved_config = config.replace(training=resolved) if resolved else config
+    return resolved_config, {f"training.{k}": v for k, v in resolved.items()}

@@ -21,8 +21,7 @@ from trainer.config import EMBEDDING_OPTIMIZERS
 @keras.saving.register_keras_serializable("mtrank")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """`peak` × min(1, step / warmup_steps), times a cosine from 1 down to `floor` over the
-    `decay_steps` after the warm-up (0: no decay), constant after it; times `scale`, a variable the
-    Trainer lowers on eval plateaus when `training.plateau_factor` asks (1 otherwise).
+    `decay_steps` after the warm-up (0: no decay), constant after it.
 
     A linear warm-up keeps Adam's first steps, taken on second-moment estimates of a few batches,
     from throwing the gates and stacked experts into dead ReLUs; the decay lets the point where
@@ -30,11 +29,10 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, peak: float, warmup_steps: int = 0, decay_steps: int = 0, floor: float = 0.1):
         self.peak, self.warmup_steps, self.decay_steps, self.floor = peak, warmup_steps, decay_steps, floor
-        self.scale = keras.Variable(1.0, dtype="float32", trainable=False, name="learning_rate_scale")
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
-        rate = ops.convert_to_tensor(self.peak, "float32") * self.scale
+        rate = ops.convert_to_tensor(self.peak, "float32")
         if self.warmup_steps:
             rate = rate * ops.minimum(1.0, (step + 1.0) / self.warmup_steps)
         if self.decay_steps:
@@ -124,22 +122,10 @@ class PerGroupOptimizer(keras.optimizers.Optimizer):
 
 
 def schedule(peak: float, training):
-    """`peak`, or a WarmupCosine of it when the TrainingConfig asks for warm-up, decay or plateau cuts."""
-    if not training.warmup_steps and training.decay_steps is None and training.plateau_factor is None:
+    """`peak`, or a WarmupCosine of it when the TrainingConfig asks for warm-up or decay."""
+    if not training.warmup_steps and training.decay_steps is None:
         return peak
     return WarmupCosine(peak, training.warmup_steps, training.decay_steps or 0, training.decay_floor)
-
-
-def set_scale(optimizer, scale: float) -> None:
-    """Sets every WarmupCosine's `scale` under `optimizer` (both groups of a PerGroupOptimizer)."""
-    groups = (
-        (optimizer.embedding_optimizer, optimizer.dense_optimizer)
-        if isinstance(optimizer, PerGroupOptimizer)
-        else (optimizer,)
-    )
-    for group in groups:
-        if isinstance(group._learning_rate, WarmupCosine):
-            group._learning_rate.scale.assign(scale)
 
 
 def for_model(network, training) -> keras.optimizers.Optimizer:

@@ -80,9 +80,9 @@ def check_resumable(saved: dict, config: TrainerConfig, run_dir: str) -> None:
         )
 
 
-def start_state(run_dir: str, config: TrainerConfig, spec: inputs.InputSpec, fn_args) -> dict:
+def start_state(run_dir: str, config: TrainerConfig, spec: inputs.InputSpec, fn_args, resolved: dict) -> dict:
     """The run state to start from (a resumed run's, or a new one), after checking the folder's
-    run can be resumed; writes config.json."""
+    run can be resumed; writes config.json (`resolved`: the keys the training split's rules set)."""
     state = read_json(os.path.join(run_dir, "state.json"))
     saved = read_json(os.path.join(run_dir, "config.json"))
     if state is not None and saved is not None:
@@ -112,6 +112,7 @@ def start_state(run_dir: str, config: TrainerConfig, spec: inputs.InputSpec, fn_
         os.path.join(run_dir, "config.json"),
         {
             "trainer": config.to_dict(),
+            "resolved": resolved,
             "input_spec": spec.to_dict(),
             "packages": package_versions(),
             "train_files": list(inputs.expand(fn_args.train_files)),

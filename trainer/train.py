@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import distribute, export, inputs, linear, models, optimizers, warm_start
-from trainer.config import TrainerConfig, from_dict
+from trainer.config import TrainerConfig, from_dict, resolve
 from common import layout
 from trainer.callbacks import Evaluation, Throughput, evaluate
 from trainer.run_state import TrainingError, chief_says, start_state, step_of, write_json
@@ -147,14 +147,21 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
         else None
     )  # the chief alone evaluates
     load_seconds = time.time() - started
+    config, resolved = resolve(config, train_split.rows)
+    training = config.training
+    if resolved:
+        _LOG.info(
+            "defaults by the training split (%s rows): %s",
+            f"{train_split.rows:,}" if train_split.in_memory else "streamed",
+            ", ".join(f"{key} {value:g}" for key, value in resolved.items()),
+        )
 
-    solves_wide = config.model.wide and training.wide_start == "solved" and config.model.name != "logistic"
     # The chief's folder holds the run: every worker starts from its state (and, below, its weights).
     start = chief_says(
         workers,
         lambda: {
-            "state": start_state(run_dir, config, spec, fn_args),
-            "sync_weights": bool(fn_args.base_model) or solves_wide,
+            "state": start_state(run_dir, config, spec, fn_args, resolved),
+            "sync_weights": bool(fn_args.base_model),
         },
     )
     state = start["state"]
@@ -184,8 +191,6 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
             keras.config.set_dtype_policy("mixed_float16")
         with strategy.scope():
             network = models.build(spec.to_dict(), config.network_config())
-            if solves_wide:
-                network.wide.trainable = False  # the solved linear part stays as solved
             trainee = TrainingModel(network, spec, config)
             optimizer = optimizers.for_model(network, training)
             trainee.compile_for_training(optimizer, hardware.xla, multi_worker=workers.multi_worker)
@@ -205,6 +210,7 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
             eval_split,
             workers,
             load_seconds,
+            resolved,
             after_export,
         )
     if workers.multi_worker and hardware.xla:
@@ -224,11 +230,8 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
         _LOG.info("resuming %s after evaluation round %d", run_dir, first_round)
     elif chief and fn_args.base_model:
         state["warm_start"] = warm_start.warm_start(network, tft_output, fn_args.base_model)
-    if chief and solves_wide and not first_round:
-        state["wide"] = linear.solve(network, network.wide, train_split, eval_split, training.memory_budget_gb)
     if first_round or start["sync_weights"]:  # the others take the chief's restored or warm-started weights
         workers.broadcast_variables(_state_variables(trainee, optimizer))
-    optimizers.set_scale(optimizer, state.get("learning_rate_scale", 1.0))  # a resumed run's plateau cuts
 
     train_seconds = 0.0
     throughput = Throughput(batch_size)
@@ -327,6 +330,7 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
                 "train_seconds": train_seconds,
                 "throughput": throughput.examples_per_second,
                 "distribute": distribution,
+                "resolved": resolved,
             },
             after_export,
         ),
@@ -345,13 +349,14 @@ def _solve_linear(
     eval_split,
     workers,
     load_seconds,
+    resolved,
     after_export,
 ) -> dict:
     """The `logistic` reference, solved to convergence on the whole training split (`trainer.linear`)
     instead of trained by minibatches; the `training` section's optimisation keys do not apply."""
     if workers.multi_worker:
         raise TrainingError('the logistic reference is solved in one process: set hardware.distribute to "none"')
-    state = start_state(run_dir, config, spec, fn_args)
+    state = start_state(run_dir, config, spec, fn_args, resolved)
     started = time.time()
     solved = linear.solve(network, network.linear, train_split, eval_split, config.training.memory_budget_gb)
     network.save_weights(os.path.join(run_dir, "best.weights.h5"))
@@ -364,6 +369,7 @@ def _solve_linear(
         "train_seconds": time.time() - started,
         "throughput": None,
         "distribute": distribution,
+        "resolved": resolved,
     }
 
     def with_solver(result, network):
@@ -427,10 +433,10 @@ def _finish(run_dir, fn_args, config, network, trainee, tft_output, spec, eval_s
         "train_examples_per_second": run["throughput"],
         "serving_model_dir": fn_args.serving_model_dir,
         "distribute": run["distribute"],
+        "resolved": run["resolved"],
     }
-    for key in ("warm_start", "wide"):
-        if state.get(key):
-            result[key] = state[key]
+    if state.get("warm_start"):
+        result["warm_start"] = state["warm_start"]
     if trainee.mtn is not None:
         result["mtn_alphas"] = np.asarray(trainee.mtn.alphas).tolist()
     write_json(os.path.join(run_dir, layout.METRICS), result)

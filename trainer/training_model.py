@@ -94,6 +94,11 @@ class TrainingModel(keras.Model):
         names += ["mtn_loss"] * (self.mtn is not None) + ["aux_loss"] * (self.aux_heads is not None)
         names += ["orth_loss"] * self.orth
         self.embedding_l2 = config.training.embedding_l2
+        if self.embedding_l2 is None:
+            raise ValueError(
+                "training.embedding_l2 is null, which the training split's rule decides: resolve the config "
+                "for it first (trainer.config.resolve)"
+            )
         names += ["embedding_l2_loss"] * (self.embedding_l2 > 0)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         if self.mtn is not None:
@@ -126,7 +131,6 @@ class TrainingModel(keras.Model):
             extras["embedding_l2"] = sum(
                 regularizers.touched_rows_l2(layer.table, *layer.row_ids(features))
                 for layer in self.network.embedding_layers()
-                if layer.trainable
             )
         return {"logits": logits, **{k: v for k, v in extras.items() if v is not None}}
 
