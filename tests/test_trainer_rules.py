@@ -15,18 +15,18 @@ def _resolved(rows, **training):
 def test_a_small_split_gets_smaller_batches_longer_patience_and_more_l2():
     config, resolved = _resolved(90_000)
     # 90,000 // 2,048 = 43 steps a pass (< 64): batch 1,024, 87 steps, 4 rounds of 21 steps; 200 steps
-    # take 10 rounds; L2 90 / 90,000.
-    assert resolved == {"training.batch_size": 1024, "training.patience": 10, "training.embedding_l2": 1e-3}
+    # take 10 rounds; L2 180 / 90,000.
+    assert resolved == {"training.batch_size": 1024, "training.patience": 10, "training.embedding_l2": 2e-3}
     assert (config.training.batch_size, config.training.patience) == (1024, 10)
-    assert config.training.embedding_l2 == pytest.approx(1e-3)
+    assert config.training.embedding_l2 == pytest.approx(2e-3)
 
 
 def test_a_large_split_keeps_the_large_batch_and_one_pass_of_patience():
     _, resolved = _resolved(900_000)
     # 439 steps a pass: 4 rounds of 109 steps already span 200 steps.
-    assert resolved == {"training.batch_size": 2048, "training.patience": 4, "training.embedding_l2": 1e-4}
+    assert resolved == {"training.batch_size": 2048, "training.patience": 4, "training.embedding_l2": 2e-4}
     _, streamed = _resolved(None)  # length unknown: taken as large
-    assert streamed == {"training.batch_size": 2048, "training.patience": 4, "training.embedding_l2": 1e-4}
+    assert streamed == {"training.batch_size": 2048, "training.patience": 4, "training.embedding_l2": 2e-4}
 
 
 def test_tiny_splits_hit_the_floors_and_caps():
@@ -40,7 +40,7 @@ def test_a_value_the_user_sets_always_wins_and_the_rest_follow_it():
     assert config.training.batch_size == 512 and config.training.embedding_l2 == 0.0
     # Patience follows the user's batch: 175 steps a pass, rounds of 43 steps, 5 rounds span 200.
     assert resolved == {"training.patience": 5}
-    config, resolved = _resolved(90_000, batch_size=512, embedding_l2=1e-3, patience=2)
+    config, resolved = _resolved(90_000, batch_size=512, embedding_l2=2e-3, patience=2)
     assert resolved == {} and config.training.patience == 2
     assert C.resolve(config, 90_000)[0] == config  # resolving twice changes nothing
 

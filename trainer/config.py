@@ -113,7 +113,7 @@ class TrainingConfig:
     # the rounds of one pass, and enough of them to span 200 training steps.
     patience: typing.Optional[int] = None
     # L2 on the embedding rows each batch touches (trainer.regularizers). null: by the training rows
-    # (`resolve`): 90 / rows, about 1e-3 at 90,000 rows and 1e-4 at 900,000.
+    # (`resolve`): 180 / rows, 1e-3 at 180,000 rows and 2e-4 at 900,000.
     embedding_l2: typing.Optional[float] = None
     embedding_optimizer: str = "adam"  # the embedding tables' optimizer (trainer.optimizers); dense layers: Adam
     embedding_learning_rate: typing.Optional[float] = None  # None: learning_rate
@@ -324,7 +324,7 @@ def from_dict(config: dict | None) -> TrainerConfig:
 # the data regimes of `bench/quality.py` (docs/quality.md).
 MAX_BATCH, MIN_BATCH, MIN_STEPS_PER_PASS = 2048, 256, 64
 PATIENCE_ROUNDS, MIN_PATIENCE_STEPS = 4, 200
-EMBEDDING_L2_ROWS, MAX_EMBEDDING_L2 = 90.0, 1e-2
+EMBEDDING_L2_ROWS, MAX_EMBEDDING_L2 = 180.0, 1e-2
 
 
 def resolve(config: TrainerConfig, train_rows: int | None) -> tuple:
@@ -336,8 +336,9 @@ def resolve(config: TrainerConfig, train_rows: int | None) -> tuple:
       power of two that gives 64 (at least 256).
     - patience: the evaluation rounds of one pass, and enough to span 200 training steps, so a
       small split is not stopped before its models have moved.
-    - embedding_l2: 90 / training rows, at most 1e-2 (1e-3 at 90,000 rows, 1e-4 at 900,000; 1e-4 when
-      it streams), as a penalty on the mean loss shrinks with the rows under a fixed prior."""
+    - embedding_l2: 180 / training rows, at most 1e-2 (2e-3 at 90,000 rows, 1e-3 at 180,000, 2e-4 at
+      900,000 and when it streams), as a penalty on the mean loss shrinks with the rows under a
+      fixed prior."""
     training, resolved = config.training, {}
     large = train_rows is None
     batch = training.batch_size
