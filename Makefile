@@ -28,9 +28,9 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[bench]"
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)  ## prints the performance and quality tables (hours: the quality table trains ~80 models)
+bench: $(BENCH_STAMP)  ## prints the performance and quality tables (the quality tables, 5 regimes x 3 sizes, train ~350 models: about a day on 2 cores)
 	$(BIN)/python bench/run.py
-	$(BIN)/python bench/quality.py --plot bench/mmoe_eval_auc.png --before 161d49c
+	$(BIN)/python bench/quality.py --plot bench/mmoe_eval_auc.png --before e7ded67
 
 lock:  ## re-resolve requirements.in into requirements.lock in a scratch venv
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv

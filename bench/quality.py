@@ -180,7 +180,7 @@ def table(regime: str, rows: int, synth: dict, logistic: dict, results: dict) ->
             continue
         epochs = ", ".join(
             "solved"
-            if "solver" in r
+            if r.get("solver")
             else f"{r['best_epoch']:g}" + (f" ({r['best_step']})" if r.get("best_step") else "")
             for r in runs
         )
