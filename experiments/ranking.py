@@ -544,9 +544,11 @@ def train_cell(
         shutil.rmtree(scratch, ignore_errors=True)
     from trainer.callbacks import monitor_value
 
-    test, last = result["test"], result["history"][-1]
+    # `logistic` is solved, not trained in rounds: no history, no training loss to report.
+    test, last = result["test"], (result["history"] or [{}])[-1]
     metrics = {f"{task}_{kind}": float(test[f"{task}_{kind}"]) for task in TASKS for kind in ("auc", "logloss")}
-    task_loss = sum(last[name] for name in ("ctr_loss", "cvr_loss", "ctcvr_loss") if name in last)
+    names = [name for name in ("ctr_loss", "cvr_loss", "ctcvr_loss") if name in last]
+    task_loss = sum(last[name] for name in names) if names else float("nan")
     metrics.update(
         # the run's best eval value of its monitor, higher is better: what `select_lambda` ranks by
         val_monitor=float(monitor_value(result["eval"], settings.monitor)),
