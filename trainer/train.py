@@ -149,7 +149,7 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
     load_seconds = time.time() - started
     config, resolved = resolve(config, train_split.rows)
     training = config.training
-    if resolved:
+    if resolved and config.model.name != "logistic":  # the solved reference uses none of them
         _LOG.info(
             "defaults by the training split (%s rows): %s",
             f"{train_split.rows:,}" if train_split.in_memory else "streamed",
