@@ -321,3 +321,14 @@ def test_saved_model_holds_no_regulariser_parameters(trained_mmoe, trained_fdn_w
     fdn = trained_fdn_with_mtn[1]["params"]
     # aux heads: k x M x (u + 1); MTN alphas: 2 expert depths x 3 modes
     assert fdn["regularizer_only"] == 2 * 2 * (16 + 1) + 2 * 3
+
+
+@pytest.mark.parametrize(
+    "monitor, expected",
+    [("logloss", -0.6), ("ctr_ctcvr_logloss", -0.2), ("cvr_auc", 0.7), ("ctcvr_auc", 0.8)],
+)
+def test_each_monitor_ranks_rounds_by_its_own_eval_value(monitor, expected):
+    metrics = {"ctr_logloss": 0.15, "cvr_logloss": 0.4, "ctcvr_logloss": 0.05, "cvr_auc": 0.7, "ctcvr_auc": 0.8}
+    assert callbacks.monitor_value(metrics, monitor) == pytest.approx(expected)
+    # An eval split without clicked rows has no CVR log loss: the three-term sum keeps the other two.
+    assert callbacks.monitor_value({**metrics, "cvr_logloss": float("nan")}, "logloss") == pytest.approx(-0.2)

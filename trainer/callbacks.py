@@ -98,11 +98,11 @@ class Throughput(keras.callbacks.Callback):
 def monitor_value(metrics: dict, monitor: str) -> float:
     """The eval value `training.monitor` ranks by, higher is better: minus the summed log losses of
     the three served scores, each on the rows it is defined on (CTR and CTCVR on every row, CVR on
-    clicked rows; a split without clicked rows sums the other two), or the CVR or CTCVR AUC. nan
-    when the eval split cannot tell."""
+    clicked rows; a split without clicked rows sums the other two), CTR's and CTCVR's alone
+    ("ctr_ctcvr_logloss"), or the CVR or CTCVR AUC. nan when the eval split cannot tell."""
     if monitor in ("cvr_auc", "ctcvr_auc"):
         return metrics[monitor]
-    cvr = metrics["cvr_logloss"]
+    cvr = metrics["cvr_logloss"] if monitor == "logloss" else math.nan
     return -(metrics["ctr_logloss"] + metrics["ctcvr_logloss"] + (0.0 if math.isnan(cvr) else cvr))
 
 
