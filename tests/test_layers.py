@@ -71,6 +71,8 @@ def project_modules() -> dict[str, tuple[str, bool]]:
     for top in sorted(TOP):
         for path in (REPO / top).rglob("*.py"):
             parts = path.relative_to(REPO).with_suffix("").parts
+            if any(part.startswith(".") for part in parts):
+                continue  # caches such as bench/.data, where a bench may check out another revision
             is_package = parts[-1] == "__init__"
             name = ".".join(parts[:-1] if is_package else parts)
             modules[name] = (path.read_text(), is_package)
