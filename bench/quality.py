@@ -100,6 +100,14 @@ def prepare(rows: int, data_dir: pathlib.Path, regime: str = "sessions") -> tupl
     return folder, json.loads((raw / "synth.json").read_text())
 
 
+def checkout(data_dir: pathlib.Path, revision: str) -> pathlib.Path:
+    """A git worktree of `revision` under `data_dir` (made once), for runs of another revision's code."""
+    worktree = data_dir / f"worktree_{revision}"
+    if not worktree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), revision], check=True)
+    return worktree
+
+
 def zoo_config(name: str, seed: int) -> dict:
     model = "mmoe" if name == "mmoe+mtn" else name
     config = {"model": {"name": model}, "training": {"seed": seed}}
@@ -277,9 +285,7 @@ def main() -> None:
         cache = data_dir / "quality" / str(rows)
         runs = {"this code's defaults": _cached(cache / "mmoe_0.json", lambda: train_zoo(folder, cache, "mmoe", 0))}
         if args.before:
-            worktree = data_dir / f"worktree_{args.before}"
-            if not worktree.exists():
-                subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], check=True)
+            worktree = checkout(data_dir, args.before)
             runs[f"defaults at {args.before}"] = _cached(
                 cache / f"mmoe_0_before_{args.before}.json",
                 lambda: train_zoo(folder, cache, "mmoe", 0, code_dir=str(worktree.resolve())),

@@ -15,8 +15,9 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
+
+import quality
 
 CONFIG = {
     "model": {"name": "mmoe", "embedding_dim": 16, "expert_units": [128, 64], "num_experts": 8, "tower_units": [64]},
@@ -30,25 +31,14 @@ CONFIG = {
         "seed": 0,
     },
 }
-_CHILD = """
-import json, sys
-from trainer import train
-r = train.train(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), overwrite=True, export_model=False)
-print(json.dumps({"rate": r["train_examples_per_second"], "test_ctr_auc": r["test"]["ctr_auc"]}))
-"""
 
 
 def run(code_dir: pathlib.Path, data: pathlib.Path, out: pathlib.Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(data), str(out), json.dumps(CONFIG)],
-        capture_output=True,
-        text=True,
+    return quality._run(
+        [sys.executable, "-c", quality._TRAIN, str(data), str(out), json.dumps(CONFIG)],
         env={**os.environ, "PYTHONPATH": str(code_dir)},
-        cwd=code_dir,
+        cwd=str(code_dir),
     )
-    if result.returncode:
-        sys.exit(f"training at {code_dir} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -61,16 +51,14 @@ def main() -> None:
     if not (data / "transformed").exists():
         sys.exit(f"--data {data}: no Transform output there (make it with bench/quality.py's prepare)")
     here = pathlib.Path(__file__).resolve().parents[1]
-    worktree = data.parent / f"worktree_{args.revision}"
-    if not worktree.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.revision], check=True, cwd=here)
+    worktree = quality.checkout(data.parent, args.revision)
     rates = {"this checkout": [], args.revision: []}
     for repeat in range(args.repeats):
         for label, code in (("this checkout", here), (args.revision, worktree)):
             measured = run(code, data, data.parent / "speed_runs" / label.replace(" ", "_"))
-            rates[label].append(measured["rate"])
-            auc = measured["test_ctr_auc"]
-            print(f"{label}, run {repeat + 1}: {measured['rate']:,.0f} ex/s (test CTR AUC {auc:.4f})", flush=True)
+            rate, auc = measured["train_examples_per_second"], measured["test"]["ctr_auc"]
+            rates[label].append(rate)
+            print(f"{label}, run {repeat + 1}: {rate:,.0f} ex/s (test CTR AUC {auc:.4f})", flush=True)
     now, before = (statistics.mean(values) for values in rates.values())
     print(f"this checkout {now:,.0f} ex/s, {args.revision} {before:,.0f} ex/s: ratio {now / before:.3f}")
 
