@@ -99,6 +99,22 @@ def test_per_group_optimizer_steps_tables_and_dense_layers_with_their_own_rules(
     assert len(grouped.variables) > len(grouped.dense_optimizer.variables)  # both groups' slots checkpoint
 
 
+def test_a_large_split_steps_the_tables_with_adam_at_eight_times_the_dense_rate():
+    network = _network()
+    small = C.resolve(C.TrainerConfig(), 100_000)[0].training
+    assert isinstance(optimizers.for_model(network, small), keras.optimizers.Adam)  # one Adam for all
+    large = C.resolve(C.TrainerConfig(), 600_000)[0].training
+    grouped = optimizers.for_model(network, large)
+    assert isinstance(grouped.embedding_optimizer, keras.optimizers.Adam)
+    variables = network.trainable_variables
+    start = [v.numpy().copy() for v in variables]
+    grouped.build(variables)
+    grouped.apply([tf.ones_like(v) for v in variables], variables)
+    for variable, before in zip(variables, start):
+        moved = before - variable.numpy()  # Adam's first step: lr * sign(g)
+        np.testing.assert_allclose(moved, 8e-3 if variable.path == network.embed.table.path else 1e-3, rtol=1e-3)
+
+
 def test_warm_up_and_cosine_decay_follow_their_formula_and_reach_both_groups():
     rates = optimizers.WarmupCosine(1e-2, warmup_steps=4, decay_steps=10, floor=0.2)
     steps = np.arange(20)
