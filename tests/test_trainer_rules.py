@@ -65,9 +65,7 @@ def test_a_value_the_user_sets_always_wins_and_the_rest_follow_it():
     # Patience follows the user's batch: 175 steps a pass, rounds of 43 steps, 5 rounds span 200.
     assert resolved == {"training.patience": 5}
     assert _resolved(900_000, embedding_l2=1e-3, embedding_learning_rate=1e-3)[0].training.embedding_l2 == 1e-3
-    config, resolved = _resolved(
-        90_000, batch_size=512, embedding_l2=2e-3, patience=2, embedding_learning_rate=1e-3
-    )
+    config, resolved = _resolved(90_000, batch_size=512, embedding_l2=2e-3, patience=2, embedding_learning_rate=1e-3)
     assert resolved == {} and config.training.patience == 2
     assert C.resolve(config, 90_000)[0] == config  # resolving twice changes nothing
 
