@@ -1,9 +1,10 @@
 """Training speed of this checkout against a git revision's, measured in one run, runs alternating.
 
 MMoE at a fixed configuration (embedding 16, 8 experts of [128, 64], towers [64], batch 2,048,
-embedding L2 1e-3, the decay over 500 steps: every key set, so neither revision's defaults matter),
-600 steps on a Transform output held in memory (bench/quality.py's data), examples/s as the
-Trainer reports them. The revision's code is checked out into a git worktree beside the data.
+embedding L2 1e-3, the tables at the dense rate, the decay over 500 steps: every key set, so
+neither revision's defaults matter), 600 steps on a Transform output held in memory
+(bench/quality.py's data), examples/s as the Trainer reports them. The revision's code is checked
+out into a git worktree beside the data.
 
     python bench/train_speed_paired.py REV [--data bench/.data/quality_1000000] [--repeats 2]
 """
@@ -24,6 +25,7 @@ CONFIG = {
     "training": {
         "batch_size": 2048,
         "embedding_l2": 1e-3,
+        "embedding_learning_rate": 1e-3,
         "decay_steps": 500,
         "patience": 100,
         "epochs": 2,
