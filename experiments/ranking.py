@@ -500,6 +500,7 @@ def trainer_config(
             # These runs' settings before the Trainer's defaults followed the training rows and
             # dropped the decay (issue 36 asks which the paper presets should take).
             "embedding_l2": 1e-3,
+            "embedding_learning_rate": settings.learning_rate,
             "decay_steps": 500,
             "seed": seed,
             "monitor": settings.monitor,
