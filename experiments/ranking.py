@@ -501,6 +501,7 @@ def trainer_config(
             # dropped the decay (issue 36 asks which the paper presets should take).
             "embedding_l2": 1e-3,
             "embedding_learning_rate": settings.learning_rate,
+            "embedding_l2_rows": "touched",
             "decay_steps": 500,
             "seed": seed,
             "monitor": settings.monitor,

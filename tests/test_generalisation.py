@@ -67,13 +67,22 @@ def test_the_embedding_l2_term_joins_the_loss_only_when_asked():
         return TrainingModel(network, SPEC, config)
 
     assert "embedding_l2_loss" not in trainee(embedding_l2=0.0).trackers
-    regularised = trainee(embedding_l2=0.5)
+    with pytest.raises(ValueError, match="training.embedding_l2_rows"):
+        trainee(embedding_l2=0.5)  # unresolved
     batch = _batch()
+    regularised = trainee(embedding_l2=0.5, embedding_l2_rows="touched")
     terms = regularised.loss_terms(_labels(), regularised(batch, training=True))
-    layer = regularised.network.embed
-    expected = 0.5 * float(regularizers.touched_rows_l2(layer.table, *layer.row_ids(batch)))
-    assert float(terms["embedding_l2_loss"]) == pytest.approx(expected, rel=1e-6)
+    table = regularised.network.embed.table.numpy()
+    rows, present = (np.asarray(t) for t in regularised.network.embed.row_ids(batch))
+    read = np.unique(rows[present == 1])
+    assert 0 < len(read) < len(table)  # the batch reads some rows, not all
+    touched = 0.5 * float(np.sum(table[read] ** 2))
+    assert float(terms["embedding_l2_loss"]) == pytest.approx(touched, rel=1e-5)
     assert "embedding_l2" not in regularised(batch, training=False)  # inference computes no penalty
+    whole = trainee(embedding_l2=0.5, embedding_l2_rows="table")
+    whole.network.embed.table.assign(table)
+    terms = whole.loss_terms(_labels(), whole(batch, training=True))
+    assert float(terms["embedding_l2_loss"]) == pytest.approx(0.5 * float(np.sum(table**2)), rel=1e-5)
 
 
 def test_per_group_optimizer_steps_tables_and_dense_layers_with_their_own_rules():

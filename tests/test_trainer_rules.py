@@ -21,6 +21,7 @@ def test_a_small_split_gets_smaller_batches_longer_patience_and_more_l2():
         "training.patience": 10,
         "training.embedding_l2": 2e-3,
         "training.embedding_learning_rate": 1e-3,
+        "training.embedding_l2_rows": "touched",
     }
     assert (config.training.batch_size, config.training.patience) == (1024, 10)
     assert config.training.embedding_l2 == pytest.approx(2e-3)
@@ -32,6 +33,7 @@ def test_a_large_split_keeps_the_large_batch_one_pass_of_patience_and_fast_light
         "training.patience": 4,
         "training.embedding_l2": 1e-5,
         "training.embedding_learning_rate": 8e-3,
+        "training.embedding_l2_rows": "table",
     }
     # 439 steps a pass: 4 rounds of 109 steps already span 200 steps.
     assert _resolved(900_000)[1] == large
@@ -40,6 +42,7 @@ def test_a_large_split_keeps_the_large_batch_one_pass_of_patience_and_fast_light
     below = _resolved(499_999)[1]
     assert below["training.embedding_l2"] == pytest.approx(180 / 499_999)
     assert below["training.embedding_learning_rate"] == 1e-3
+    assert below["training.embedding_l2_rows"] == "touched"
     assert _resolved(500_000)[1]["training.embedding_l2"] == 1e-5
     # The factor follows the dense rate, and applies to Adam on the tables only.
     assert _resolved(900_000, learning_rate=2e-3)[1]["training.embedding_learning_rate"] == pytest.approx(1.6e-2)
@@ -55,24 +58,41 @@ def test_tiny_splits_hit_the_floors_and_caps():
         "training.patience": 200,
         "training.embedding_l2": 1e-2,
         "training.embedding_learning_rate": 1e-3,
+        "training.embedding_l2_rows": "touched",
     }
 
 
 def test_a_value_the_user_sets_always_wins_and_the_rest_follow_it():
-    config, resolved = _resolved(90_000, batch_size=512, embedding_l2=0.0, embedding_learning_rate=0.01)
+    config, resolved = _resolved(
+        90_000, batch_size=512, embedding_l2=0.0, embedding_learning_rate=0.01, embedding_l2_rows="table"
+    )
     assert config.training.batch_size == 512 and config.training.embedding_l2 == 0.0
-    assert config.training.embedding_learning_rate == 0.01
+    assert config.training.embedding_learning_rate == 0.01 and config.training.embedding_l2_rows == "table"
     # Patience follows the user's batch: 175 steps a pass, rounds of 43 steps, 5 rounds span 200.
     assert resolved == {"training.patience": 5}
     assert _resolved(900_000, embedding_l2=1e-3, embedding_learning_rate=1e-3)[0].training.embedding_l2 == 1e-3
-    config, resolved = _resolved(90_000, batch_size=512, embedding_l2=2e-3, patience=2, embedding_learning_rate=1e-3)
+    config, resolved = _resolved(
+        90_000, batch_size=512, embedding_l2=2e-3, patience=2, embedding_learning_rate=1e-3, embedding_l2_rows="touched"
+    )
     assert resolved == {} and config.training.patience == 2
     assert C.resolve(config, 90_000)[0] == config  # resolving twice changes nothing
 
 
 def test_rule_driven_keys_take_null_and_are_still_checked():
-    nulls = {"batch_size": None, "patience": None, "embedding_l2": None, "embedding_learning_rate": None}
+    nulls = {
+        "batch_size": None,
+        "patience": None,
+        "embedding_l2": None,
+        "embedding_learning_rate": None,
+        "embedding_l2_rows": None,
+    }
     assert C.from_dict({"training": nulls}) == C.TrainerConfig()
-    for key, bad in (("batch_size", 0), ("patience", 1.5), ("embedding_l2", -1e-3), ("embedding_learning_rate", -1.0)):
+    for key, bad in (
+        ("batch_size", 0),
+        ("patience", 1.5),
+        ("embedding_l2", -1e-3),
+        ("embedding_learning_rate", -1.0),
+        ("embedding_l2_rows", "all"),
+    ):
         with pytest.raises(ValueError, match=f"training.{key}"):
             C.from_dict({"training": {key: bad}})

@@ -113,7 +113,11 @@ def test_a_run_writes_its_config_metrics_checkpoints_and_tensorboard_logs(traine
     steps = metrics["rows"]["train"] // FAST["batch_size"] // 2
     # FAST sets the batch and the L2; patience is left to its rule, rounds spanning 200 steps, and a
     # small split's tables learn at the dense rate.
-    rules = {"training.patience": -(-200 // steps), "training.embedding_learning_rate": FAST["learning_rate"]}
+    rules = {
+        "training.patience": -(-200 // steps),
+        "training.embedding_learning_rate": FAST["learning_rate"],
+        "training.embedding_l2_rows": "touched",
+    }
     assert saved["resolved"] == metrics["resolved"] == rules
     assert saved["trainer"]["training"]["patience"] == -(-200 // steps)
     assert [(e["eval"], e["epoch"], e["step"]) for e in metrics["history"]] == [

@@ -30,6 +30,7 @@ MTN_SUBSETS = ("modes", "all")
 AUX_REDUCTIONS = ("mean", "sum")
 MONITORS = ("logloss", "ctr_ctcvr_logloss", "cvr_auc", "ctcvr_auc")
 EMBEDDING_OPTIMIZERS = ("adam", "adagrad", "ftrl")
+EMBEDDING_L2_ROWS_CHOICES = ("touched", "table")
 # The `model` keys that default to null resolve per model: `MODEL_DEFAULTS[name]`, else
 # `GENERAL_DEFAULTS`. PLE stacks two extraction levels: at [128, 64] units per expert it overfits
 # before its first pass ends, and with 4 shared experts per level its CVR falls behind. One layer of
@@ -117,6 +118,10 @@ class TrainingConfig:
     # L2 on the embedding rows each batch touches (trainer.regularizers). null: by the training rows
     # (`resolve`): 180 / rows (1e-3 at 180,000 rows), and 1e-5 on a large split.
     embedding_l2: typing.Optional[float] = None
+    # The rows embedding_l2 acts on each step: "touched", those the batch reads, or "table", every
+    # row (DeepCTR's l2_reg_embedding). null: by the training rows (`resolve`): "table" on a large
+    # split, else "touched".
+    embedding_l2_rows: typing.Optional[str] = None
     embedding_optimizer: str = "adam"  # the embedding tables' optimizer (trainer.optimizers); dense layers: Adam
     # null: by the training rows (`resolve`): 8 x learning_rate on a large split with Adam on the
     # tables, else learning_rate
@@ -207,6 +212,7 @@ _CHOICES = {
     ("mtn", "subsets"): MTN_SUBSETS,
     ("training", "monitor"): MONITORS,
     ("training", "embedding_optimizer"): EMBEDDING_OPTIMIZERS,
+    ("training", "embedding_l2_rows"): EMBEDDING_L2_ROWS_CHOICES + (None,),
     ("hardware", "distribute"): ("auto", "none"),
 }
 _NULLABLE = {
@@ -215,6 +221,7 @@ _NULLABLE = {
     "patience",
     "embedding_l2",
     "embedding_learning_rate",
+    "embedding_l2_rows",
     *GENERAL_DEFAULTS,
 }  # keys whose default is set but may be null
 _POSITIVE = {
@@ -331,9 +338,9 @@ MAX_BATCH, MIN_BATCH, MIN_STEPS_PER_PASS = 2048, 256, 64
 PATIENCE_ROUNDS, MIN_PATIENCE_STEPS = 4, 200
 EMBEDDING_L2_ROWS, MAX_EMBEDDING_L2 = 180.0, 1e-2
 # From this many training rows (and on a streamed split) the tables learn at 8 x the dense rate with
-# little L2: lower summed eval log loss over the regimes at 720,000 training rows, higher at 144,000
-# in every regime and at 324,000 on latent factors; the switch sits near the geometric mean of 324,000
-# and 720,000 (docs/defaults.md).
+# a light L2 on every row: a lower eval log loss at 720,000 training rows on four regimes of five;
+# the rate and a light L2 are worse at 144,000 in every regime and at 324,000 on latent factors. The
+# switch sits near the geometric mean of 324,000 and 720,000 (docs/defaults.md).
 LARGE_SPLIT_ROWS, LARGE_EMBEDDING_LR_FACTOR, LARGE_EMBEDDING_L2 = 500_000, 8.0, 1e-5
 
 
@@ -350,8 +357,10 @@ def resolve(config: TrainerConfig, train_rows: int | None) -> tuple:
       penalty on the mean loss shrinks with the rows under a fixed prior; 1e-5 on a large split
       (500,000 rows or more, or streamed).
     - embedding_learning_rate: 8 x learning_rate on a large split when the tables train with Adam,
-      else learning_rate. The two large-split values were chosen together: at 720,000 rows the
-      L2 alone is worse on eval on sessions data, the learning rate alone on latent factors."""
+      else learning_rate.
+    - embedding_l2_rows: "table" on a large split (the L2 acts on every row each step, so the rows
+      of ids seen rarely are pulled back between their reads), else "touched".
+    The large-split values were chosen together (docs/defaults.md)."""
     training, resolved = config.training, {}
     large = train_rows is None
     large_split = large or train_rows >= LARGE_SPLIT_ROWS
@@ -374,5 +383,7 @@ def resolve(config: TrainerConfig, train_rows: int | None) -> tuple:
     if training.embedding_learning_rate is None:
         factor = LARGE_EMBEDDING_LR_FACTOR if large_split and training.embedding_optimizer == "adam" else 1.0
         resolved["embedding_learning_rate"] = factor * training.learning_rate
+    if training.embedding_l2_rows is None:
+        resolved["embedding_l2_rows"] = "table" if large_split else "touched"
     resolved_config = config.replace(training=resolved) if resolved else config
     return resolved_config, {f"training.{k}": v for k, v in resolved.items()}

@@ -14,8 +14,10 @@
   (per-sample outer-product norm).
 - ``AuxiliaryHeads``: FDN's L_aux heads, one logit per task-specific expert. Training-only.
 - ``touched_rows_l2``: L2 on the embedding rows a batch reads, each row counted once however
-  often the batch reads it (DeepCTR's ``l2_reg_embedding`` applies to the whole table; this
-  keeps the gradient to the rows the step touches anyway).
+  often the batch reads it; ``table_l2``: L2 on every row, as DeepCTR's ``l2_reg_embedding``
+  applies it. Under Adam the whole-table form pulls a rarely read row back towards zero between its
+  reads (its only gradient then is the penalty's, which Adam scales up), so rare ids are not
+  memorised.
 
 Nothing here is part of the exported model: attach these to the training model only.
 """
@@ -35,6 +37,7 @@ __all__ = [
     "ORTHOGONALITY_VARIANTS",
     "AuxiliaryHeads",
     "touched_rows_l2",
+    "table_l2",
 ]
 
 ORTHOGONALITY_VARIANTS = ("paper", "authors")
@@ -381,3 +384,8 @@ def touched_rows_l2(table, rows, present) -> tf.Tensor:
     reads = tf.math.unsorted_segment_sum(present, rows, tf.shape(table)[0])
     touched = tf.cast(reads > 0, tf.float32)
     return tf.reduce_sum(touched * tf.reduce_sum(tf.square(tf.cast(table, tf.float32)), axis=-1))
+
+
+def table_l2(table) -> tf.Tensor:
+    """sum over every row r of `table` [R, D] of ||table[r]||^2: a scalar."""
+    return tf.reduce_sum(tf.square(tf.cast(table, tf.float32)))

@@ -153,7 +153,7 @@ def _train_into(run_dir: str, fn_args, config: TrainerConfig, workers: distribut
         _LOG.info(
             "defaults by the training split (%s rows): %s",
             f"{train_split.rows:,}" if train_split.in_memory else "streamed",
-            ", ".join(f"{key} {value:g}" for key, value in resolved.items()),
+            ", ".join(f"{key} {v if isinstance(v, str) else format(v, 'g')}" for key, v in resolved.items()),
         )
 
     # The chief's folder holds the run: every worker starts from its state (and, below, its weights).

@@ -94,10 +94,16 @@ class TrainingModel(keras.Model):
         names += ["mtn_loss"] * (self.mtn is not None) + ["aux_loss"] * (self.aux_heads is not None)
         names += ["orth_loss"] * self.orth
         self.embedding_l2 = config.training.embedding_l2
+        self.embedding_l2_rows = config.training.embedding_l2_rows
         if self.embedding_l2 is None:
             raise ValueError(
                 "training.embedding_l2 is null, which the training split's rule decides: resolve the config "
                 "for it first (trainer.config.resolve)"
+            )
+        if self.embedding_l2 > 0 and self.embedding_l2_rows is None:
+            raise ValueError(
+                "training.embedding_l2_rows is null, which the training split's rule decides: resolve the "
+                "config for it first (trainer.config.resolve)"
             )
         names += ["embedding_l2_loss"] * (self.embedding_l2 > 0)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
@@ -128,10 +134,14 @@ class TrainingModel(keras.Model):
     def call(self, features, training=False):
         logits, extras = self.network.forward(features, training=training)
         if self.embedding_l2 > 0 and training:
-            extras["embedding_l2"] = sum(
-                regularizers.touched_rows_l2(layer.table, *layer.row_ids(features))
-                for layer in self.network.embedding_layers()
-            )
+            if self.embedding_l2_rows == "table":
+                terms = (regularizers.table_l2(layer.table) for layer in self.network.embedding_layers())
+            else:
+                terms = (
+                    regularizers.touched_rows_l2(layer.table, *layer.row_ids(features))
+                    for layer in self.network.embedding_layers()
+                )
+            extras["embedding_l2"] = sum(terms)
         return {"logits": logits, **{k: v for k, v in extras.items() if v is not None}}
 
     def loss_terms(self, y, y_pred, include_mtn: bool = True, clicks=None) -> dict:
