@@ -115,8 +115,8 @@ class TrainingConfig:
     # Evaluations without a better monitor value before stopping. null: by the round length (`resolve`):
     # the rounds of one pass, and enough of them to span 200 training steps.
     patience: typing.Optional[int] = None
-    # L2 on the embedding rows each batch touches (trainer.regularizers). null: by the training rows
-    # (`resolve`): 180 / rows (1e-3 at 180,000 rows), and 1e-5 on a large split.
+    # L2 on the embedding rows (which rows: embedding_l2_rows; trainer.regularizers). null: by the
+    # training rows (`resolve`): 180 / rows (1e-3 at 180,000 rows), and 1e-5 on a large split.
     embedding_l2: typing.Optional[float] = None
     # The rows embedding_l2 acts on each step: "touched", those the batch reads, or "table", every
     # row (DeepCTR's l2_reg_embedding). null: by the training rows (`resolve`): "table" on a large
