@@ -90,7 +90,11 @@ def test_per_group_optimizer_steps_tables_and_dense_layers_with_their_own_rules(
     training = C.TrainingConfig(learning_rate=1e-3, embedding_optimizer="adagrad", embedding_learning_rate=0.1)
     grouped = optimizers.for_model(network, training)
     assert isinstance(grouped, optimizers.PerGroupOptimizer)
-    assert isinstance(optimizers.for_model(network, C.TrainingConfig()), keras.optimizers.Adam)
+    assert isinstance(
+        optimizers.for_model(network, C.TrainingConfig(embedding_learning_rate=1e-3)), keras.optimizers.Adam
+    )
+    with pytest.raises(ValueError, match="training.embedding_learning_rate"):
+        optimizers.for_model(network, C.TrainingConfig())  # unresolved
     variables = network.trainable_variables
     start = [v.numpy().copy() for v in variables]
     grads = [tf.ones_like(v) for v in variables]
@@ -145,7 +149,9 @@ def test_warm_up_and_cosine_decay_follow_their_formula_and_reach_both_groups():
         schedule = optimizer._learning_rate
         assert (schedule.peak, schedule.warmup_steps, schedule.decay_steps) == (peak, 2, 15)
     assert not isinstance(
-        optimizers.for_model(_network(), C.TrainingConfig(decay_steps=None))._learning_rate,
+        optimizers.for_model(
+            _network(), C.TrainingConfig(decay_steps=None, embedding_learning_rate=1e-3)
+        )._learning_rate,
         keras.optimizers.schedules.LearningRateSchedule,
     )  # no schedule by default
     assert C.from_dict({"training": {"decay_steps": None}}).training.decay_steps is None  # a constant rate

@@ -131,11 +131,15 @@ def schedule(peak: float, training):
 def for_model(network, training) -> keras.optimizers.Optimizer:
     """The optimizer of a TrainingConfig: Adam at `learning_rate` for every variable, or a
     PerGroupOptimizer with `embedding_optimizer` at `embedding_learning_rate` on the tables; both
-    rates on the config's warm-up and decay (see `schedule`)."""
+    rates on the config's warm-up and decay (see `schedule`). `embedding_learning_rate` must be
+    resolved (trainer.config.resolve), since its null means the training split's rule."""
     learning_rate = training.learning_rate
     embedding_learning_rate = training.embedding_learning_rate
     if embedding_learning_rate is None:
-        embedding_learning_rate = learning_rate
+        raise ValueError(
+            "training.embedding_learning_rate is null, which the training split's rule decides: resolve the "
+            "config for it first (trainer.config.resolve)"
+        )
     dense = keras.optimizers.Adam(schedule(learning_rate, training))
     if training.embedding_optimizer == "adam" and embedding_learning_rate == learning_rate:
         return dense

@@ -134,14 +134,13 @@ class TrainingModel(keras.Model):
     def call(self, features, training=False):
         logits, extras = self.network.forward(features, training=training)
         if self.embedding_l2 > 0 and training:
-            if self.embedding_l2_rows == "table":
-                terms = (regularizers.table_l2(layer.table) for layer in self.network.embedding_layers())
-            else:
-                terms = (
-                    regularizers.touched_rows_l2(layer.table, *layer.row_ids(features))
-                    for layer in self.network.embedding_layers()
-                )
-            extras["embedding_l2"] = sum(terms)
+            whole = self.embedding_l2_rows == "table"
+            extras["embedding_l2"] = sum(
+                regularizers.table_l2(layer.table)
+                if whole
+                else regularizers.touched_rows_l2(layer.table, *layer.row_ids(features))
+                for layer in self.network.embedding_layers()
+            )
         return {"logits": logits, **{k: v for k, v in extras.items() if v is not None}}
 
     def loss_terms(self, y, y_pred, include_mtn: bool = True, clicks=None) -> dict:
